@@ -1,0 +1,6 @@
+//! Kiln: bakes immutable, bootable single-node Kubernetes machine images.
+//!
+//! Data flow (see the README): definition -> lock -> fetch -> Tree -> outputs.
+
+pub mod digest;
+pub mod tree;

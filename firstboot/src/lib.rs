@@ -1,0 +1,1 @@
+//! firstboot: Kiln's stage-1 init (PID 1 in the initramfs) and stage-2 machine agent.

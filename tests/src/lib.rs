@@ -1,0 +1,1 @@
+//! Kiln's test support: local mirror server, QEMU harness.
