@@ -1,0 +1,843 @@
+//! The image definition: one TOML file (optionally `extends` another) describing
+//! everything that goes into an image. Parsing is strict: unknown keys are errors,
+//! and every error names the file, line, column and key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::digest::Digest;
+use crate::tree::TreePath;
+
+/// How deep `extends` chains may go before Kiln suspects a cycle.
+const MAX_EXTENDS: usize = 8;
+
+/// One definition file as written, before `extends` is merged. Every key is optional
+/// here so a variant can override just what it changes.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DefinitionFile {
+    /// Another definition (path relative to this file) this one is based on.
+    pub extends: Option<String>,
+    pub image: Option<ImageSection>,
+    pub debian: Option<DebianSection>,
+    /// Files or archives downloaded by URL and pinned by checksum.
+    #[serde(default)]
+    pub artifact: Vec<Artifact>,
+    /// Files taken from the project next to the definition.
+    #[serde(default)]
+    pub local: Vec<LocalFile>,
+    /// Files written with inline content.
+    #[serde(default)]
+    pub file: Vec<FileSpec>,
+    #[serde(default)]
+    pub directory: Vec<DirSpec>,
+    #[serde(default)]
+    pub symlink: Vec<SymlinkSpec>,
+    #[serde(default)]
+    pub user: Vec<User>,
+    #[serde(default)]
+    pub group: Vec<Group>,
+    pub systemd: Option<Systemd>,
+    pub kernel: Option<KernelSection>,
+    pub disk: Option<DiskSection>,
+    /// Machine configuration defaults baked into the image (firstboot's schema).
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
+    pub machine: Option<toml::Table>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ImageSection {
+    /// Image name: lower-case letters, digits and `-`.
+    pub name: Option<String>,
+    pub version: Option<String>,
+    /// Debian architecture name; only `amd64` is supported.
+    pub arch: Option<String>,
+    /// SOURCE_DATE_EPOCH: every timestamp in every output is clamped to it.
+    pub epoch: Option<u64>,
+    /// Outputs `kiln build` writes when `--format` is not given.
+    pub outputs: Option<Vec<OutputFormat>>,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    Tar,
+    Raw,
+    Qcow2,
+    Iso,
+    Pxe,
+}
+
+impl OutputFormat {
+    pub const ALL: [OutputFormat; 5] = [
+        OutputFormat::Tar,
+        OutputFormat::Raw,
+        OutputFormat::Qcow2,
+        OutputFormat::Iso,
+        OutputFormat::Pxe,
+    ];
+    pub fn name(self) -> &'static str {
+        match self {
+            OutputFormat::Tar => "tar",
+            OutputFormat::Raw => "raw",
+            OutputFormat::Qcow2 => "qcow2",
+            OutputFormat::Iso => "iso",
+            OutputFormat::Pxe => "pxe",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == s)
+    }
+}
+
+impl fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DebianSection {
+    /// Debian suite, e.g. `bookworm`.
+    pub suite: Option<String>,
+    /// Archive components; default `["main"]`.
+    pub components: Option<Vec<String>>,
+    /// Packages to install (their dependency closure is locked). Variants add to the base's list.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Packages never to install, even when something depends on them.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Also install the Essential and `Priority: required` set, as debootstrap's minbase does.
+    pub essential: Option<bool>,
+    /// Mirror URL; default: the host's apt configuration.
+    pub mirror: Option<String>,
+}
+
+/// A file mode, written as `0o755` (TOML octal integer) or `"0755"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[schemars(transparent)]
+pub struct Mode(pub u32);
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u32),
+            Str(String),
+        }
+        let v = match Raw::deserialize(d)? {
+            Raw::Int(i) => i,
+            Raw::Str(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|_| {
+                serde::de::Error::custom(format!("mode {s:?} is not an octal number"))
+            })?,
+        };
+        if v > 0o7777 {
+            return Err(serde::de::Error::custom(format!(
+                "mode {v:o} has bits beyond 0o7777"
+            )));
+        }
+        Ok(Mode(v))
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Artifact {
+    /// Name used in the lock, manifest and messages.
+    pub name: String,
+    pub version: Option<String>,
+    pub url: String,
+    /// `sha256:<hex>` or `sha512:<hex>`.
+    pub checksum: Digest,
+    /// For archives: archive path (file or directory prefix) -> path in the image.
+    #[serde(default)]
+    pub extract: BTreeMap<String, String>,
+    /// For single files: where the file goes in the image.
+    pub dest: Option<String>,
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LocalFile {
+    /// Path relative to the definition file.
+    pub source: String,
+    pub dest: String,
+    pub mode: Option<Mode>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileSpec {
+    pub path: String,
+    #[serde(default)]
+    pub content: String,
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DirSpec {
+    pub path: String,
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SymlinkSpec {
+    pub path: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    /// Primary group id; default: same as uid.
+    pub gid: Option<u32>,
+    #[serde(default)]
+    pub gecos: String,
+    pub home: Option<String>,
+    pub shell: Option<String>,
+    /// Supplementary groups by name.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Group {
+    pub name: String,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Systemd {
+    /// Units to enable (symlinked into the `.wants` of their `WantedBy=` targets).
+    #[serde(default)]
+    pub enable: Vec<String>,
+    /// Units to mask (symlinked to /dev/null).
+    #[serde(default)]
+    pub mask: Vec<String>,
+    pub default_target: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct KernelSection {
+    /// The Debian package providing /boot/vmlinuz-*; default `linux-image-amd64`.
+    pub package: Option<String>,
+    /// Extra kernel command line; Kiln always adds the console and slot arguments.
+    pub cmdline: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DiskSection {
+    /// Virtual disk size, e.g. `"8GiB"`, `"512MiB"`; default 8 GiB.
+    pub size: Option<String>,
+}
+
+/// An error that points into a definition file.
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: `extends` chain is longer than {MAX_EXTENDS} (a cycle?)")]
+    ExtendsTooDeep { path: PathBuf },
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// The merged, validated definition.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Definition {
+    /// The file given on the command line.
+    pub path: PathBuf,
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    pub epoch: u64,
+    pub outputs: Vec<OutputFormat>,
+    pub debian: Option<Debian>,
+    pub artifacts: Vec<Artifact>,
+    /// Local files with `source` made absolute.
+    pub locals: Vec<LocalFile>,
+    pub files: Vec<FileSpec>,
+    pub directories: Vec<DirSpec>,
+    pub symlinks: Vec<SymlinkSpec>,
+    pub users: Vec<User>,
+    pub groups: Vec<Group>,
+    pub systemd: Systemd,
+    pub kernel_package: Option<String>,
+    pub cmdline: String,
+    pub disk_size: u64,
+    pub machine: toml::Table,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub struct Debian {
+    pub suite: String,
+    pub components: Vec<String>,
+    pub packages: Vec<String>,
+    pub exclude: Vec<String>,
+    pub essential: bool,
+    pub mirror: Option<String>,
+}
+
+pub const DEFAULT_DISK_SIZE: u64 = 8 << 30;
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |i| before.len() - i - 1)
+        + 1;
+    (line, column)
+}
+
+/// Parses one file (no `extends` processing).
+pub fn parse_file(path: &Path, text: &str) -> Result<DefinitionFile, DefinitionError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+        DefinitionError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    })
+}
+
+/// Loads a definition and its `extends` chain, merges and validates it.
+pub fn load(path: &Path) -> Result<Definition, DefinitionError> {
+    let mut chain: Vec<(PathBuf, DefinitionFile)> = Vec::new();
+    let mut next = Some(path.to_path_buf());
+    while let Some(p) = next.take() {
+        if chain.len() >= MAX_EXTENDS {
+            return Err(DefinitionError::ExtendsTooDeep {
+                path: path.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(&p).map_err(|source| DefinitionError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let mut file = parse_file(&p, &text)?;
+        let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
+        for l in &mut file.local {
+            l.source = dir.join(&l.source).to_string_lossy().into_owned();
+        }
+        if let Some(base) = &file.extends {
+            next = Some(dir.join(base));
+        }
+        chain.push((p, file));
+    }
+    let merged = chain
+        .into_iter()
+        .rev()
+        .map(|(_, f)| f)
+        .reduce(merge)
+        .unwrap_or_default();
+    finish(path, merged)
+}
+
+fn pick<T>(child: Option<T>, base: Option<T>) -> Option<T> {
+    child.or(base)
+}
+
+fn append_unique(mut base: Vec<String>, child: Vec<String>) -> Vec<String> {
+    for c in child {
+        if !base.contains(&c) {
+            base.push(c);
+        }
+    }
+    base
+}
+
+/// Replace base entries that the child redefines (same key), then append the rest.
+fn merge_keyed<T>(base: Vec<T>, child: Vec<T>, key: impl Fn(&T) -> String) -> Vec<T> {
+    let mut out: Vec<T> = base
+        .into_iter()
+        .filter(|b| !child.iter().any(|c| key(c) == key(b)))
+        .collect();
+    out.extend(child);
+    out
+}
+
+/// Merges a variant over its base: scalars in the child win, lists add up, entries
+/// with the same name or path are replaced. A pure function.
+pub fn merge(base: DefinitionFile, child: DefinitionFile) -> DefinitionFile {
+    let image = match (base.image, child.image) {
+        (Some(b), Some(c)) => Some(ImageSection {
+            name: pick(c.name, b.name),
+            version: pick(c.version, b.version),
+            arch: pick(c.arch, b.arch),
+            epoch: pick(c.epoch, b.epoch),
+            outputs: pick(c.outputs, b.outputs),
+        }),
+        (b, c) => c.or(b),
+    };
+    let debian = match (base.debian, child.debian) {
+        (Some(b), Some(c)) => Some(DebianSection {
+            suite: pick(c.suite, b.suite),
+            components: pick(c.components, b.components),
+            packages: append_unique(b.packages, c.packages),
+            exclude: append_unique(b.exclude, c.exclude),
+            essential: pick(c.essential, b.essential),
+            mirror: pick(c.mirror, b.mirror),
+        }),
+        (b, c) => c.or(b),
+    };
+    let systemd = match (base.systemd, child.systemd) {
+        (Some(b), Some(c)) => Some(Systemd {
+            enable: append_unique(b.enable, c.enable),
+            mask: append_unique(b.mask, c.mask),
+            default_target: pick(c.default_target, b.default_target),
+        }),
+        (b, c) => c.or(b),
+    };
+    let kernel = match (base.kernel, child.kernel) {
+        (Some(b), Some(c)) => Some(KernelSection {
+            package: pick(c.package, b.package),
+            cmdline: pick(c.cmdline, b.cmdline),
+        }),
+        (b, c) => c.or(b),
+    };
+    let machine = match (base.machine, child.machine) {
+        (Some(mut b), Some(c)) => {
+            merge_tables(&mut b, c);
+            Some(b)
+        }
+        (b, c) => c.or(b),
+    };
+    DefinitionFile {
+        extends: None,
+        image,
+        debian,
+        artifact: merge_keyed(base.artifact, child.artifact, |a| a.name.clone()),
+        local: merge_keyed(base.local, child.local, |l| l.dest.clone()),
+        file: merge_keyed(base.file, child.file, |f| f.path.clone()),
+        directory: merge_keyed(base.directory, child.directory, |d| d.path.clone()),
+        symlink: merge_keyed(base.symlink, child.symlink, |s| s.path.clone()),
+        user: merge_keyed(base.user, child.user, |u| u.name.clone()),
+        group: merge_keyed(base.group, child.group, |g| g.name.clone()),
+        systemd,
+        kernel,
+        disk: child.disk.or(base.disk),
+        machine,
+    }
+}
+
+fn merge_tables(base: &mut toml::Table, child: toml::Table) {
+    for (k, v) in child {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(c)) => merge_tables(b, c),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Parses sizes like `8GiB`, `512MiB`, `8G`, `1024` (bytes).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "T" | "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+}
+
+fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError> {
+    let invalid = |key: &str, message: String| DefinitionError::Invalid {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        message,
+    };
+    let image = f
+        .image
+        .ok_or_else(|| invalid("image", "the [image] table is missing".into()))?;
+    let name = image
+        .name
+        .ok_or_else(|| invalid("image.name", "is required".into()))?;
+    if !valid_name(&name) {
+        return Err(invalid(
+            "image.name",
+            format!("{name:?} must be 1-63 lower-case letters, digits or '-'"),
+        ));
+    }
+    let version = image
+        .version
+        .ok_or_else(|| invalid("image.version", "is required".into()))?;
+    if version.is_empty() || version.contains(char::is_whitespace) || version.contains('/') {
+        return Err(invalid(
+            "image.version",
+            format!("{version:?} must be non-empty, without spaces or '/'"),
+        ));
+    }
+    let arch = image.arch.unwrap_or_else(|| "amd64".into());
+    if arch != "amd64" {
+        return Err(invalid(
+            "image.arch",
+            format!("{arch:?} is not supported (only amd64)"),
+        ));
+    }
+    let epoch = image
+        .epoch
+        .ok_or_else(|| invalid("image.epoch", "is required (SOURCE_DATE_EPOCH)".into()))?;
+    let outputs = image.outputs.unwrap_or_else(|| vec![OutputFormat::Tar]);
+
+    let debian = match f.debian {
+        None => None,
+        Some(d) => {
+            let suite = d
+                .suite
+                .ok_or_else(|| invalid("debian.suite", "is required".into()))?;
+            for p in d.packages.iter().chain(&d.exclude) {
+                if p.is_empty() || p.contains(char::is_whitespace) {
+                    return Err(invalid(
+                        "debian.packages",
+                        format!("{p:?} is not a package name"),
+                    ));
+                }
+            }
+            if let Some(pkg) = d.packages.iter().find(|p| d.exclude.contains(p)) {
+                return Err(invalid(
+                    "debian.exclude",
+                    format!("{pkg:?} is both in packages and exclude"),
+                ));
+            }
+            Some(Debian {
+                suite,
+                components: d.components.unwrap_or_else(|| vec!["main".into()]),
+                packages: d.packages,
+                exclude: d.exclude,
+                essential: d.essential.unwrap_or(false),
+                mirror: d.mirror,
+            })
+        }
+    };
+
+    let check_path = |key: &str, p: &str| {
+        TreePath::from_definition(p)
+            .map(|_| ())
+            .map_err(|e| invalid(key, e.to_string()))
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for a in &f.artifact {
+        if !seen.insert(a.name.clone()) {
+            return Err(invalid(
+                "artifact.name",
+                format!("{:?} is defined twice", a.name),
+            ));
+        }
+        if !(a.url.starts_with("https://") || a.url.starts_with("http://")) {
+            return Err(invalid(
+                &format!("artifact.{}.url", a.name),
+                format!("{:?} is not an http(s) URL", a.url),
+            ));
+        }
+        match (&a.dest, a.extract.is_empty()) {
+            (Some(_), false) => {
+                return Err(invalid(
+                    &format!("artifact.{}", a.name),
+                    "give either `dest` (a single file) or `extract` (an archive), not both".into(),
+                ))
+            }
+            (None, true) => {
+                return Err(invalid(
+                    &format!("artifact.{}", a.name),
+                    "needs `dest` (a single file) or `extract` (an archive)".into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(d) = &a.dest {
+            check_path(&format!("artifact.{}.dest", a.name), d)?;
+        }
+        for (from, to) in &a.extract {
+            TreePath::from_archive(from)
+                .map_err(|e| invalid(&format!("artifact.{}.extract", a.name), e.to_string()))?;
+            check_path(&format!("artifact.{}.extract", a.name), to)?;
+        }
+    }
+    for l in &f.local {
+        check_path("local.dest", &l.dest)?;
+    }
+    for x in &f.file {
+        check_path("file.path", &x.path)?;
+    }
+    for x in &f.directory {
+        check_path("directory.path", &x.path)?;
+    }
+    for x in &f.symlink {
+        check_path("symlink.path", &x.path)?;
+    }
+    for u in &f.user {
+        if !valid_user_name(&u.name) {
+            return Err(invalid(
+                "user.name",
+                format!("{:?} is not a valid user name", u.name),
+            ));
+        }
+    }
+    for g in &f.group {
+        if !valid_user_name(&g.name) {
+            return Err(invalid(
+                "group.name",
+                format!("{:?} is not a valid group name", g.name),
+            ));
+        }
+    }
+    let disk_size = match f.disk.and_then(|d| d.size) {
+        None => DEFAULT_DISK_SIZE,
+        Some(s) => parse_size(&s)
+            .ok_or_else(|| invalid("disk.size", format!("{s:?} is not a size like \"8GiB\"")))?,
+    };
+    let kernel = f.kernel.unwrap_or_default();
+    Ok(Definition {
+        path: path.to_path_buf(),
+        name,
+        version,
+        arch,
+        epoch,
+        outputs,
+        debian,
+        artifacts: f.artifact,
+        locals: f.local,
+        files: f.file,
+        directories: f.directory,
+        symlinks: f.symlink,
+        users: f.user,
+        groups: f.group,
+        systemd: f.systemd.unwrap_or_default(),
+        kernel_package: kernel.package,
+        cmdline: kernel.cmdline.unwrap_or_default(),
+        disk_size,
+        machine: f.machine.unwrap_or_default(),
+    })
+}
+
+fn valid_user_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !s.starts_with('-')
+}
+
+/// The JSON Schema of the definition format, for editors.
+pub fn schema() -> schemars::schema::RootSchema {
+    schemars::schema_for!(DefinitionFile)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[image]
+name = "base"
+version = "1.0"
+epoch = 1700000000
+
+[debian]
+suite = "bookworm"
+packages = ["systemd", "kmod"]
+
+[[file]]
+path = "/etc/motd"
+content = "base"
+mode = 0o644
+
+[machine]
+hostname = "kiln"
+[machine.kubernetes]
+pod-cidr = "10.244.0.0/16"
+"#;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = "[image]\nname = \"x\"\nversoin = \"1\"\n";
+        let err = parse_file(Path::new("x.toml"), text).expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.starts_with("x.toml:3:1:"), "{msg}");
+        assert!(msg.contains("verso"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_toml_is_located() {
+        let err = parse_file(Path::new("bad.toml"), "[image\nname=1").expect_err("bad");
+        assert!(err.to_string().starts_with("bad.toml:1:"), "{err}");
+    }
+
+    #[test]
+    fn modes_accept_octal_ints_and_strings() {
+        let f: FileSpec = toml::from_str("path='/a'\nmode='0755'").expect("string");
+        assert_eq!(f.mode, Some(Mode(0o755)));
+        let f: FileSpec = toml::from_str("path='/a'\nmode=0o4755").expect("int");
+        assert_eq!(f.mode, Some(Mode(0o4755)));
+        assert!(toml::from_str::<FileSpec>("path='/a'\nmode='0999'").is_err());
+        assert!(toml::from_str::<FileSpec>("path='/a'\nmode=0o17777").is_err());
+    }
+
+    #[test]
+    fn extends_merges_as_a_pure_function() {
+        let dir = tempfile::tempdir().expect("tmp");
+        write(dir.path(), "base.toml", BASE);
+        let child = write(
+            dir.path(),
+            "child.toml",
+            r#"
+extends = "base.toml"
+[image]
+name = "child"
+[debian]
+packages = ["iproute2", "kmod"]
+[[file]]
+path = "/etc/motd"
+content = "child"
+[machine.kubernetes]
+service-cidr = "10.96.0.0/12"
+"#,
+        );
+        let d = load(&child).expect("load");
+        assert_eq!(d.name, "child");
+        assert_eq!(d.version, "1.0");
+        let deb = d.debian.expect("debian");
+        assert_eq!(deb.packages, ["systemd", "kmod", "iproute2"]);
+        assert_eq!(d.files.len(), 1);
+        assert_eq!(d.files[0].content, "child");
+        let k = d.machine["kubernetes"].as_table().expect("table");
+        assert_eq!(k.len(), 2, "nested machine tables merge: {k:?}");
+        assert_eq!(d.machine["hostname"].as_str(), Some("kiln"));
+    }
+
+    #[test]
+    fn extends_cycle_is_caught() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let a = write(dir.path(), "a.toml", "extends = \"b.toml\"\n");
+        write(dir.path(), "b.toml", "extends = \"a.toml\"\n");
+        assert!(matches!(
+            load(&a),
+            Err(DefinitionError::ExtendsTooDeep { .. })
+        ));
+    }
+
+    #[test]
+    fn errors_in_a_base_name_the_base() {
+        let dir = tempfile::tempdir().expect("tmp");
+        write(dir.path(), "base.toml", "[image]\nname = 3\n");
+        let child = write(dir.path(), "child.toml", "extends = \"base.toml\"\n");
+        let msg = load(&child).expect_err("bad base").to_string();
+        assert!(msg.contains("base.toml:2:"), "{msg}");
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(
+            dir.path(),
+            "x.toml",
+            "[image]\nname = \"Bad Name\"\nversion = \"1\"\nepoch = 0\n",
+        );
+        let msg = load(&p).expect_err("bad name").to_string();
+        assert!(msg.contains("image.name"), "{msg}");
+        let p = write(
+            dir.path(),
+            "y.toml",
+            "[image]\nname = \"ok\"\nversion = \"1\"\nepoch = 0\n[[artifact]]\nname = \"a\"\nurl = \"https://x/a\"\nchecksum = \"sha256:00\"\ndest = \"/a\"\n",
+        );
+        let msg = load(&p).expect_err("bad digest").to_string();
+        assert!(msg.contains("y.toml:8:") && msg.contains("64"), "{msg}");
+        let p = write(
+            dir.path(),
+            "z.toml",
+            "[image]\nname = \"ok\"\nversion = \"1\"\nepoch = 0\n[[symlink]]\npath = \"../../etc\"\ntarget = \"x\"\n",
+        );
+        let msg = load(&p).expect_err("traversal").to_string();
+        assert!(msg.contains("symlink.path") && msg.contains(".."), "{msg}");
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("8GiB"), Some(8 << 30));
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("1X"), None);
+        assert_eq!(parse_size(""), None);
+    }
+
+    #[test]
+    fn schema_lists_top_level_tables() {
+        let s = serde_json::to_value(schema()).expect("json");
+        let props = s["properties"].as_object().expect("props");
+        for k in [
+            "image", "debian", "artifact", "file", "user", "systemd", "kernel", "machine",
+        ] {
+            assert!(props.contains_key(k), "schema lacks {k}");
+        }
+        assert_eq!(s["additionalProperties"], serde_json::Value::Bool(false));
+    }
+}
