@@ -4,4 +4,5 @@
 
 pub mod definition;
 pub mod digest;
+pub mod lock;
 pub mod tree;
