@@ -2,6 +2,7 @@
 //!
 //! Data flow (see the README): definition -> lock -> fetch -> Tree -> outputs.
 
+pub mod assemble;
 pub mod definition;
 pub mod digest;
 pub mod lock;
