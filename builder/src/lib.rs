@@ -6,4 +6,6 @@ pub mod assemble;
 pub mod definition;
 pub mod digest;
 pub mod lock;
+pub mod manifest;
+pub mod staging;
 pub mod tree;

@@ -1,0 +1,361 @@
+//! `kiln lock` and `kiln build`: the data flow of design.md, from definition to outputs.
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::cache::{write_atomic_bytes, Cache};
+use crate::cli::{BuildArgs, FetchArgs, LockArgs};
+use crate::debian::{self, DebianRequest};
+use crate::definition::{Definition, OutputFormat};
+use crate::digest::Digest;
+use crate::fetch::{FetchError, FetchRequest, Fetcher, FetcherOptions, Rewrite};
+use crate::lock::{self, lock_path, Lock, LOCK_VERSION};
+use crate::manifest::{self, Input, Manifest, OutputFile, Tool};
+use crate::staging::Staging;
+use crate::tree::{Content, Entry, Tree, TreePath};
+use crate::unpack::{self, ContentStore, DebInput, Limits};
+
+/// Where apt's configuration lives on the host.
+const HOST_APT: &str = "/etc/apt";
+
+fn cache_of(args: &FetchArgs) -> Result<Cache> {
+    match &args.cache {
+        Some(dir) => Ok(Cache::at(dir)),
+        None => Cache::from_env().context("locating the cache directory"),
+    }
+}
+
+fn fetcher_of(args: &FetchArgs) -> Result<Fetcher> {
+    let rewrites = args
+        .mirror
+        .iter()
+        .map(|m| m.parse::<Rewrite>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = FetcherOptions {
+        offline: args.offline,
+        rewrites,
+        parallel: args.jobs.max(1),
+        ..FetcherOptions::default()
+    };
+    Ok(Fetcher::new(cache_of(args)?, opts)?)
+}
+
+/// The Debian mirror: the definition's, else the host's apt configuration.
+fn mirror_of(d: &crate::definition::Debian) -> Result<String> {
+    match &d.mirror {
+        Some(m) => Ok(m.trim_end_matches('/').to_string()),
+        None => Ok(debian::host_mirror(Path::new(HOST_APT), &d.suite)?),
+    }
+}
+
+pub fn lock(args: &LockArgs) -> Result<()> {
+    let def = crate::definition::load(&args.definition)?;
+    let path = lock_path(&args.definition);
+    let previous = Lock::read(&path, &args.definition).ok();
+    let fetcher = fetcher_of(&args.fetch)?;
+    let debian = match &def.debian {
+        None => None,
+        Some(d) => {
+            let req = DebianRequest {
+                mirror: mirror_of(d)?,
+                suite: d.suite.clone(),
+                components: d.components.clone(),
+                arch: def.arch.clone(),
+                packages: d.packages.clone(),
+                exclude: d.exclude.clone(),
+                essential: d.essential,
+            };
+            let prev: Vec<_> = previous
+                .as_ref()
+                .and_then(|l| l.debian.as_ref())
+                .map(|d| d.debs.clone())
+                .unwrap_or_default();
+            let debs = debian::lock(&req, &prev, &|url: &str| fetcher.get_bytes(url))
+                .with_context(|| format!("locking Debian packages of {}", args.definition.display()))?;
+            let mut dl = lock::debian_request(d);
+            dl.debs = debs;
+            Some(dl)
+        }
+    };
+    let new = Lock {
+        version: LOCK_VERSION,
+        debian,
+        artifact: Lock::artifacts_of(&def),
+    };
+    report_changes(previous.as_ref(), &new);
+    write_atomic_bytes(&path, new.to_toml().as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "{}: {} packages, {} artifacts",
+        path.display(),
+        new.debian.as_ref().map_or(0, |d| d.debs.len()),
+        new.artifact.len()
+    );
+    Ok(())
+}
+
+fn report_changes(old: Option<&Lock>, new: &Lock) {
+    let versions = |l: Option<&Lock>| -> BTreeMap<String, String> {
+        l.and_then(|l| l.debian.as_ref())
+            .map(|d| d.debs.iter().map(|b| (b.name.clone(), b.version.clone())).collect())
+            .unwrap_or_default()
+    };
+    let (a, b) = (versions(old), versions(Some(new)));
+    for (name, v) in &b {
+        match a.get(name) {
+            None if old.is_some() => eprintln!("  + {name} {v}"),
+            Some(ov) if ov != v => eprintln!("  ~ {name} {ov} -> {v}"),
+            _ => {}
+        }
+    }
+    for (name, v) in &a {
+        if !b.contains_key(name) {
+            eprintln!("  - {name} {v}");
+        }
+    }
+}
+
+/// What `kiln build --json` prints.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BuildSummary {
+    pub image: String,
+    pub version: String,
+    pub out: PathBuf,
+    pub outputs: Vec<OutputFile>,
+    pub downloaded: usize,
+    pub cached: usize,
+    pub seconds: BTreeMap<String, f64>,
+}
+
+/// Everything fetched for a build, in lock order.
+struct Fetched {
+    debs: Vec<(crate::debian::ResolvedDeb, PathBuf)>,
+    artifacts: BTreeMap<String, PathBuf>,
+    downloaded: usize,
+    cached: usize,
+}
+
+fn fetch_inputs(def: &Definition, lock: &Lock, fetcher: &Fetcher) -> Result<Fetched> {
+    let mut reqs = Vec::new();
+    let mut debs = Vec::new();
+    if let (Some(d), Some(l)) = (&def.debian, &lock.debian) {
+        let mirror = mirror_of(d)?;
+        for b in &l.debs {
+            reqs.push(FetchRequest {
+                name: b.name.clone(),
+                url: debian::deb_url(&mirror, &b.filename),
+                digest: b.sha256.clone(),
+                size: Some(b.size),
+            });
+            debs.push(b.clone());
+        }
+    }
+    for a in &def.artifacts {
+        reqs.push(FetchRequest {
+            name: a.name.clone(),
+            url: a.url.clone(),
+            digest: a.checksum.clone(),
+            size: None,
+        });
+    }
+    let (paths, report) = fetcher.fetch_all_with_report(&reqs).map_err(|e| match e {
+        FetchError::NotFound { ref name, .. } => {
+            match debs.iter().find(|d| &d.name == name) {
+                Some(d) => anyhow::Error::new(debian::DebianError::Superseded {
+                    name: d.name.clone(),
+                    version: d.version.clone(),
+                    filename: d.filename.clone(),
+                })
+                .context(e.to_string()),
+                None => anyhow::Error::new(e),
+            }
+        }
+        e => anyhow::Error::new(e),
+    })?;
+    let n = debs.len();
+    let artifacts = def
+        .artifacts
+        .iter()
+        .zip(&paths[n..])
+        .map(|(a, p)| (a.name.clone(), p.clone()))
+        .collect();
+    Ok(Fetched {
+        debs: debs.into_iter().zip(paths.into_iter().take(n)).collect(),
+        artifacts,
+        downloaded: report.downloaded,
+        cached: report.cached,
+    })
+}
+
+/// The image's root file tree: packages, artifacts, then the definition's own entries.
+pub fn assemble(def: &Definition, fetched_debs: &[DebInput], artifacts: &BTreeMap<String, PathBuf>, store: &ContentStore) -> Result<Tree> {
+    let limits = Limits::default();
+    let mut tree = Tree::new(def.epoch);
+    unpack::merged_usr(&mut tree)?;
+    unpack::add_debs(&mut tree, fetched_debs, store, &limits)?;
+    for a in &def.artifacts {
+        let path = artifacts
+            .get(&a.name)
+            .with_context(|| format!("artifact {} was not fetched", a.name))?;
+        if a.extract.is_empty() {
+            let dest = a.dest.as_deref().unwrap_or_default();
+            let p = TreePath::from_definition(dest)?;
+            let size = std::fs::metadata(path)
+                .with_context(|| format!("artifact {}: {}", a.name, path.display()))?
+                .len();
+            let content = Content::OnDisk {
+                path: path.clone(),
+                size,
+            };
+            let mode = a.mode.map_or(0o755, |m| m.0);
+            tree.replace(&p, Entry::file(content, mode, &a.name).at(def.epoch))?;
+        } else {
+            unpack::add_tar_archive(&mut tree, path, &a.name, &a.extract, store, &limits)
+                .with_context(|| format!("artifact {}", a.name))?;
+        }
+    }
+    crate::assemble::apply(&mut tree, def)?;
+    Ok(tree)
+}
+
+fn inputs_of(lock: &Lock) -> Vec<Input> {
+    let mut v: Vec<Input> = lock
+        .debian
+        .iter()
+        .flat_map(|d| &d.debs)
+        .map(|b| Input {
+            kind: "deb".into(),
+            name: b.name.clone(),
+            version: b.version.clone(),
+            source: b.filename.clone(),
+            checksum: b.sha256.clone(),
+        })
+        .collect();
+    v.extend(lock.artifact.iter().map(|a| Input {
+        kind: "artifact".into(),
+        name: a.name.clone(),
+        version: String::new(),
+        source: a.url.clone(),
+        checksum: a.checksum.clone(),
+    }));
+    v
+}
+
+fn write_file(path: &Path, write: impl FnOnce(&mut BufWriter<std::fs::File>) -> std::io::Result<()>) -> Result<()> {
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut w = BufWriter::with_capacity(1 << 20, f);
+    write(&mut w).with_context(|| format!("writing {}", path.display()))?;
+    w.flush().with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+pub fn build(args: &BuildArgs) -> Result<()> {
+    let started = Instant::now();
+    let mut seconds = BTreeMap::new();
+    let (def, lock) = crate::commands::definition_and_lock(&args.definition)?;
+    let formats: Vec<OutputFormat> = if args.format.is_empty() {
+        def.outputs.clone()
+    } else {
+        args.format.clone()
+    };
+    let fetcher = fetcher_of(&args.fetch)?;
+    let t = Instant::now();
+    let fetched = fetch_inputs(&def, &lock, &fetcher)?;
+    seconds.insert("fetch".to_string(), t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let store = ContentStore::open(fetcher.cache().root())
+        .with_context(|| format!("opening the content store in {}", fetcher.cache().root().display()))?;
+    let deb_inputs: Vec<DebInput> = fetched
+        .debs
+        .iter()
+        .map(|(d, p)| DebInput {
+            path: p.clone(),
+            origin: d.name.clone(),
+            sha256: Some(d.sha256.clone()),
+        })
+        .collect();
+    let tree = assemble(&def, &deb_inputs, &fetched.artifacts, &store)?;
+    seconds.insert("assemble".to_string(), t.elapsed().as_secs_f64());
+
+    let staging = Staging::new(&args.out)?;
+    let mut tools: Vec<Tool> = Vec::new();
+    let base = def.name.clone();
+    for f in &formats {
+        let t = Instant::now();
+        match f {
+            OutputFormat::Tar => {
+                let p = staging.dir().join(format!("{base}.tar"));
+                write_file(&p, |w| crate::output::tar::write_tar(&tree, w))?;
+            }
+            other => bail!("output format {other} is not supported by this build of kiln yet"),
+        }
+        seconds.insert(f.name().to_string(), t.elapsed().as_secs_f64());
+    }
+    let mut outputs: Vec<OutputFile> = Vec::new();
+    for entry in std::fs::read_dir(staging.dir())? {
+        let p = entry?.path();
+        if p.is_file() {
+            outputs.push(manifest::describe(&p)?);
+        }
+    }
+    outputs.sort();
+    tools.sort();
+    let inputs = inputs_of(&lock);
+    let lock_digest: Digest = lock.digest();
+    let manifest = Manifest {
+        image: def.name.clone(),
+        version: def.version.clone(),
+        arch: def.arch.clone(),
+        epoch: def.epoch,
+        kiln_version: env!("CARGO_PKG_VERSION").to_string(),
+        lock: lock_digest.clone(),
+        inputs: inputs.clone(),
+        tools,
+        outputs: outputs.clone(),
+    };
+    let licenses = crate::sbom::licenses_from_tree(&tree, &inputs);
+    let sbom = crate::sbom::document(&def.name, &def.version, def.epoch, lock_digest.hex(), &inputs, &licenses);
+    let mut sbom_text = serde_json::to_string_pretty(&sbom)?;
+    sbom_text.push('\n');
+    std::fs::write(staging.dir().join("manifest.json"), manifest.to_json())?;
+    std::fs::write(staging.dir().join("sbom.spdx.json"), sbom_text)?;
+    let mut all = outputs.clone();
+    all.push(manifest::describe(&staging.dir().join("manifest.json"))?);
+    all.push(manifest::describe(&staging.dir().join("sbom.spdx.json"))?);
+    std::fs::write(staging.dir().join("SHA256SUMS"), manifest::sha256sums(&all))?;
+    let out = staging.out().to_path_buf();
+    staging.commit()?;
+    seconds.insert("total".to_string(), started.elapsed().as_secs_f64());
+    let summary = BuildSummary {
+        image: def.name.clone(),
+        version: def.version.clone(),
+        out: out.clone(),
+        outputs,
+        downloaded: fetched.downloaded,
+        cached: fetched.cached,
+        seconds,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        for o in &summary.outputs {
+            eprintln!("{}  {}  ({} bytes)", o.sha256, out.join(&o.name).display(), o.size);
+        }
+        eprintln!(
+            "built {} {} in {:.1}s ({} downloaded, {} cached)",
+            def.name,
+            def.version,
+            started.elapsed().as_secs_f64(),
+            summary.downloaded,
+            summary.cached
+        );
+    }
+    Ok(())
+}

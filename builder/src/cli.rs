@@ -1,0 +1,115 @@
+//! The `kiln` command line. Doc comments are the help text.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::definition::OutputFormat;
+
+/// Kiln bakes immutable, bootable single-node Kubernetes machine images.
+///
+/// One TOML definition in; a qcow2/raw disk, a hybrid ISO and a PXE bundle out,
+/// every input pinned by checksum in a lock file, every output reproducible byte
+/// for byte.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, propagate_version = true)]
+pub struct Cli {
+    /// More log output (-v: debug, -vv: trace). Logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build an image from its definition and lock file.
+    Build(BuildArgs),
+    /// Resolve every input of a definition and pin it in DEF's lock file.
+    Lock(LockArgs),
+    /// Print the JSON Schema of the definition format (for editors).
+    Schema,
+}
+
+/// Options that decide where inputs come from.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FetchArgs {
+    /// Never touch the network; fail naming the first input missing from the cache.
+    #[arg(long)]
+    pub offline: bool,
+    /// Rewrite URLs starting with FROM to start with TO (air-gapped mirrors). Repeatable.
+    #[arg(long, value_name = "FROM=TO")]
+    pub mirror: Vec<String>,
+    /// Content cache directory.
+    #[arg(long, env = "KILN_CACHE", value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Downloads at the same time.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub jobs: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Image definition.
+    #[arg(default_value = "images/minimal.toml", value_name = "DEF")]
+    pub definition: PathBuf,
+    /// Outputs to write, comma-separated (tar, raw, qcow2, iso, pxe); default: the definition's.
+    #[arg(long, value_delimiter = ',', value_parser = parse_format, value_name = "FORMATS")]
+    pub format: Vec<OutputFormat>,
+    /// Output directory; outputs appear in it only once the whole build succeeded.
+    #[arg(long, short, default_value = "out", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Print a JSON summary of the build on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Image definition; the lock is written next to it with the `.lock` extension.
+    #[arg(value_name = "DEF")]
+    pub definition: PathBuf,
+    /// Do not resolve: exit non-zero when the lock does not match the definition.
+    /// Never touches the network.
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+fn parse_format(s: &str) -> Result<OutputFormat, String> {
+    OutputFormat::parse(s).ok_or_else(|| {
+        let all: Vec<_> = OutputFormat::ALL.iter().map(|f| f.name()).collect();
+        format!("unknown output format {s:?} (known: {})", all.join(", "))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn surface_is_pinned() {
+        let c = Cli::try_parse_from([
+            "kiln", "build", "x.toml", "--format", "tar,qcow2", "--out", "o", "--offline",
+            "--mirror", "http://a=http://b",
+        ])
+        .expect("parses");
+        match c.command {
+            Command::Build(b) => {
+                assert_eq!(b.format, [OutputFormat::Tar, OutputFormat::Qcow2]);
+                assert!(b.fetch.offline);
+                assert_eq!(b.fetch.mirror, ["http://a=http://b"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = Cli::try_parse_from(["kiln", "build", "--format", "vhd"]).expect_err("bad format");
+        assert!(err.to_string().contains("unknown output format \"vhd\""), "{err}");
+        assert!(matches!(
+            Cli::try_parse_from(["kiln", "lock", "d.toml", "--check"]).map(|c| c.command),
+            Ok(Command::Lock(LockArgs { check: true, .. }))
+        ));
+    }
+}

@@ -1,0 +1,279 @@
+//! sbom.spdx.json: an SPDX 2.3 JSON document listing every input of the image, with
+//! the license Debian's machine-readable copyright file states for it.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use crate::manifest::Input;
+use crate::tree::{Kind, Tree, TreePath};
+
+/// Debian short license names mapped to SPDX identifiers.
+const SPDX_NAMES: &[(&str, &str)] = &[
+    ("GPL-2", "GPL-2.0-only"),
+    ("GPL-2+", "GPL-2.0-or-later"),
+    ("GPL-3", "GPL-3.0-only"),
+    ("GPL-3+", "GPL-3.0-or-later"),
+    ("LGPL-2", "LGPL-2.0-only"),
+    ("LGPL-2+", "LGPL-2.0-or-later"),
+    ("LGPL-2.1", "LGPL-2.1-only"),
+    ("LGPL-2.1+", "LGPL-2.1-or-later"),
+    ("LGPL-3", "LGPL-3.0-only"),
+    ("LGPL-3+", "LGPL-3.0-or-later"),
+    ("Apache-2.0", "Apache-2.0"),
+    ("BSD-2-clause", "BSD-2-Clause"),
+    ("BSD-3-clause", "BSD-3-Clause"),
+    ("BSD-4-clause", "BSD-4-Clause"),
+    ("MIT", "MIT"),
+    ("Expat", "MIT"),
+    ("ISC", "ISC"),
+    ("Zlib", "Zlib"),
+    ("public-domain", "LicenseRef-public-domain"),
+    ("PD", "LicenseRef-public-domain"),
+    ("MPL-2.0", "MPL-2.0"),
+    ("Artistic", "Artistic-1.0-Perl"),
+    ("CC0-1.0", "CC0-1.0"),
+];
+
+/// The license of the `Files: *` paragraph of a DEP-5 copyright file, as written.
+pub fn debian_license(copyright: &str) -> Option<String> {
+    if !copyright.starts_with("Format:") {
+        return None;
+    }
+    for para in copyright.split("\n\n") {
+        let mut files_star = false;
+        let mut license = None;
+        for line in para.lines() {
+            if let Some(v) = line.strip_prefix("Files:") {
+                files_star = v.split_whitespace().any(|f| f == "*");
+            } else if let Some(v) = line.strip_prefix("License:") {
+                license = Some(v.trim().to_string());
+            }
+        }
+        if files_star {
+            return license.filter(|l| !l.is_empty());
+        }
+    }
+    None
+}
+
+/// A Debian license expression (`GPL-2+ or Artistic`) as an SPDX expression.
+pub fn spdx_expression(debian: &str) -> String {
+    let mut out = Vec::new();
+    for word in debian.split_whitespace() {
+        let w = word.trim_matches(',');
+        let lower = w.to_ascii_lowercase();
+        if lower == "or" || lower == "and" {
+            out.push(lower.to_uppercase());
+            continue;
+        }
+        let id = SPDX_NAMES
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(w))
+            .map(|(_, s)| s.to_string())
+            .unwrap_or_else(|| {
+                let clean: String = w
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+                    .collect();
+                format!("LicenseRef-{clean}")
+            });
+        out.push(id);
+    }
+    if out.is_empty() || out.first().is_some_and(|w| w == "OR" || w == "AND") {
+        return "NOASSERTION".into();
+    }
+    out.join(" ")
+}
+
+/// Licenses of the installed Debian packages, read from the tree.
+pub fn licenses_from_tree(tree: &Tree, inputs: &[Input]) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for i in inputs.iter().filter(|i| i.kind == "deb") {
+        let Ok(p) = TreePath::from_definition(&format!("usr/share/doc/{}/copyright", i.name)) else {
+            continue;
+        };
+        if let Some(Kind::File(c)) = tree.get(&p).map(|e| &e.kind) {
+            if let Ok(bytes) = c.read_all() {
+                if let Some(l) = debian_license(&String::from_utf8_lossy(&bytes)) {
+                    out.insert(i.name.clone(), l);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Seconds since the epoch as an RFC 3339 UTC timestamp.
+pub fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+fn spdx_id(kind: &str, name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+        .collect();
+    format!("SPDXRef-{kind}-{clean}")
+}
+
+/// The SPDX 2.3 document for an image.
+pub fn document(
+    image: &str,
+    version: &str,
+    epoch: u64,
+    lock_hex: &str,
+    inputs: &[Input],
+    licenses: &BTreeMap<String, String>,
+) -> Value {
+    let mut packages = vec![json!({
+        "SPDXID": "SPDXRef-image",
+        "name": image,
+        "versionInfo": version,
+        "downloadLocation": "NOASSERTION",
+        "filesAnalyzed": false,
+        "licenseConcluded": "NOASSERTION",
+        "licenseDeclared": "NOASSERTION",
+        "copyrightText": "NOASSERTION",
+        "primaryPackagePurpose": "OPERATING-SYSTEM",
+    })];
+    let mut relationships = vec![json!({
+        "spdxElementId": "SPDXRef-DOCUMENT",
+        "relationshipType": "DESCRIBES",
+        "relatedSpdxElement": "SPDXRef-image",
+    })];
+    let mut extracted: BTreeMap<String, String> = BTreeMap::new();
+    let mut sorted = inputs.to_vec();
+    sorted.sort();
+    for i in &sorted {
+        let id = spdx_id(&i.kind, &i.name);
+        let license = licenses
+            .get(&i.name)
+            .filter(|_| i.kind == "deb")
+            .map(|l| spdx_expression(l))
+            .unwrap_or_else(|| "NOASSERTION".into());
+        for word in license.split_whitespace().filter(|w| w.starts_with("LicenseRef-")) {
+            extracted.insert(
+                word.to_string(),
+                format!("License named \"{}\" in the package's Debian copyright file.", &word[11..]),
+            );
+        }
+        let alg = match i.checksum.algorithm() {
+            crate::digest::Algorithm::Sha256 => "SHA256",
+            crate::digest::Algorithm::Sha512 => "SHA512",
+        };
+        let mut p = json!({
+            "SPDXID": id,
+            "name": i.name,
+            "versionInfo": i.version,
+            "downloadLocation": if i.source.starts_with("http") { i.source.clone() } else { "NOASSERTION".into() },
+            "filesAnalyzed": false,
+            "checksums": [{"algorithm": alg, "checksumValue": i.checksum.hex()}],
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": license,
+            "copyrightText": "NOASSERTION",
+            "sourceInfo": format!("{} input from {}", i.kind, i.source),
+        });
+        if i.kind == "deb" {
+            p["supplier"] = json!("Organization: Debian");
+            p["externalRefs"] = json!([{
+                "referenceCategory": "PACKAGE-MANAGER",
+                "referenceType": "purl",
+                "referenceLocator": format!("pkg:deb/debian/{}@{}?arch=amd64", i.name, i.version.replace(':', "%3A")),
+            }]);
+        }
+        packages.push(p);
+        relationships.push(json!({
+            "spdxElementId": "SPDXRef-image",
+            "relationshipType": "CONTAINS",
+            "relatedSpdxElement": id,
+        }));
+    }
+    let mut doc = json!({
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": format!("{image}-{version}"),
+        "documentNamespace": format!("https://spdx.kiln.invalid/{image}/{version}/{lock_hex}"),
+        "creationInfo": {
+            "created": rfc3339(epoch),
+            "creators": [format!("Tool: kiln-{}", env!("CARGO_PKG_VERSION"))],
+        },
+        "packages": packages,
+        "relationships": relationships,
+    });
+    if !extracted.is_empty() {
+        doc["hasExtractedLicensingInfos"] = Value::Array(
+            extracted
+                .into_iter()
+                .map(|(id, text)| json!({"licenseId": id, "extractedText": text}))
+                .collect(),
+        );
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::{Algorithm, Digest};
+
+    #[test]
+    fn dates_are_rfc3339() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_767_225_600), "2026-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400 + 3_723), "2000-02-29T01:02:03Z");
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", "@1700000000", "+%Y-%m-%dT%H:%M:%SZ"])
+            .output()
+            .expect("date runs");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), rfc3339(1_700_000_000));
+    }
+
+    #[test]
+    fn reads_dep5_licenses() {
+        let c = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: debian/*\nLicense: MIT\n\nFiles: *\nCopyright: someone\nLicense: GPL-2+ or Artistic\n";
+        let l = debian_license(c).expect("license");
+        assert_eq!(l, "GPL-2+ or Artistic");
+        assert_eq!(spdx_expression(&l), "GPL-2.0-or-later OR Artistic-1.0-Perl");
+        assert_eq!(spdx_expression("Weird License"), "LicenseRef-Weird LicenseRef-License");
+        assert_eq!(debian_license("not machine readable"), None);
+    }
+
+    #[test]
+    fn document_lists_every_input() {
+        let inputs = vec![Input {
+            kind: "deb".into(),
+            name: "hostname".into(),
+            version: "3.23+nmu1".into(),
+            source: "pool/main/h/hostname/hostname_3.23+nmu1_amd64.deb".into(),
+            checksum: Digest::of_bytes(Algorithm::Sha256, b"x"),
+        }];
+        let mut lic = BTreeMap::new();
+        lic.insert("hostname".to_string(), "GPL-2+".to_string());
+        let d = document("minimal", "1", 0, "ab", &inputs, &lic);
+        assert_eq!(d["spdxVersion"], "SPDX-2.3");
+        let pkgs = d["packages"].as_array().expect("packages");
+        assert_eq!(pkgs.len(), 2);
+        assert_eq!(pkgs[1]["licenseDeclared"], "GPL-2.0-or-later");
+        assert_eq!(pkgs[1]["checksums"][0]["checksumValue"], inputs[0].checksum.hex());
+        assert_eq!(d["relationships"].as_array().map(Vec::len), Some(2));
+    }
+}
