@@ -1,1 +1,4 @@
 //! firstboot: Kiln's stage-1 init (PID 1 in the initramfs) and stage-2 machine agent.
+
+pub mod cmdline;
+pub mod config;
