@@ -2,3 +2,5 @@
 
 pub mod cmdline;
 pub mod config;
+pub mod gpt;
+pub mod sys;
