@@ -21,7 +21,10 @@ impl Cmdline {
         let mut params = Vec::new();
         let mut chars = text.chars().peekable();
         loop {
-            while chars.peek().is_some_and(|c| c.is_whitespace() || *c == '\0') {
+            while chars
+                .peek()
+                .is_some_and(|c| c.is_whitespace() || *c == '\0')
+            {
                 chars.next();
             }
             if chars.peek().is_none() {

@@ -164,7 +164,9 @@ impl Default for Kubernetes {
 
 /// An RFC 1123 host name: labels of 1–63 letters, digits or hyphens, not starting or
 /// ending with a hyphen, separated by dots, at most 253 characters. Can only be built valid.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 #[schemars(transparent)]
 pub struct Hostname(String);
@@ -324,7 +326,10 @@ mod tests {
         for ok in ["node1", "a", "Node-1.example.com", "x.y.", &"a".repeat(63)] {
             assert!(ok.parse::<Hostname>().is_ok(), "{ok}");
         }
-        assert_eq!("Node-1.Example".parse::<Hostname>().unwrap().as_str(), "node-1.example");
+        assert_eq!(
+            "Node-1.Example".parse::<Hostname>().unwrap().as_str(),
+            "node-1.example"
+        );
         for bad in [
             "",
             "-a",
@@ -349,7 +354,15 @@ mod tests {
         assert_eq!(c.prefix(), 16);
         assert_eq!(c.to_string(), "10.244.0.0/16");
         assert!("fd00::1/64".parse::<Cidr>().is_ok());
-        for bad in ["10.0.0.0", "10.0.0.0/33", "fd00::/129", "10.0.0/8", "x/8", "1.2.3.4/-1", "1.2.3.4/"] {
+        for bad in [
+            "10.0.0.0",
+            "10.0.0.0/33",
+            "fd00::/129",
+            "10.0.0/8",
+            "x/8",
+            "1.2.3.4/-1",
+            "1.2.3.4/",
+        ] {
             assert!(bad.parse::<Cidr>().is_err(), "{bad}");
         }
     }
@@ -379,7 +392,10 @@ pod-cidr = "10.42.0.0/16"
         assert_eq!(c.kubernetes.pod_cidr.to_string(), "10.42.0.0/16");
         assert_eq!(c.kubernetes.service_cidr.to_string(), "10.96.0.0/12");
         assert_eq!(c.kubernetes.cluster_domain.as_str(), "cluster.local");
-        assert_eq!(Selector::of("52:54:00:AA:bb:cc"), Selector::Mac("52:54:00:aa:bb:cc".into()));
+        assert_eq!(
+            Selector::of("52:54:00:AA:bb:cc"),
+            Selector::Mac("52:54:00:aa:bb:cc".into())
+        );
         assert_eq!(Selector::of("eth0"), Selector::Name("eth0".into()));
         // Round trip through TOML.
         let text = toml::to_string(&c).unwrap();
@@ -398,7 +414,14 @@ pod-cidr = "10.42.0.0/16"
     #[test]
     fn schema_names_the_sections() {
         let s = serde_json::to_string(&json_schema()).unwrap();
-        for key in ["hostname", "pod-cidr", "service-cidr", "cluster-domain", "interfaces", "mtu"] {
+        for key in [
+            "hostname",
+            "pod-cidr",
+            "service-cidr",
+            "cluster-domain",
+            "interfaces",
+            "mtu",
+        ] {
             assert!(s.contains(key), "{key} missing from schema");
         }
     }

@@ -52,7 +52,11 @@ pub fn crc32(data: &[u8]) -> u32 {
             let mut c = i as u32;
             let mut k = 0;
             while k < 8 {
-                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
                 k += 1;
             }
             t[i] = c;
@@ -141,8 +145,10 @@ impl Gpt {
     /// Reads and checks the primary header and entry array.
     pub fn read<D: Read + Seek>(dev: &mut D, sector: u64) -> Result<Gpt, GptError> {
         let mut header = vec![0u8; sector as usize];
-        dev.seek(SeekFrom::Start(sector)).map_err(io_err("seeking to LBA 1"))?;
-        dev.read_exact(&mut header).map_err(io_err("reading the GPT header"))?;
+        dev.seek(SeekFrom::Start(sector))
+            .map_err(io_err("seeking to LBA 1"))?;
+        dev.read_exact(&mut header)
+            .map_err(io_err("reading the GPT header"))?;
         if &header[0..8] != b"EFI PART" {
             return Err(GptError::BadHeader("no 'EFI PART' signature"));
         }
@@ -163,12 +169,19 @@ impl Gpt {
         let mut raw_entries = vec![0u8; count * entry_size];
         dev.seek(SeekFrom::Start(le64(&header, 72) * sector))
             .map_err(io_err("seeking to the GPT entries"))?;
-        dev.read_exact(&mut raw_entries).map_err(io_err("reading the GPT entries"))?;
+        dev.read_exact(&mut raw_entries)
+            .map_err(io_err("reading the GPT entries"))?;
         if crc32(&raw_entries) != le32(&header, 88) {
             return Err(GptError::BadHeader("entry array CRC mismatch"));
         }
         let entries = raw_entries.chunks(entry_size).map(Entry::parse).collect();
-        Ok(Gpt { sector, header, entry_size, entries, raw_entries })
+        Ok(Gpt {
+            sector,
+            header,
+            entry_size,
+            entries,
+            raw_entries,
+        })
     }
 
     /// The disk GUID in on-disk byte order.
@@ -231,9 +244,17 @@ impl Gpt {
             dev.seek(SeekFrom::Start(lba * s)).map_err(io_err(what))?;
             dev.write_all(bytes).map_err(io_err(what))
         };
-        put(backup_entries, &self.raw_entries, "writing the backup GPT entries")?;
+        put(
+            backup_entries,
+            &self.raw_entries,
+            "writing the backup GPT entries",
+        )?;
         put(last, &backup, "writing the backup GPT header")?;
-        put(primary_entries, &self.raw_entries, "writing the primary GPT entries")?;
+        put(
+            primary_entries,
+            &self.raw_entries,
+            "writing the primary GPT entries",
+        )?;
         put(1, &primary, "writing the primary GPT header")?;
         self.header = primary;
         dev.flush().map_err(io_err("flushing the disk"))
@@ -278,14 +299,20 @@ impl DataPartition {
     }
 }
 
-fn update_protective_mbr<D: Read + Write + Seek>(dev: &mut D, disk_sectors: u64) -> Result<(), GptError> {
+fn update_protective_mbr<D: Read + Write + Seek>(
+    dev: &mut D,
+    disk_sectors: u64,
+) -> Result<(), GptError> {
     let mut mbr = [0u8; 512];
-    dev.seek(SeekFrom::Start(0)).map_err(io_err("reading the MBR"))?;
-    dev.read_exact(&mut mbr).map_err(io_err("reading the MBR"))?;
+    dev.seek(SeekFrom::Start(0))
+        .map_err(io_err("reading the MBR"))?;
+    dev.read_exact(&mut mbr)
+        .map_err(io_err("reading the MBR"))?;
     if mbr[510..512] == [0x55, 0xAA] && mbr[446 + 4] == 0xEE {
         let size = (disk_sectors - 1).min(0xFFFF_FFFF) as u32;
         mbr[446 + 12..446 + 16].copy_from_slice(&size.to_le_bytes());
-        dev.seek(SeekFrom::Start(0)).map_err(io_err("writing the MBR"))?;
+        dev.seek(SeekFrom::Start(0))
+            .map_err(io_err("writing the MBR"))?;
         dev.write_all(&mbr).map_err(io_err("writing the MBR"))?;
     }
     Ok(())
@@ -297,16 +324,27 @@ pub fn ensure_data_partition<D: Read + Write + Seek>(
     dev: &mut D,
     sector: u64,
 ) -> Result<DataPartition, GptError> {
-    let disk_bytes = dev.seek(SeekFrom::End(0)).map_err(io_err("sizing the disk"))?;
+    let disk_bytes = dev
+        .seek(SeekFrom::End(0))
+        .map_err(io_err("sizing the disk"))?;
     let disk_sectors = disk_bytes / sector;
     let mut gpt = Gpt::read(dev, sector)?;
     let old_alternate = gpt.alternate_lba();
     if old_alternate + 1 > disk_sectors {
-        return Err(GptError::Shrunk { disk_sectors, gpt_sectors: old_alternate + 1 });
+        return Err(GptError::Shrunk {
+            disk_sectors,
+            gpt_sectors: old_alternate + 1,
+        });
     }
     let grew = old_alternate + 1 != disk_sectors;
     let new_last_usable = disk_sectors - 1 - gpt.entry_sectors() - 1;
-    let max_end = gpt.entries.iter().filter(|e| e.is_used()).map(|e| e.last_lba).max().unwrap_or(0);
+    let max_end = gpt
+        .entries
+        .iter()
+        .filter(|e| e.is_used())
+        .map(|e| e.last_lba)
+        .max()
+        .unwrap_or(0);
 
     let outcome = if let Some((n, e)) = gpt.find(DATA_LABEL) {
         let (n, at_end) = (n, e.last_lba == max_end);
@@ -325,7 +363,9 @@ pub fn ensure_data_partition<D: Read + Write + Seek>(
         let first_usable = le64(&gpt.header, 40);
         let start = (max_end.max(first_usable) + 1).div_ceil(align) * align;
         if start > new_last_usable || (new_last_usable - start + 1) * sector < MIN_DATA_BYTES {
-            return Err(GptError::NoSpace("less than 16 MiB free after the last partition"));
+            return Err(GptError::NoSpace(
+                "less than 16 MiB free after the last partition",
+            ));
         }
         let Some(idx) = gpt.entries.iter().position(|e| !e.is_used()) else {
             return Err(GptError::NoSpace("no free partition entry"));
@@ -348,7 +388,7 @@ pub fn ensure_data_partition<D: Read + Write + Seek>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::fs::OpenOptions;
     use std::path::Path;
@@ -372,7 +412,7 @@ mod tests {
         Command::new("sfdisk").arg("--version").output().is_ok()
     }
 
-    fn make_image(path: &Path, mib: u64) {
+    pub(crate) fn make_image(path: &Path, mib: u64) {
         let f = std::fs::File::create(path).unwrap();
         f.set_len(mib << 20).unwrap();
         drop(f);
@@ -388,18 +428,35 @@ mod tests {
             .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
         assert!(child.wait().unwrap().success());
     }
 
     fn sfdisk_json(path: &Path) -> serde_json::Value {
-        let out = Command::new("sfdisk").arg("--json").arg(path).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("sfdisk")
+            .arg("--json")
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
     fn sfdisk_verify(path: &Path) {
-        let out = Command::new("sfdisk").arg("--verify").arg(path).output().unwrap();
+        let out = Command::new("sfdisk")
+            .arg("--verify")
+            .arg(path)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "sfdisk --verify: {text}");
@@ -407,7 +464,11 @@ mod tests {
     }
 
     fn ensure(path: &Path) -> DataPartition {
-        let mut f = OpenOptions::new().read(true).write(true).open(path).unwrap();
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
         ensure_data_partition(&mut f, 512).unwrap()
     }
 
@@ -433,7 +494,10 @@ mod tests {
         assert_eq!(p5["type"], "0FC63DAF-8483-4772-8E79-3D69D8477DE4");
         let start = p5["start"].as_u64().unwrap();
         let p4_end = p4["start"].as_u64().unwrap() + p4["size"].as_u64().unwrap();
-        assert!(start >= p4_end && start % 2048 == 0, "start {start} after {p4_end}");
+        assert!(
+            start >= p4_end && start % 2048 == 0,
+            "start {start} after {p4_end}"
+        );
         let lastlba = t["lastlba"].as_u64().unwrap();
         assert_eq!(start + p5["size"].as_u64().unwrap() - 1, lastlba);
         let uuid1 = p5["uuid"].as_str().unwrap().to_string();
@@ -446,7 +510,11 @@ mod tests {
         assert_eq!(before, std::fs::read(&img).unwrap());
 
         // The disk grows: backup GPT moves, kiln-data grows to the new end.
-        let st = Command::new("truncate").args(["-s", "96M"]).arg(&img).status().unwrap();
+        let st = Command::new("truncate")
+            .args(["-s", "96M"])
+            .arg(&img)
+            .status()
+            .unwrap();
         assert!(st.success());
         assert_eq!(ensure(&img), DataPartition::Grown(5));
         sfdisk_verify(&img);
@@ -491,12 +559,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("full.img");
         make_image(&img, 27); // 1+8+8+8 MiB used: less than 16 MiB left
-        let mut f = OpenOptions::new().read(true).write(true).open(&img).unwrap();
-        assert!(matches!(ensure_data_partition(&mut f, 512), Err(GptError::NoSpace(_))));
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap();
+        assert!(matches!(
+            ensure_data_partition(&mut f, 512),
+            Err(GptError::NoSpace(_))
+        ));
         // A flipped bit in the header is caught by the CRC.
         let mut bytes = std::fs::read(&img).unwrap();
         bytes[512 + 40] ^= 1;
         let mut c = std::io::Cursor::new(bytes);
-        assert!(matches!(ensure_data_partition(&mut c, 512), Err(GptError::BadHeader(_))));
+        assert!(matches!(
+            ensure_data_partition(&mut c, 512),
+            Err(GptError::BadHeader(_))
+        ));
     }
 }

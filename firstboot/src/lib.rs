@@ -3,4 +3,6 @@
 pub mod cmdline;
 pub mod config;
 pub mod gpt;
+pub mod probe;
+pub mod stage1;
 pub mod sys;

@@ -145,8 +145,9 @@ impl Sys for RealSys {
     fn random(&self, buf: &mut [u8]) -> io::Result<()> {
         let mut done = 0;
         while done < buf.len() {
-            done += rustix::rand::getrandom(&mut buf[done..], rustix::rand::GetRandomFlags::empty())
-                .map_err(errno)?;
+            done +=
+                rustix::rand::getrandom(&mut buf[done..], rustix::rand::GetRandomFlags::empty())
+                    .map_err(errno)?;
         }
         Ok(())
     }
