@@ -4,5 +4,6 @@ pub mod cmdline;
 pub mod config;
 pub mod gpt;
 pub mod probe;
+pub mod sources;
 pub mod stage1;
 pub mod sys;
