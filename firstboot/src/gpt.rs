@@ -495,7 +495,7 @@ pub(crate) mod tests {
         let start = p5["start"].as_u64().unwrap();
         let p4_end = p4["start"].as_u64().unwrap() + p4["size"].as_u64().unwrap();
         assert!(
-            start >= p4_end && start % 2048 == 0,
+            start >= p4_end && start.is_multiple_of(2048),
             "start {start} after {p4_end}"
         );
         let lastlba = t["lastlba"].as_u64().unwrap();

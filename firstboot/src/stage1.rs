@@ -764,7 +764,7 @@ mod tests {
         let pos = |want: &dyn Fn(&Call) -> bool| {
             calls
                 .iter()
-                .position(|c| want(c))
+                .position(want)
                 .unwrap_or_else(|| panic!("missing call in {calls:#?}"))
         };
         let reread = pos(&|c| matches!(c, Call::RereadPartitions(p) if p.ends_with("dev/vda")));

@@ -304,7 +304,7 @@ impl Sys for RecordingSys {
     }
     fn exec(&self, path: &Path) -> io::Error {
         match self.record(Call::Exec(path.to_path_buf())) {
-            Ok(()) => io::Error::new(io::ErrorKind::Other, "exec recorded by the fake"),
+            Ok(()) => io::Error::other("exec recorded by the fake"),
             Err(e) => e,
         }
     }
