@@ -117,11 +117,12 @@ pub fn loop_get_free(ctl: impl AsFd) -> io::Result<u32> {
     u32::try_from(n).map_err(|_| io::Errno::RANGE)
 }
 
-/// Attaches `backing` to the loop device `dev` read-only with autoclear (LOOP_CONFIGURE).
+/// Attaches `backing` to the loop device `dev` read-only (LOOP_CONFIGURE). No autoclear:
+/// it would detach the device as soon as `dev` is closed, before anyone mounts it.
 pub fn loop_configure(dev: impl AsFd, backing: impl AsFd) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let fd = u32::try_from(backing.as_fd().as_raw_fd()).map_err(|_| io::Errno::BADF)?;
-    let mut cfg = LoopConfig::new(fd, LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR);
+    let mut cfg = LoopConfig::new(fd, LO_FLAGS_READ_ONLY);
     // SAFETY: see `Configure`.
     unsafe { ioctl(dev, Configure(&mut cfg)) }
 }
