@@ -1,1 +1,12 @@
 //! firstboot: Kiln's stage-1 init (PID 1 in the initramfs) and stage-2 machine agent.
+
+pub mod agent;
+pub mod cmdline;
+pub mod config;
+pub mod console;
+pub mod gpt;
+pub mod hostname;
+pub mod probe;
+pub mod sources;
+pub mod stage1;
+pub mod sys;

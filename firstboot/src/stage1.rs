@@ -1,0 +1,986 @@
+//! Stage 1: PID 1 in the initramfs. Mounts the API filesystems, loads modules, finds and
+//! mounts the root, creates/grows and mounts `kiln-data` at /var, overlays /etc, writes the
+//! machine id and switches root into systemd.
+//!
+//! Every path is relative to a [`Layout`] root (`/` on a machine, a temp dir in tests) and
+//! every privileged call goes through [`Sys`].
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cmdline::Cmdline;
+use crate::gpt::{self, DataPartition};
+use crate::probe;
+use crate::sys::{MountFlags, Sys};
+
+/// How long to wait for a device to show up (virtio under TCG can be slow).
+pub const DEVICE_TIMEOUT_MS: u64 = 30_000;
+/// ISO volume label of Kiln's hybrid ISO.
+pub const ISO_LABEL: &str = "KILN";
+/// Where the init of the real root lives.
+pub const INIT: &str = "/sbin/init";
+
+/// A stage-1 failure: the step that failed and why, printed once on the console.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {detail}")]
+pub struct Stage1Error {
+    /// What stage 1 was doing.
+    pub step: &'static str,
+    /// Why it failed.
+    pub detail: String,
+}
+
+fn fail(step: &'static str, detail: impl std::fmt::Display) -> Stage1Error {
+    Stage1Error {
+        step,
+        detail: detail.to_string(),
+    }
+}
+
+/// The paths stage 1 works on, all under one root.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `/` in the initramfs.
+    pub root: PathBuf,
+}
+
+impl Layout {
+    /// A layout rooted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Layout { root: root.into() }
+    }
+    fn p(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+    pub fn proc(&self) -> PathBuf {
+        self.p("proc")
+    }
+    pub fn sys(&self) -> PathBuf {
+        self.p("sys")
+    }
+    pub fn dev(&self) -> PathBuf {
+        self.p("dev")
+    }
+    pub fn run(&self) -> PathBuf {
+        self.p("run")
+    }
+    pub fn sysroot(&self) -> PathBuf {
+        self.p("sysroot")
+    }
+    pub fn cmdline(&self) -> PathBuf {
+        self.p("proc/cmdline")
+    }
+    pub fn class_block(&self) -> PathBuf {
+        self.p("sys/class/block")
+    }
+    pub fn modules_load(&self) -> PathBuf {
+        self.p("etc/kiln/modules.load")
+    }
+    pub fn embedded_squashfs(&self) -> PathBuf {
+        self.p("root.squashfs")
+    }
+    pub fn media(&self) -> PathBuf {
+        self.p("run/kiln/media")
+    }
+    pub fn stage1_json(&self) -> PathBuf {
+        self.p("run/kiln/stage1.json")
+    }
+    /// A path inside the initramfs given as absolute (e.g. a line of modules.load).
+    pub fn inside(&self, abs: &str) -> PathBuf {
+        self.root.join(abs.trim_start_matches('/'))
+    }
+}
+
+/// Where the root comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootSource {
+    /// GPT partition `kiln-root-<slot>`.
+    Slot(String),
+    /// `/kiln/root.squashfs` on the ISO labelled `KILN`.
+    Iso,
+    /// `/root.squashfs` inside the initramfs.
+    Embedded,
+}
+
+impl RootSource {
+    /// From `kiln.root=iso|embedded` or `kiln.slot=a|b` (default slot a).
+    pub fn from_cmdline(c: &Cmdline) -> Result<Self, Stage1Error> {
+        match c.get("kiln.root") {
+            Some("iso") => return Ok(RootSource::Iso),
+            Some("embedded") => return Ok(RootSource::Embedded),
+            Some("disk") | None => {}
+            Some(other) => {
+                return Err(fail(
+                    "reading kiln.root",
+                    format!("unknown value {other:?} (iso, embedded)"),
+                ))
+            }
+        }
+        match c.get("kiln.slot").unwrap_or("a") {
+            s @ ("a" | "b") => Ok(RootSource::Slot(s.to_string())),
+            other => Err(fail(
+                "reading kiln.slot",
+                format!("unknown slot {other:?} (a, b)"),
+            )),
+        }
+    }
+}
+
+/// What to do after a failure (`kiln.on-failure=reboot`, default wait).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Keep the console alive forever.
+    Wait,
+    /// Reboot after a delay.
+    Reboot,
+}
+
+impl OnFailure {
+    /// From the kernel command line.
+    pub fn from_cmdline(c: &Cmdline) -> Self {
+        if c.get("kiln.on-failure") == Some("reboot") {
+            OnFailure::Reboot
+        } else {
+            OnFailure::Wait
+        }
+    }
+}
+
+/// Stage-1 phase timestamps, CLOCK_MONOTONIC milliseconds, written to /run/kiln/stage1.json.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Timings {
+    pub start: u64,
+    pub modules_loaded: u64,
+    pub root_mounted: u64,
+    pub var_mounted: u64,
+    pub switch_root: u64,
+    /// How the root was found: `slot-a`, `slot-b`, `iso`, `embedded`.
+    pub root: String,
+    /// What /var is: `kiln-data (created|grown|existing)` or `tmpfs`.
+    pub var: String,
+    /// Modules loaded / failed.
+    pub modules_ok: u32,
+    pub modules_failed: u32,
+}
+
+/// Mounts /proc, /sys, /dev and /run (an already-mounted one is fine).
+pub fn mount_api_filesystems(sys: &dyn Sys, l: &Layout) -> Result<(), Stage1Error> {
+    let common = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    let table: [(&str, PathBuf, &str, MountFlags, &str); 4] = [
+        ("proc", l.proc(), "proc", common, ""),
+        ("sysfs", l.sys(), "sysfs", common, ""),
+        (
+            "devtmpfs",
+            l.dev(),
+            "devtmpfs",
+            MountFlags::NOSUID,
+            "mode=0755",
+        ),
+        (
+            "tmpfs",
+            l.run(),
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            "mode=0755",
+        ),
+    ];
+    for (src, dir, fs, flags, data) in table {
+        let _ = std::fs::create_dir_all(&dir);
+        match sys.mount(src, &dir, fs, flags, data) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(16) => {} // EBUSY: already mounted
+            Err(e) => {
+                return Err(fail(
+                    "mounting the API filesystems",
+                    format!("{}: {e}", dir.display()),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the modules listed in /etc/kiln/modules.load, in order. EEXIST counts as loaded;
+/// other failures are reported and skipped. Returns (loaded, failed).
+pub fn load_modules(sys: &dyn Sys, l: &Layout, say: &dyn Fn(&str)) -> (u32, u32) {
+    let Ok(list) = std::fs::read_to_string(l.modules_load()) else {
+        return (0, 0);
+    };
+    let (mut ok, mut bad) = (0, 0);
+    for line in list
+        .lines()
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && !s.starts_with('#'))
+    {
+        match sys.finit_module(&l.inside(line)) {
+            Ok(()) => ok += 1,
+            Err(e) if e.raw_os_error() == Some(17) => ok += 1, // EEXIST
+            Err(e) => {
+                bad += 1;
+                say(&format!("kiln: stage 1: module {line} not loaded: {e}"));
+            }
+        }
+    }
+    (ok, bad)
+}
+
+/// Polls `f` every 100 ms until it gives a value or `timeout_ms` passes.
+pub fn wait_for<T>(sys: &dyn Sys, timeout_ms: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = sys.monotonic_ms();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if sys.monotonic_ms().saturating_sub(start) >= timeout_ms {
+            return None;
+        }
+        sys.sleep(Duration::from_millis(100));
+    }
+}
+
+fn mkdir(p: &Path) -> Result<(), Stage1Error> {
+    std::fs::create_dir_all(p)
+        .map_err(|e| fail("creating a directory", format!("{}: {e}", p.display())))
+}
+
+fn mount_squashfs(sys: &dyn Sys, l: &Layout, dev: &Path) -> Result<(), Stage1Error> {
+    mkdir(&l.sysroot())?;
+    sys.mount(
+        &dev.to_string_lossy(),
+        &l.sysroot(),
+        "squashfs",
+        MountFlags::RDONLY,
+        "",
+    )
+    .map_err(|e| {
+        fail(
+            "mounting the root squashfs",
+            format!("{}: {e}", dev.display()),
+        )
+    })
+}
+
+/// Runs tools from the new root (mkfs.ext4, e2fsck, resize2fs) with /dev and /proc there.
+fn run_root_tools(sys: &dyn Sys, l: &Layout, cmds: &[&[&str]]) -> Result<(), Stage1Error> {
+    let (dev, proc) = (l.sysroot().join("dev"), l.sysroot().join("proc"));
+    sys.mount(
+        "devtmpfs",
+        &dev,
+        "devtmpfs",
+        MountFlags::NOSUID,
+        "mode=0755",
+    )
+    .map_err(|e| fail("mounting devtmpfs for the root's tools", e))?;
+    let proc_ok = sys
+        .mount("proc", &proc, "proc", MountFlags::empty(), "")
+        .is_ok();
+    let mut result = Ok(());
+    for argv in cmds {
+        match sys.run_chrooted(&l.sysroot(), argv) {
+            // e2fsck: 1 = errors corrected, 2 = corrected, reboot advised. Both usable.
+            Ok(0) => {}
+            Ok(1 | 2) if argv[0].ends_with("e2fsck") => {}
+            Ok(code) => {
+                result = Err(fail(
+                    "preparing kiln-data",
+                    format!("{} exited with {code}", argv.join(" ")),
+                ));
+                break;
+            }
+            Err(e) => {
+                result = Err(fail(
+                    "preparing kiln-data",
+                    format!("running {}: {e}", argv[0]),
+                ));
+                break;
+            }
+        }
+    }
+    if proc_ok {
+        let _ = sys.umount(&proc);
+    }
+    let _ = sys.umount(&dev);
+    result
+}
+
+/// Formats (first time only) or resizes `kiln-data` and mounts it at /sysroot/var.
+fn mount_data(
+    sys: &dyn Sys,
+    l: &Layout,
+    devname: &str,
+    grown: bool,
+) -> Result<&'static str, Stage1Error> {
+    let node = l.dev().join(devname);
+    let in_root = format!("/dev/{devname}");
+    let mut how = if grown { "grown" } else { "existing" };
+    if !probe::has_ext4(&node) {
+        run_root_tools(
+            sys,
+            l,
+            &[&[
+                "/usr/sbin/mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                "kiln-data",
+                &in_root,
+            ]],
+        )?;
+        how = "created";
+    } else if grown {
+        run_root_tools(
+            sys,
+            l,
+            &[
+                &["/usr/sbin/e2fsck", "-f", "-p", &in_root],
+                &["/usr/sbin/resize2fs", &in_root],
+            ],
+        )?;
+    }
+    let var = l.sysroot().join("var");
+    sys.mount(
+        &node.to_string_lossy(),
+        &var,
+        "ext4",
+        MountFlags::NODEV | MountFlags::NOSUID,
+        "",
+    )
+    .map_err(|e| {
+        fail(
+            "mounting kiln-data at /var",
+            format!("{}: {e}", node.display()),
+        )
+    })?;
+    Ok(how)
+}
+
+fn mount_var_tmpfs(sys: &dyn Sys, l: &Layout) -> Result<(), Stage1Error> {
+    sys.mount(
+        "tmpfs",
+        &l.sysroot().join("var"),
+        "tmpfs",
+        MountFlags::NODEV | MountFlags::NOSUID,
+        "mode=0755",
+    )
+    .map_err(|e| fail("mounting tmpfs at /var", e))
+}
+
+/// Creates or grows kiln-data on the disk holding `root_part`. Returns (grown-or-created, created).
+fn prepare_data_partition(
+    sys: &dyn Sys,
+    l: &Layout,
+    root_part: &str,
+    say: &dyn Fn(&str),
+) -> Option<DataPartition> {
+    let cb = l.class_block();
+    let Some(disk) = probe::parent_disk(&cb, root_part) else {
+        say(&format!(
+            "kiln: stage 1: no parent disk for {root_part}; /var on tmpfs"
+        ));
+        return None;
+    };
+    let disk_node = l.dev().join(&disk);
+    let res = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&disk_node)
+        .map_err(|e| e.to_string())
+        .and_then(|mut f| gpt::ensure_data_partition(&mut f, 512).map_err(|e| e.to_string()));
+    match res {
+        Ok(out) => {
+            if !matches!(out, DataPartition::Unchanged(_)) {
+                if let Err(e) = sys.reread_partitions(&disk_node) {
+                    say(&format!(
+                        "kiln: stage 1: re-reading the partitions of {disk}: {e}"
+                    ));
+                }
+            }
+            Some(out)
+        }
+        Err(e) => {
+            say(&format!(
+                "kiln: stage 1: kiln-data on {disk}: {e}; /var on tmpfs"
+            ));
+            None
+        }
+    }
+}
+
+/// Mounts the root and /var for `source`; returns the description of /var.
+fn mount_root_and_var(
+    sys: &dyn Sys,
+    l: &Layout,
+    source: &RootSource,
+    t: &mut Timings,
+    say: &dyn Fn(&str),
+) -> Result<String, Stage1Error> {
+    let cb = l.class_block();
+    let mut data: Option<(String, bool)> = None;
+    match source {
+        RootSource::Slot(slot) => {
+            let label = format!("kiln-root-{slot}");
+            let part = wait_for(sys, DEVICE_TIMEOUT_MS, || {
+                probe::find_partition(&cb, &label)
+            })
+            .ok_or_else(|| {
+                fail(
+                    "finding the root",
+                    format!("no partition {label} after 30 s"),
+                )
+            })?;
+            // Partition edits first: BLKRRPART is refused once a partition is mounted.
+            let outcome = prepare_data_partition(sys, l, &part, say);
+            let wait = if matches!(outcome, Some(DataPartition::Created(_))) {
+                DEVICE_TIMEOUT_MS
+            } else {
+                0
+            };
+            if let Some(dev) = wait_for(sys, wait, || probe::find_partition(&cb, gpt::DATA_LABEL)) {
+                data = Some((dev, matches!(outcome, Some(DataPartition::Grown(_)))));
+            }
+            mount_squashfs(sys, l, &l.dev().join(&part))?;
+            t.root = format!("slot-{slot}");
+        }
+        RootSource::Iso => {
+            let dev = wait_for(sys, DEVICE_TIMEOUT_MS, || {
+                probe::block_devices(&cb).into_iter().find(|d| {
+                    probe::iso9660_label(&l.dev().join(&d.devname)).as_deref() == Some(ISO_LABEL)
+                })
+            })
+            .ok_or_else(|| {
+                fail(
+                    "finding the root",
+                    format!("no ISO 9660 volume labelled {ISO_LABEL} after 30 s"),
+                )
+            })?;
+            let media = l.media();
+            mkdir(&media)?;
+            let node = l.dev().join(&dev.devname);
+            sys.mount(
+                &node.to_string_lossy(),
+                &media,
+                "iso9660",
+                MountFlags::RDONLY,
+                "",
+            )
+            .map_err(|e| fail("mounting the ISO", format!("{}: {e}", node.display())))?;
+            let file = media.join("kiln/root.squashfs");
+            let lo = sys.loop_attach(&l.dev(), &file).map_err(|e| {
+                fail(
+                    "attaching the root squashfs to a loop device",
+                    format!("{}: {e}", file.display()),
+                )
+            })?;
+            mount_squashfs(sys, l, &lo)?;
+            data = probe::find_partition(&cb, gpt::DATA_LABEL).map(|d| (d, false));
+            t.root = "iso".into();
+        }
+        RootSource::Embedded => {
+            let file = l.embedded_squashfs();
+            let lo = sys.loop_attach(&l.dev(), &file).map_err(|e| {
+                fail(
+                    "attaching the embedded root squashfs",
+                    format!("{}: {e}", file.display()),
+                )
+            })?;
+            mount_squashfs(sys, l, &lo)?;
+            data = probe::find_partition(&cb, gpt::DATA_LABEL).map(|d| (d, false));
+            t.root = "embedded".into();
+        }
+    }
+    t.root_mounted = sys.monotonic_ms();
+    let var = match data {
+        Some((dev, grown)) => format!("kiln-data {} ({dev})", mount_data(sys, l, &dev, grown)?),
+        None => {
+            mount_var_tmpfs(sys, l)?;
+            "tmpfs".to_string()
+        }
+    };
+    t.var_mounted = sys.monotonic_ms();
+    Ok(var)
+}
+
+/// Overlays /sysroot/etc with an upper layer on /var.
+fn overlay_etc(sys: &dyn Sys, l: &Layout) -> Result<(), Stage1Error> {
+    let etc = l.sysroot().join("etc");
+    let base = l.sysroot().join("var/lib/kiln/etc");
+    let (upper, work) = (base.join("upper"), base.join("work"));
+    mkdir(&upper)?;
+    mkdir(&work)?;
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        etc.display(),
+        upper.display(),
+        work.display()
+    );
+    sys.mount("overlay", &etc, "overlay", MountFlags::empty(), &data)
+        .map_err(|e| fail("overlaying /etc", e))
+}
+
+fn valid_machine_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && s != "0".repeat(32)
+}
+
+/// Generates the machine id once into /var/lib/kiln/machine-id and writes /etc/machine-id.
+pub fn machine_id(sys: &dyn Sys, sysroot: &Path) -> Result<String, Stage1Error> {
+    let stored = sysroot.join("var/lib/kiln/machine-id");
+    let id = match std::fs::read_to_string(&stored) {
+        Ok(s) if valid_machine_id(s.trim()) => s.trim().to_string(),
+        _ => {
+            let mut b = [0u8; 16];
+            sys.random(&mut b)
+                .map_err(|e| fail("generating the machine id", e))?;
+            let id = hex::encode(b);
+            std::fs::write(&stored, format!("{id}\n")).map_err(|e| {
+                fail(
+                    "storing the machine id",
+                    format!("{}: {e}", stored.display()),
+                )
+            })?;
+            id
+        }
+    };
+    let etc_id = sysroot.join("etc/machine-id");
+    if std::fs::read_to_string(&etc_id)
+        .ok()
+        .as_deref()
+        .map(str::trim)
+        != Some(id.as_str())
+    {
+        std::fs::write(&etc_id, format!("{id}\n")).map_err(|e| {
+            fail(
+                "writing /etc/machine-id",
+                format!("{}: {e}", etc_id.display()),
+            )
+        })?;
+    }
+    Ok(id)
+}
+
+/// Everything up to (not including) switch_root. Returns the timings, also written to
+/// /run/kiln/stage1.json.
+pub fn prepare(sys: &dyn Sys, l: &Layout, say: &dyn Fn(&str)) -> Result<Timings, Stage1Error> {
+    let mut t = Timings {
+        start: sys.monotonic_ms(),
+        ..Timings::default()
+    };
+    mount_api_filesystems(sys, l)?;
+    let cmdline = Cmdline::read(&l.cmdline()).map_err(|e| fail("reading /proc/cmdline", e))?;
+    let source = RootSource::from_cmdline(&cmdline)?;
+    (t.modules_ok, t.modules_failed) = load_modules(sys, l, say);
+    t.modules_loaded = sys.monotonic_ms();
+    t.var = mount_root_and_var(sys, l, &source, &mut t, say)?;
+    overlay_etc(sys, l)?;
+    machine_id(sys, &l.sysroot())?;
+    t.switch_root = sys.monotonic_ms();
+    let json = serde_json::to_string_pretty(&t).map_err(|e| fail("writing stage1.json", e))?;
+    let path = l.stage1_json();
+    mkdir(path.parent().unwrap_or(&l.run()))?;
+    std::fs::write(&path, json)
+        .map_err(|e| fail("writing stage1.json", format!("{}: {e}", path.display())))?;
+    Ok(t)
+}
+
+/// Deletes the initramfs contents (files on the root's device, not crossing mounts, not
+/// the new root), as switch_root does, to free the memory.
+pub fn clean_initramfs(l: &Layout) {
+    fn rm(dir: &Path, dev: u64, keep: &Path) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p == keep {
+                continue;
+            }
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if md.dev() != dev {
+                continue;
+            }
+            if md.is_dir() {
+                rm(&p, dev, keep);
+                let _ = std::fs::remove_dir(&p);
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    let Ok(md) = std::fs::metadata(&l.root) else {
+        return;
+    };
+    let sysroot = l.sysroot();
+    // The API filesystems are mounts in real life; in case they are not, keep them too.
+    let Ok(rd) = std::fs::read_dir(&l.root) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p == sysroot || p == l.proc() || p == l.sys() || p == l.dev() || p == l.run() {
+            continue;
+        }
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.dev() == md.dev() && m.is_dir() => {
+                rm(&p, md.dev(), &sysroot);
+                let _ = std::fs::remove_dir(&p);
+            }
+            Ok(m) if m.dev() == md.dev() => {
+                let _ = std::fs::remove_file(&p);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Moves the API filesystems into the new root, makes it `/` and execs systemd. Returns
+/// only on failure.
+pub fn switch_root(sys: &dyn Sys, l: &Layout) -> Stage1Error {
+    let sysroot = l.sysroot();
+    for (from, name) in [
+        (l.dev(), "dev"),
+        (l.proc(), "proc"),
+        (l.sys(), "sys"),
+        (l.run(), "run"),
+    ] {
+        if let Err(e) = sys.mount_move(&from, &sysroot.join(name)) {
+            return fail(
+                "moving the API filesystems",
+                format!("{}: {e}", from.display()),
+            );
+        }
+    }
+    clean_initramfs(l);
+    if let Err(e) = sys.chdir(&sysroot) {
+        return fail(
+            "switching root",
+            format!("chdir {}: {e}", sysroot.display()),
+        );
+    }
+    if let Err(e) = sys.mount_move(Path::new("."), &l.root) {
+        return fail(
+            "switching root",
+            format!("moving {} to /: {e}", sysroot.display()),
+        );
+    }
+    if let Err(e) = sys.chroot(Path::new(".")) {
+        return fail("switching root", format!("chroot: {e}"));
+    }
+    if let Err(e) = sys.chdir(Path::new("/")) {
+        return fail("switching root", format!("chdir /: {e}"));
+    }
+    let e = sys.exec(Path::new(INIT));
+    fail("starting systemd", format!("exec {INIT}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::tests::fake_sysfs;
+    use crate::sys::{Call, RecordingSys};
+    use std::cell::RefCell;
+
+    fn layout_with_disk(cmdline: &str) -> (tempfile::TempDir, Layout) {
+        let t = tempfile::tempdir().unwrap();
+        let l = Layout::new(t.path());
+        std::fs::create_dir_all(l.proc()).unwrap();
+        std::fs::write(l.cmdline(), cmdline).unwrap();
+        fake_sysfs(
+            &l.sys().join("fake"),
+            "vda",
+            &[("vda3", "kiln-root-a"), ("vda4", "kiln-root-b")],
+        );
+        std::fs::create_dir_all(l.sys().join("class")).unwrap();
+        std::os::unix::fs::symlink(l.sys().join("fake/class/block"), l.class_block()).unwrap();
+        std::fs::create_dir_all(l.dev()).unwrap();
+        std::fs::write(l.dev().join("vda3"), b"squashfs").unwrap();
+        std::fs::create_dir_all(l.sysroot().join("etc")).unwrap();
+        std::fs::create_dir_all(l.sysroot().join("var")).unwrap();
+        std::fs::create_dir_all(l.p("etc/kiln")).unwrap();
+        std::fs::write(
+            l.modules_load(),
+            "/lib/modules/virtio_blk.ko\n\n/lib/modules/bad.ko\n",
+        )
+        .unwrap();
+        (t, l)
+    }
+
+    /// The kernel's side of BLKRRPART: kiln-data appears in sysfs.
+    fn kernel_hook(l: &Layout) -> impl Fn(&Call) -> std::io::Result<()> {
+        let l = l.clone();
+        move |c| {
+            match c {
+                Call::RereadPartitions(_) => {
+                    let d = l.sys().join("fake/devices/vda/vda5");
+                    std::fs::create_dir_all(&d)?;
+                    std::fs::write(
+                        d.join("uevent"),
+                        "DEVNAME=vda5\nDEVTYPE=partition\nPARTNAME=kiln-data\n",
+                    )?;
+                    std::os::unix::fs::symlink(&d, l.class_block().join("vda5"))?;
+                    std::fs::write(l.dev().join("vda5"), vec![0u8; 4096])?;
+                }
+                Call::FinitModule(p) if p.ends_with("bad.ko") => {
+                    return Err(std::io::Error::from_raw_os_error(8)); // ENOEXEC
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+    }
+
+    fn has_sfdisk() -> bool {
+        std::process::Command::new("sfdisk")
+            .arg("--version")
+            .output()
+            .is_ok()
+    }
+
+    #[test]
+    fn disk_boot_creates_formats_and_mounts_kiln_data_once() {
+        if !has_sfdisk() {
+            return;
+        }
+        let (_t, l) = layout_with_disk("BOOT_IMAGE=/vmlinuz kiln.slot=a quiet");
+        crate::gpt::tests::make_image(&l.dev().join("vda"), 64);
+        let sys = RecordingSys::with_hook(kernel_hook(&l));
+        let said = RefCell::new(Vec::<String>::new());
+        let say = |s: &str| said.borrow_mut().push(s.to_string());
+        let t = prepare(&sys, &l, &say).unwrap();
+        let calls = sys.calls();
+
+        assert_eq!((t.modules_ok, t.modules_failed), (1, 1));
+        assert!(said.borrow().iter().any(|s| s.contains("bad.ko")));
+        assert_eq!(t.root, "slot-a");
+        assert_eq!(t.var, "kiln-data created (vda5)");
+        let pos = |want: &dyn Fn(&Call) -> bool| {
+            calls
+                .iter()
+                .position(want)
+                .unwrap_or_else(|| panic!("missing call in {calls:#?}"))
+        };
+        let reread = pos(&|c| matches!(c, Call::RereadPartitions(p) if p.ends_with("dev/vda")));
+        let root = pos(&|c| {
+            matches!(c, Call::Mount { fstype, read_only: true, target, source, .. }
+            if fstype == "squashfs" && *target == l.sysroot() && source.ends_with("dev/vda3"))
+        });
+        let mkfs = pos(&|c| {
+            matches!(c, Call::RunChrooted(r, argv) if *r == l.sysroot()
+            && argv == &["/usr/sbin/mkfs.ext4", "-q", "-F", "-L", "kiln-data", "/dev/vda5"])
+        });
+        let var = pos(
+            &|c| matches!(c, Call::Mount { fstype, target, .. } if fstype == "ext4" && *target == l.sysroot().join("var")),
+        );
+        let etc = pos(&|c| {
+            matches!(c, Call::Mount { fstype, target, data, .. } if fstype == "overlay"
+            && *target == l.sysroot().join("etc") && data.contains("upperdir=") && data.contains("var/lib/kiln/etc/upper"))
+        });
+        assert!(
+            reread < root && root < mkfs && mkfs < var && var < etc,
+            "{calls:#?}"
+        );
+        // The partition really is in the GPT now.
+        let mut f = std::fs::File::open(l.dev().join("vda")).unwrap();
+        assert!(crate::gpt::Gpt::read(&mut f, 512)
+            .unwrap()
+            .find("kiln-data")
+            .is_some());
+        // machine-id persisted and in /etc.
+        let id = std::fs::read_to_string(l.sysroot().join("var/lib/kiln/machine-id")).unwrap();
+        assert!(valid_machine_id(id.trim()));
+        assert_eq!(
+            std::fs::read_to_string(l.sysroot().join("etc/machine-id")).unwrap(),
+            id
+        );
+        let json: Timings =
+            serde_json::from_str(&std::fs::read_to_string(l.stage1_json()).unwrap()).unwrap();
+        assert_eq!(json, t);
+
+        // Second boot: the filesystem exists (ext4 magic), nothing is created again.
+        let mut sb = vec![0u8; 4096];
+        sb[1080] = 0x53;
+        sb[1081] = 0xEF;
+        std::fs::write(l.dev().join("vda5"), sb).unwrap();
+        std::fs::write(l.sysroot().join("etc/machine-id"), "").unwrap();
+        let sys2 = RecordingSys::with_hook(kernel_hook(&l));
+        let t2 = prepare(&sys2, &l, &say).unwrap();
+        assert_eq!(t2.var, "kiln-data existing (vda5)");
+        let calls2 = sys2.calls();
+        assert!(
+            !calls2
+                .iter()
+                .any(|c| matches!(c, Call::RunChrooted(..) | Call::RereadPartitions(_))),
+            "{calls2:#?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(l.sysroot().join("var/lib/kiln/machine-id")).unwrap(),
+            id
+        );
+        assert_eq!(
+            std::fs::read_to_string(l.sysroot().join("etc/machine-id")).unwrap(),
+            id
+        );
+    }
+
+    #[test]
+    fn grown_disk_runs_fsck_and_resize() {
+        if !has_sfdisk() {
+            return;
+        }
+        let (_t, l) = layout_with_disk("kiln.slot=a");
+        let disk = l.dev().join("vda");
+        crate::gpt::tests::make_image(&disk, 64);
+        prepare(&RecordingSys::with_hook(kernel_hook(&l)), &l, &|_| {}).unwrap();
+        let mut sb = vec![0u8; 4096];
+        sb[1080] = 0x53;
+        sb[1081] = 0xEF;
+        std::fs::write(l.dev().join("vda5"), sb).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&disk)
+            .unwrap()
+            .set_len(80 << 20)
+            .unwrap();
+        let sys = RecordingSys::with_hook(kernel_hook(&l));
+        let t = prepare(&sys, &l, &|_| {}).unwrap();
+        assert_eq!(t.var, "kiln-data grown (vda5)");
+        let runs: Vec<Vec<String>> = sys
+            .calls()
+            .into_iter()
+            .filter_map(|c| match c {
+                Call::RunChrooted(_, argv) => Some(argv),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            runs,
+            vec![
+                vec![
+                    "/usr/sbin/e2fsck".to_string(),
+                    "-f".into(),
+                    "-p".into(),
+                    "/dev/vda5".into()
+                ],
+                vec!["/usr/sbin/resize2fs".to_string(), "/dev/vda5".into()],
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_root_fails_with_one_clear_reason_after_the_timeout() {
+        let (_t, l) = layout_with_disk("kiln.slot=b");
+        std::fs::remove_file(l.class_block()).unwrap();
+        std::fs::create_dir_all(l.class_block()).unwrap();
+        let sys = RecordingSys::new();
+        let e = prepare(&sys, &l, &|_| {}).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "finding the root: no partition kiln-root-b after 30 s"
+        );
+        assert!(sys.monotonic_ms() >= 1000 + DEVICE_TIMEOUT_MS);
+    }
+
+    #[test]
+    fn embedded_root_loops_the_initramfs_squashfs_and_uses_tmpfs_var() {
+        let (_t, l) = layout_with_disk("kiln.root=embedded");
+        let sys = RecordingSys::new();
+        let t = prepare(&sys, &l, &|_| {}).unwrap();
+        assert_eq!((t.root.as_str(), t.var.as_str()), ("embedded", "tmpfs"));
+        let calls = sys.calls();
+        assert!(calls.contains(&Call::LoopAttach(l.embedded_squashfs())));
+        assert!(calls.iter().any(|c| matches!(c, Call::Mount { source, fstype, .. } if fstype == "squashfs" && source.ends_with("dev/loop0"))));
+        assert!(calls.iter().any(|c| matches!(c, Call::Mount { fstype, target, .. } if fstype == "tmpfs" && *target == l.sysroot().join("var"))));
+    }
+
+    #[test]
+    fn iso_root_is_found_by_volume_label() {
+        let (_t, l) = layout_with_disk("kiln.root=iso");
+        let mut iso = vec![0u8; 32768 + 2048];
+        iso[32768] = 1;
+        iso[32769..32774].copy_from_slice(b"CD001");
+        iso[32808..32840].copy_from_slice(format!("{:<32}", "KILN").as_bytes());
+        fake_sysfs(&l.sys().join("fake2"), "sr0", &[]);
+        std::os::unix::fs::symlink(
+            l.sys().join("fake2/devices/sr0"),
+            l.class_block().join("sr0"),
+        )
+        .unwrap();
+        std::fs::write(l.dev().join("sr0"), iso).unwrap();
+        let sys = RecordingSys::new();
+        let t = prepare(&sys, &l, &|_| {}).unwrap();
+        assert_eq!(t.root, "iso");
+        let calls = sys.calls();
+        assert!(calls.iter().any(
+            |c| matches!(c, Call::Mount { source, fstype, target, read_only: true, .. }
+            if fstype == "iso9660" && source.ends_with("dev/sr0") && *target == l.media())
+        ));
+        assert!(calls.contains(&Call::LoopAttach(l.media().join("kiln/root.squashfs"))));
+    }
+
+    #[test]
+    fn cmdline_choices() {
+        let rs = |s| RootSource::from_cmdline(&Cmdline::parse(s));
+        assert_eq!(rs("kiln.slot=b").unwrap(), RootSource::Slot("b".into()));
+        assert_eq!(rs("").unwrap(), RootSource::Slot("a".into()));
+        assert_eq!(rs("kiln.slot=b kiln.root=iso").unwrap(), RootSource::Iso);
+        assert!(rs("kiln.slot=c").is_err());
+        assert!(rs("kiln.root=nfs").is_err());
+        assert_eq!(
+            OnFailure::from_cmdline(&Cmdline::parse("kiln.on-failure=reboot")),
+            OnFailure::Reboot
+        );
+        assert_eq!(
+            OnFailure::from_cmdline(&Cmdline::parse("")),
+            OnFailure::Wait
+        );
+    }
+
+    #[test]
+    fn switch_root_sequence() {
+        let t = tempfile::tempdir().unwrap();
+        let l = Layout::new(t.path());
+        for d in [
+            "sysroot/etc",
+            "proc",
+            "sys",
+            "dev",
+            "run",
+            "etc/kiln",
+            "lib/modules",
+        ] {
+            std::fs::create_dir_all(l.p(d)).unwrap();
+        }
+        std::fs::write(l.p("init"), b"x").unwrap();
+        std::fs::write(l.p("lib/modules/a.ko"), b"x").unwrap();
+        std::fs::write(l.p("sysroot/etc/keep"), b"x").unwrap();
+        let sys = RecordingSys::new();
+        let e = switch_root(&sys, &l);
+        assert_eq!(e.step, "starting systemd");
+        let s = l.sysroot();
+        assert_eq!(
+            sys.calls(),
+            vec![
+                Call::MountMove(l.dev(), s.join("dev")),
+                Call::MountMove(l.proc(), s.join("proc")),
+                Call::MountMove(l.sys(), s.join("sys")),
+                Call::MountMove(l.run(), s.join("run")),
+                Call::Chdir(s.clone()),
+                Call::MountMove(PathBuf::from("."), l.root.clone()),
+                Call::Chroot(PathBuf::from(".")),
+                Call::Chdir(PathBuf::from("/")),
+                Call::Exec(PathBuf::from(INIT)),
+            ]
+        );
+        // The initramfs contents are gone, the new root is intact.
+        assert!(!l.p("init").exists() && !l.p("lib").exists() && !l.p("etc").exists());
+        assert!(s.join("etc/keep").exists());
+    }
+}
