@@ -2,5 +2,7 @@
 //!
 //! Data flow (see the README): definition -> lock -> fetch -> Tree -> outputs.
 
+pub mod cache;
 pub mod digest;
+pub mod fetch;
 pub mod tree;
