@@ -571,7 +571,14 @@ impl Fetcher {
             offset = 0;
         }
 
-        let mut resp = self.send(name, url, offset)?;
+        let mut resp = match self.send(name, url, offset) {
+            // Our partial is at or past the end of what the server has: start over.
+            Err(Failure::Transient(e @ FetchError::Http { status: 416, .. })) => {
+                let _ = fs::remove_file(part);
+                return Err(Failure::Transient(e));
+            }
+            r => r?,
+        };
         let resumed = offset > 0 && resp.status() == StatusCode::PARTIAL_CONTENT && {
             // Content-Range: bytes <offset>-<end>/<total>
             resp.headers()

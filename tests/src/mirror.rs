@@ -10,7 +10,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -39,6 +39,8 @@ pub enum Behaviour {
     Stall { bytes: Vec<u8>, after: usize },
     /// Like `Serve`, but the last byte is flipped: right size, wrong content.
     WrongBytes(Vec<u8>),
+    /// Like `Serve`, after waiting `delay` (to observe concurrent requests).
+    Slow { bytes: Vec<u8>, delay: Duration },
 }
 
 /// One request as the mirror saw it.
@@ -52,6 +54,25 @@ struct State {
     routes: HashMap<String, Behaviour>,
     seen: Mutex<Vec<Seen>>,
     stop: AtomicBool,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+/// Counts a request as in flight while alive.
+struct InFlight<'a>(&'a State);
+
+impl<'a> InFlight<'a> {
+    fn new(st: &'a State) -> Self {
+        let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        st.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(st)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A running mirror; stops when dropped.
@@ -76,6 +97,8 @@ impl Mirror {
                 .collect(),
             seen: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         });
         let st = Arc::clone(&state);
         let thread = std::thread::spawn(move || {
@@ -119,6 +142,11 @@ impl Mirror {
 
     pub fn total_requests(&self) -> usize {
         self.seen().len()
+    }
+
+    /// The most requests that were being answered at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
     }
 }
 
@@ -286,11 +314,16 @@ fn serve_connection(conn: TcpStream, st: &State) -> io::Result<()> {
             });
             nth
         };
+        let _busy = InFlight::new(st);
         match st.routes.get(&req.path) {
             None => {
                 head(&mut w, 404, 0, "")?;
             }
             Some(Behaviour::Serve(bytes)) => serve_bytes(&mut w, &req, bytes)?,
+            Some(Behaviour::Slow { bytes, delay }) => {
+                std::thread::sleep(*delay);
+                serve_bytes(&mut w, &req, bytes)?;
+            }
             Some(Behaviour::WrongBytes(bytes)) => {
                 let mut wrong = bytes.clone();
                 if let Some(last) = wrong.last_mut() {

@@ -459,6 +459,27 @@ fn corrupt_partial_download_is_restarted() {
 }
 
 #[test]
+fn oversized_partial_without_pinned_size_is_restarted() {
+    let content = bytes(12, 20_000);
+    let mirror =
+        Mirror::start([("/pool/o.deb", Behaviour::Serve(content.clone()))]).expect("mirror");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = Cache::at(dir.path());
+    let mut req = request(&mirror, "opkg", "/pool/o.deb", &content);
+    req.size = None;
+    let part = cache.partial_path(&req.digest).expect("partial path");
+    std::fs::write(&part, bytes(98, 25_000)).expect("seed oversized partial");
+    let paths = fetcher(dir.path(), opts())
+        .fetch_all(&[req])
+        .expect("restart after 416");
+    let seen = mirror.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].range.as_deref(), Some("bytes=25000-"));
+    assert_eq!(seen[1].range, None);
+    assert!(std::fs::read(&paths[0]).expect("blob") == content);
+}
+
+#[test]
 fn many_blobs_in_parallel_keep_input_order() {
     let contents: Vec<Vec<u8>> = (0..8)
         .map(|i| bytes(100 + i, 30_000 + i as usize))
@@ -487,6 +508,38 @@ fn many_blobs_in_parallel_keep_input_order() {
         let want = if i < 8 { &contents[i] } else { &contents[3] };
         assert!(&std::fs::read(p).expect("blob") == want, "blob {i} differs");
     }
+}
+
+#[test]
+fn parallelism_is_bounded() {
+    let contents: Vec<Vec<u8>> = (0..6).map(|i| bytes(200 + i, 1_000)).collect();
+    let mirror = Mirror::start(contents.iter().enumerate().map(|(i, c)| {
+        (
+            format!("/s/{i}"),
+            Behaviour::Slow {
+                bytes: c.clone(),
+                delay: Duration::from_millis(300),
+            },
+        )
+    }))
+    .expect("mirror");
+    let reqs: Vec<FetchRequest> = contents
+        .iter()
+        .enumerate()
+        .map(|(i, c)| request(&mirror, &format!("s{i}"), &format!("/s/{i}"), c))
+        .collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    fetcher(
+        dir.path(),
+        FetcherOptions {
+            parallel: 2,
+            ..opts()
+        },
+    )
+    .fetch_all(&reqs)
+    .expect("fetch");
+    assert_eq!(mirror.total_requests(), 6);
+    assert_eq!(mirror.max_in_flight(), 2, "parallel = 2 means two at once");
 }
 
 #[test]
