@@ -3,9 +3,12 @@
 //! Data flow (see the README): definition -> lock -> fetch -> Tree -> outputs.
 
 pub mod assemble;
+pub mod cache;
 pub mod definition;
 pub mod digest;
+pub mod fetch;
 pub mod lock;
 pub mod manifest;
+pub mod sbom;
 pub mod staging;
 pub mod tree;

@@ -1,1 +1,2 @@
 //! Kiln's test support: local mirror server, QEMU harness.
+pub mod mirror;
