@@ -45,7 +45,7 @@ pub struct DefinitionFile {
     pub kernel: Option<KernelSection>,
     pub disk: Option<DiskSection>,
     /// Machine configuration defaults baked into the image (firstboot's schema).
-    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
+    #[schemars(with = "Option<firstboot::config::MachineConfig>")]
     pub machine: Option<toml::Table>,
 }
 
@@ -649,6 +649,12 @@ fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError>
         Some(s) => parse_size(&s)
             .ok_or_else(|| invalid("disk.size", format!("{s:?} is not a size like \"8GiB\"")))?,
     };
+    let machine = f.machine.unwrap_or_default();
+    if !machine.is_empty() {
+        let text = toml::to_string(&machine).unwrap_or_default();
+        firstboot::config::MachineConfig::from_toml(&text)
+            .map_err(|e| invalid("machine", e.to_string()))?;
+    }
     let kernel = f.kernel.unwrap_or_default();
     Ok(Definition {
         path: path.to_path_buf(),
@@ -669,7 +675,7 @@ fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError>
         kernel_package: kernel.package,
         cmdline: kernel.cmdline.unwrap_or_default(),
         disk_size,
-        machine: f.machine.unwrap_or_default(),
+        machine,
     })
 }
 
@@ -710,6 +716,25 @@ hostname = "kiln"
 [machine.kubernetes]
 pod-cidr = "10.244.0.0/16"
 "#;
+
+    #[test]
+    fn machine_defaults_are_validated_with_firstboot_schema() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(
+            dir.path(),
+            "m.toml",
+            "[image]\nname = \"ok\"\nversion = \"1\"\nepoch = 0\n[machine]\nhostname = \"not_valid!\"\n",
+        );
+        let msg = load(&p).expect_err("bad hostname").to_string();
+        assert!(msg.contains("machine") && msg.contains("not_valid!"), "{msg}");
+        let p = write(
+            dir.path(),
+            "n.toml",
+            "[image]\nname = \"ok\"\nversion = \"1\"\nepoch = 0\n[machine]\nhostnme = \"x\"\n",
+        );
+        let msg = load(&p).expect_err("unknown key").to_string();
+        assert!(msg.contains("hostnme"), "{msg}");
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
