@@ -272,6 +272,79 @@ pub(crate) mod tests {
         }
     }
 
+    /// Versions built to hit every branch of verrevcmp: tildes against end of string,
+    /// letters against symbols, leading zeros, digit runs of different length, epochs,
+    /// hyphens inside the upstream part.
+    fn oracle_versions() -> Vec<String> {
+        let mut out: Vec<String> = CASES
+            .iter()
+            .flat_map(|(a, b, _)| [a.to_string(), b.to_string()])
+            .collect();
+        let tails = [
+            "", "~", "~~", "~a", "a", "+", ".", "0", "00", "1", "01", "10", "+b1", "-1",
+        ];
+        for t in tails {
+            out.push(format!("1.0{t}"));
+            out.push(format!("1:1.0{t}-1"));
+            out.push(format!("1.0-1{t}"));
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// `dpkg --compare-versions` is the oracle: every pair of `oracle_versions` must
+    /// order the same way.
+    #[test]
+    fn matches_dpkg_compare_versions() {
+        let vs = oracle_versions();
+        let mut script = String::new();
+        let mut pairs = Vec::new();
+        for (i, a) in vs.iter().enumerate() {
+            for b in &vs[i..] {
+                script.push_str(&format!(
+                    "if dpkg --compare-versions '{a}' lt '{b}'; then echo lt; \
+                     elif dpkg --compare-versions '{a}' eq '{b}'; then echo eq; else echo gt; fi\n"
+                ));
+                pairs.push((a, b));
+            }
+        }
+        let mut child = std::process::Command::new("sh")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run sh");
+        let mut stdin = child.stdin.take().expect("stdin");
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            stdin.write_all(script.as_bytes()).expect("write script");
+        });
+        let out = child
+            .wait_with_output()
+            .expect("run dpkg (is dpkg installed?)");
+        writer.join().expect("writer");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answers: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(answers.len(), pairs.len());
+        assert!(pairs.len() > 500, "only {} pairs", pairs.len());
+        for ((a, b), want) in pairs.iter().zip(&answers) {
+            let got = match v(a).cmp(&v(b)) {
+                Ordering::Less => "lt",
+                Ordering::Equal => "eq",
+                Ordering::Greater => "gt",
+            };
+            assert_eq!(got, want, "{a} vs {b}: kiln {got}, dpkg {want}");
+        }
+    }
+
     #[test]
     fn splits_epoch_upstream_revision() {
         let x = v("2:1.2-3-4");
