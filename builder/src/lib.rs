@@ -4,6 +4,7 @@
 
 pub mod assemble;
 pub mod cache;
+pub mod debian;
 pub mod definition;
 pub mod digest;
 pub mod fetch;

@@ -1,0 +1,249 @@
+//! A suite's Release/InRelease file and the checks of the indexes it lists.
+//!
+//! **Signatures are not verified.** `InRelease` is read by stripping its OpenPGP
+//! clear-sign armor; the signature itself is ignored. Integrity of every index then rests
+//! on the sha256 the Release file lists, and of every .deb on the sha256 in the index and
+//! in the lock, so a lock reviewed once pins exact bytes; trust in the *first* lock rests
+//! on the transport to the mirror (use an https mirror or a snapshot you trust).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use crate::digest::{Algorithm, Digest};
+
+use super::control::parse_paragraphs;
+use super::DebianError;
+
+/// The parts of a Release file Kiln uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Release {
+    pub suite: Option<String>,
+    pub codename: Option<String>,
+    pub architectures: Vec<String>,
+    pub components: Vec<String>,
+    /// `Acquire-By-Hash: yes`: indexes can be fetched under `by-hash/SHA256/<hex>`.
+    pub acquire_by_hash: bool,
+    /// Path relative to `dists/<suite>/` -> (sha256, size).
+    pub sha256: BTreeMap<String, (Digest, u64)>,
+}
+
+const BEGIN_SIGNED: &str = "-----BEGIN PGP SIGNED MESSAGE-----";
+const BEGIN_SIGNATURE: &str = "-----BEGIN PGP SIGNATURE-----";
+
+/// Returns the signed text of a clear-signed message (armor headers, dash-escaping and
+/// signature removed), or the text unchanged if it is not clear-signed (a plain Release).
+/// The signature is NOT checked.
+pub fn strip_clearsign(text: &str) -> Result<String, DebianError> {
+    let bad = |message: &str| DebianError::Clearsign {
+        message: message.to_string(),
+    };
+    let mut lines = text.lines();
+    match lines.by_ref().find(|l| !l.trim().is_empty()) {
+        Some(first) if first.trim_end() == BEGIN_SIGNED => {}
+        _ => return Ok(text.to_string()),
+    }
+    // Armor headers (`Hash: SHA256`) end at the first empty line.
+    for l in lines.by_ref() {
+        if l.trim().is_empty() {
+            break;
+        }
+        if !l.contains(':') {
+            return Err(bad("armor header without a colon"));
+        }
+    }
+    let mut out = String::new();
+    for l in lines {
+        if l.trim_end() == BEGIN_SIGNATURE {
+            return Ok(out);
+        }
+        let l = l.strip_prefix("- ").unwrap_or(l);
+        out.push_str(l);
+        out.push('\n');
+    }
+    Err(bad("no signature block after the signed text"))
+}
+
+impl Release {
+    /// Parses Release text (already stripped of clear-sign armor).
+    pub fn parse(text: &str) -> Result<Release, DebianError> {
+        let paragraphs = parse_paragraphs(text, "Release")?;
+        let p = paragraphs.first().ok_or_else(|| DebianError::Control {
+            what: "Release".into(),
+            line: 1,
+            message: "empty Release file".into(),
+        })?;
+        let words = |name: &str| -> Vec<String> {
+            p.get(name)
+                .map(|v| v.split_whitespace().map(str::to_string).collect())
+                .unwrap_or_default()
+        };
+        let mut sha256 = BTreeMap::new();
+        for line in p.lines("SHA256") {
+            let bad = |message: String| DebianError::Control {
+                what: "Release SHA256 field".into(),
+                line: p.line,
+                message,
+            };
+            let mut w = line.split_whitespace();
+            let (Some(hex), Some(size), Some(path), None) =
+                (w.next(), w.next(), w.next(), w.next())
+            else {
+                return Err(bad(format!(
+                    "expected `<sha256> <size> <path>`, found {line:?}"
+                )));
+            };
+            let digest = Digest::sha256_hex(hex).map_err(|e| bad(e.to_string()))?;
+            let size = size
+                .parse::<u64>()
+                .map_err(|_| bad(format!("bad size in {line:?}")))?;
+            sha256.insert(path.to_string(), (digest, size));
+        }
+        Ok(Release {
+            suite: p.get("Suite").map(str::to_string),
+            codename: p.get("Codename").map(str::to_string),
+            architectures: words("Architectures"),
+            components: words("Components"),
+            acquire_by_hash: p
+                .get("Acquire-By-Hash")
+                .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
+            sha256,
+        })
+    }
+
+    /// The best listed form of the Packages index for `component`/`arch`:
+    /// `.xz`, then `.gz`, then uncompressed.
+    pub fn packages_index(&self, component: &str, arch: &str) -> Option<(&str, &Digest, u64)> {
+        ["Packages.xz", "Packages.gz", "Packages"]
+            .iter()
+            .map(|f| format!("{component}/binary-{arch}/{f}"))
+            .find_map(|p| self.sha256.get_key_value(&p))
+            .map(|(p, (d, s))| (p.as_str(), d, *s))
+    }
+
+    /// Checks downloaded bytes of `path` against this Release's sha256 and size.
+    pub fn verify(&self, path: &str, bytes: &[u8]) -> Result<(), DebianError> {
+        let (expected, size) =
+            self.sha256
+                .get(path)
+                .ok_or_else(|| DebianError::IndexNotListed {
+                    file: path.to_string(),
+                })?;
+        let actual = Digest::of_bytes(Algorithm::Sha256, bytes);
+        if &actual != expected {
+            return Err(DebianError::IndexDigestMismatch {
+                file: path.to_string(),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        if bytes.len() as u64 != *size {
+            return Err(DebianError::IndexSizeMismatch {
+                file: path.to_string(),
+                expected: *size,
+                actual: bytes.len() as u64,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Decompresses an index according to its file name (`.xz`, `.gz` or none).
+pub fn decompress(path: &str, bytes: &[u8]) -> Result<Vec<u8>, DebianError> {
+    let mut out = Vec::new();
+    let res = if path.ends_with(".xz") {
+        xz2::read::XzDecoder::new(bytes).read_to_end(&mut out)
+    } else if path.ends_with(".gz") {
+        flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)
+    } else {
+        out.extend_from_slice(bytes);
+        Ok(out.len())
+    };
+    res.map_err(|source| DebianError::Decompress {
+        file: path.to_string(),
+        source,
+    })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const PACKAGES: &[u8] = b"Package: a\nVersion: 1\n";
+
+    fn release_text() -> String {
+        let d = Digest::of_bytes(Algorithm::Sha256, PACKAGES);
+        format!(
+            "Origin: Test\nSuite: stable\nCodename: x\nAcquire-By-Hash: yes\n\
+             Architectures: all amd64\nComponents: main\nMD5Sum:\n \
+             d41d8cd98f00b204e9800998ecf8427e 0 main/binary-amd64/Packages\nSHA256:\n \
+             {} {} main/binary-amd64/Packages\n \
+             e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 0 main/i18n/Index\n",
+            d.hex(),
+            PACKAGES.len()
+        )
+    }
+
+    #[test]
+    fn parses_release_and_picks_index() {
+        let r = Release::parse(&release_text()).expect("parses");
+        assert_eq!(r.codename.as_deref(), Some("x"));
+        assert_eq!(r.architectures, vec!["all", "amd64"]);
+        assert!(r.acquire_by_hash);
+        assert_eq!(r.sha256.len(), 2);
+        let (p, _, size) = r.packages_index("main", "amd64").expect("listed");
+        assert_eq!(
+            (p, size),
+            ("main/binary-amd64/Packages", PACKAGES.len() as u64)
+        );
+        assert!(r.packages_index("contrib", "amd64").is_none());
+        r.verify(p, PACKAGES).expect("matches");
+    }
+
+    #[test]
+    fn tampered_index_is_rejected_naming_both_digests() {
+        let r = Release::parse(&release_text()).expect("parses");
+        let tampered = b"Package: a\nVersion: 2\n";
+        let err = r
+            .verify("main/binary-amd64/Packages", tampered)
+            .expect_err("tampered");
+        let msg = err.to_string();
+        let good = Digest::of_bytes(Algorithm::Sha256, PACKAGES).to_string();
+        let bad = Digest::of_bytes(Algorithm::Sha256, tampered).to_string();
+        assert!(msg.contains("main/binary-amd64/Packages"), "{msg}");
+        assert!(msg.contains(&good) && msg.contains(&bad), "{msg}");
+        assert!(r.verify("main/binary-i386/Packages", PACKAGES).is_err());
+    }
+
+    #[test]
+    fn strips_clearsign_armor_and_dash_escapes() {
+        let signed = format!(
+            "{BEGIN_SIGNED}\nHash: SHA256\n\nOrigin: Test\n- -dash line\nSuite: s\n\
+             {BEGIN_SIGNATURE}\n\niQIzBAEBCAAdFiEE\n=AfjX\n-----END PGP SIGNATURE-----\n"
+        );
+        let body = strip_clearsign(&signed).expect("strips");
+        assert_eq!(body, "Origin: Test\n-dash line\nSuite: s\n");
+        assert_eq!(
+            strip_clearsign("Origin: x\n").expect("plain"),
+            "Origin: x\n"
+        );
+        let truncated = format!("{BEGIN_SIGNED}\nHash: SHA256\n\nOrigin: Test\n");
+        assert!(strip_clearsign(&truncated).is_err());
+    }
+
+    #[test]
+    fn decompresses_xz_and_gz() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(PACKAGES).expect("gz");
+        let gz = gz.finish().expect("gz");
+        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 6);
+        xz.write_all(PACKAGES).expect("xz");
+        let xz = xz.finish().expect("xz");
+        assert_eq!(decompress("P.gz", &gz).expect("gz"), PACKAGES);
+        assert_eq!(decompress("P.xz", &xz).expect("xz"), PACKAGES);
+        assert_eq!(decompress("P", PACKAGES).expect("plain"), PACKAGES);
+        let err = decompress("main/binary-amd64/Packages.xz", &gz).expect_err("not xz");
+        assert!(err.to_string().contains("Packages.xz"), "{err}");
+    }
+}
