@@ -4,3 +4,5 @@
 
 pub mod digest;
 pub mod tree;
+pub mod output;
+pub mod unpack;
