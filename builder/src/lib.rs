@@ -3,6 +3,6 @@
 //! Data flow (see the README): definition -> lock -> fetch -> Tree -> outputs.
 
 pub mod digest;
-pub mod tree;
 pub mod output;
+pub mod tree;
 pub mod unpack;

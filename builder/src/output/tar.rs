@@ -25,7 +25,12 @@ pub fn write_tar(tree: &Tree, out: impl Write) -> io::Result<()> {
     }
     let mut leader: BTreeMap<&TreePath, &TreePath> = BTreeMap::new();
     for (target, links) in &groups {
-        let first = links.iter().next().copied().filter(|l| l < target).unwrap_or(target);
+        let first = links
+            .iter()
+            .next()
+            .copied()
+            .filter(|l| l < target)
+            .unwrap_or(target);
         leader.insert(*target, first);
         for l in links {
             leader.insert(*l, first);
@@ -174,8 +179,13 @@ mod tests {
     fn round_trips_through_the_tar_reader() {
         let mut t = Tree::new(1000);
         let long = format!("d/{}", "n".repeat(150));
-        t.insert(&p("z"), Entry::file(Content::inline(b"zzz".to_vec()), 0o4755, "x").owned(7, 8).at(5))
-            .expect("z");
+        t.insert(
+            &p("z"),
+            Entry::file(Content::inline(b"zzz".to_vec()), 0o4755, "x")
+                .owned(7, 8)
+                .at(5),
+        )
+        .expect("z");
         t.insert(&p("a"), Entry::new(Kind::Hardlink(p("z")), 0o4755, "x"))
             .expect("a");
         t.insert(&p(&long), Entry::symlink(&"t/".repeat(60), "x"))
@@ -191,7 +201,9 @@ mod tests {
             let mut e = e.expect("entry");
             let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
             let ty = e.header().entry_type();
-            let link = e.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned());
+            let link = e
+                .link_name_bytes()
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
             let mut data = Vec::new();
             e.read_to_end(&mut data).expect("data");
             seen.push((path, ty, link, data));
@@ -204,7 +216,10 @@ mod tests {
         let z = seen.iter().find(|s| s.0 == "./z").expect("z");
         assert_eq!(z.1, tar::EntryType::Link);
         assert_eq!(z.2.as_deref(), Some("./a"));
-        let l = seen.iter().find(|s| s.0 == format!("./{long}")).expect("long");
+        let l = seen
+            .iter()
+            .find(|s| s.0 == format!("./{long}"))
+            .expect("long");
         assert_eq!(l.2.as_deref(), Some("t/".repeat(60).as_str()));
         assert!(seen.iter().any(|s| s.0 == "./d/"));
     }

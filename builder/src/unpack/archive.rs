@@ -250,13 +250,12 @@ pub(crate) fn read_tar(
             if etype.is_symlink() {
                 Kind::Symlink(target)
             } else {
-                let tp = TreePath::from_archive(&target).map_err(|source| {
-                    UnpackError::UnsafePath {
+                let tp =
+                    TreePath::from_archive(&target).map_err(|source| UnpackError::UnsafePath {
                         archive: archive.to_string(),
                         member: format!("{member} (hard link to {target})"),
                         source,
-                    }
-                })?;
+                    })?;
                 let Some(mapped) = mapper(&tp) else {
                     return Err(UnpackError::LinkOutsideExtract {
                         archive: archive.to_string(),
@@ -324,10 +323,19 @@ mod tests {
     fn extract_map_picks_the_most_specific_rule() {
         let mut m = BTreeMap::new();
         m.insert("k/server/bin".to_string(), "/usr/bin".to_string());
-        m.insert("k/server/bin/kubectl".to_string(), "/opt/kubectl".to_string());
-        m.insert("./LICENSE".to_string(), "/usr/share/doc/k/LICENSE".to_string());
+        m.insert(
+            "k/server/bin/kubectl".to_string(),
+            "/opt/kubectl".to_string(),
+        );
+        m.insert(
+            "./LICENSE".to_string(),
+            "/usr/share/doc/k/LICENSE".to_string(),
+        );
         let map = ExtractMap::new(&m, "t.tgz").expect("map");
-        assert_eq!(map.map(&p("k/server/bin/kubelet")), Some(p("usr/bin/kubelet")));
+        assert_eq!(
+            map.map(&p("k/server/bin/kubelet")),
+            Some(p("usr/bin/kubelet"))
+        );
         assert_eq!(map.map(&p("k/server/bin/kubectl")), Some(p("opt/kubectl")));
         assert_eq!(map.map(&p("k/server/bin")), Some(p("usr/bin")));
         assert_eq!(map.map(&p("LICENSE")), Some(p("usr/share/doc/k/LICENSE")));
@@ -342,7 +350,10 @@ mod tests {
 
     #[test]
     fn magic_bytes_select_the_decoder() {
-        assert_eq!(Compression::detect(&[0x1f, 0x8b, 8]), Some(Compression::Gzip));
+        assert_eq!(
+            Compression::detect(&[0x1f, 0x8b, 8]),
+            Some(Compression::Gzip)
+        );
         assert_eq!(
             Compression::detect(b"\xfd7zXZ\0rest"),
             Some(Compression::Xz)

@@ -87,7 +87,9 @@ pub struct DebInput {
     pub sha256: Option<Digest>,
 }
 
-const SCRIPTS: [&str; 6] = ["preinst", "postinst", "prerm", "postrm", "config", "triggers"];
+const SCRIPTS: [&str; 6] = [
+    "preinst", "postinst", "prerm", "postrm", "config", "triggers",
+];
 
 /// Adds one .deb's files to the tree and returns its control fields.
 pub fn add_deb(
@@ -242,11 +244,12 @@ pub(crate) fn unpack_deb(
         else {
             continue;
         };
-        let compression =
-            Compression::from_member_name(&name).ok_or_else(|| UnpackError::UnknownCompression {
+        let compression = Compression::from_member_name(&name).ok_or_else(|| {
+            UnpackError::UnknownCompression {
                 archive: archive.to_string(),
                 what: name.clone(),
-            })?;
+            }
+        })?;
         let stream = compression
             .decoder(BufReader::with_capacity(256 * 1024, &mut entry))
             .map_err(|source| UnpackError::Read {
@@ -257,7 +260,14 @@ pub(crate) fn unpack_deb(
         if kind == "control" {
             control = Some(read_control(stream, archive, limits)?);
         } else {
-            members = Some(read_tar(stream, archive, store, limits, &|p| Some(p.clone()), true)?);
+            members = Some(read_tar(
+                stream,
+                archive,
+                store,
+                limits,
+                &|p| Some(p.clone()),
+                true,
+            )?);
         }
     }
     let control = control.ok_or_else(|| not_deb("no control.tar member".into()))?;

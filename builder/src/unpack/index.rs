@@ -146,9 +146,7 @@ pub(crate) fn save(
                     match c {
                         Content::Inline(b) => e.data = Some(b64().encode(b)),
                         Content::OnDisk { path, .. } => {
-                            e.sha256 = path
-                                .file_name()
-                                .map(|n| n.to_string_lossy().into_owned())
+                            e.sha256 = path.file_name().map(|n| n.to_string_lossy().into_owned())
                         }
                     }
                 }

@@ -98,7 +98,9 @@ pub enum UnpackError {
         member: String,
         limit: u64,
     },
-    #[error("{archive}: decompressed data exceeds the limit of {limit} bytes (at member {member:?})")]
+    #[error(
+        "{archive}: decompressed data exceeds the limit of {limit} bytes (at member {member:?})"
+    )]
     TotalTooLarge {
         archive: String,
         member: String,
@@ -272,18 +274,15 @@ fn read_tar_archive(
         what: "header".into(),
         source,
     })?;
-    let compression =
-        Compression::detect(head).ok_or_else(|| UnpackError::UnknownCompression {
-            archive: archive.to_string(),
-            what: "the archive (not gzip, xz, zstd or tar)".into(),
-        })?;
-    let stream = compression
-        .decoder(r)
-        .map_err(|source| UnpackError::Read {
-            archive: archive.to_string(),
-            what: "compressed stream".into(),
-            source,
-        })?;
+    let compression = Compression::detect(head).ok_or_else(|| UnpackError::UnknownCompression {
+        archive: archive.to_string(),
+        what: "the archive (not gzip, xz, zstd or tar)".into(),
+    })?;
+    let stream = compression.decoder(r).map_err(|source| UnpackError::Read {
+        archive: archive.to_string(),
+        what: "compressed stream".into(),
+        source,
+    })?;
     archive::read_tar(stream, archive, store, limits, &|p| map.map(p), false)
 }
 
@@ -315,7 +314,9 @@ mod tests {
             },
         ];
         insert_members(&mut t, &members, "coreutils", "coreutils.deb").expect("insert");
-        assert!(matches!(t.get(&tp("bin")).map(|e| &e.kind), Some(Kind::Symlink(s)) if s == "usr/bin"));
+        assert!(
+            matches!(t.get(&tp("bin")).map(|e| &e.kind), Some(Kind::Symlink(s)) if s == "usr/bin")
+        );
         assert!(t.get(&tp("usr/bin/ls")).is_some());
         // A different /usr/bin/ls from another package is a conflict naming both.
         let other = vec![Member {
@@ -328,6 +329,9 @@ mod tests {
         }];
         let err = insert_members(&mut t, &other, "evil", "evil.deb").expect_err("conflict");
         let msg = err.to_string();
-        assert!(msg.contains("coreutils") && msg.contains("evil") && msg.contains("evil.deb"), "{msg}");
+        assert!(
+            msg.contains("coreutils") && msg.contains("evil") && msg.contains("evil.deb"),
+            "{msg}"
+        );
     }
 }

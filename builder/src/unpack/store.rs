@@ -118,7 +118,10 @@ impl ContentStore {
         drop(out);
         let digest: Digest = hasher.finish();
         let path = self.path_of(digest.hex());
-        if fs::metadata(&path).map(|m| m.len() == size).unwrap_or(false) {
+        if fs::metadata(&path)
+            .map(|m| m.len() == size)
+            .unwrap_or(false)
+        {
             // Already stored: the temporary file is removed on drop.
             return Ok(Content::OnDisk { path, size });
         }
