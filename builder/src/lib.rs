@@ -3,13 +3,18 @@
 //! Data flow (see the README): definition -> lock -> fetch -> Tree -> outputs.
 
 pub mod assemble;
+pub mod build;
 pub mod cache;
+pub mod cli;
+pub mod commands;
 pub mod debian;
 pub mod definition;
 pub mod digest;
 pub mod fetch;
 pub mod lock;
 pub mod manifest;
+pub mod output;
 pub mod sbom;
 pub mod staging;
 pub mod tree;
+pub mod unpack;

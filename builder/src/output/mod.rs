@@ -1,0 +1,3 @@
+//! Writers: each takes a Tree and produces one output format.
+
+pub mod tar;
