@@ -171,3 +171,33 @@ fn superseded_pin_names_both_ways_out() {
         "{msg}"
     );
 }
+
+#[test]
+fn clearsigned_in_release_and_by_hash_fetch() {
+    let packages = gz(packages_text().as_bytes());
+    let d = Digest::of_bytes(Algorithm::Sha256, &packages);
+    let in_release = format!(
+        "-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nSuite: stable\nCodename: test\n\
+         Acquire-By-Hash: yes\nArchitectures: all amd64\nComponents: main\nSHA256:\n \
+         {} {} main/binary-amd64/Packages.gz\n-----BEGIN PGP SIGNATURE-----\n\nAAAA\n=AAAA\n\
+         -----END PGP SIGNATURE-----\n",
+        d.hex(),
+        packages.len()
+    );
+    let mut files = HashMap::new();
+    files.insert(
+        "/debian/dists/test/InRelease".to_string(),
+        in_release.into_bytes(),
+    );
+    // Only the by-hash path exists: the plain path would 404.
+    files.insert(
+        format!(
+            "/debian/dists/test/main/binary-amd64/by-hash/SHA256/{}",
+            d.hex()
+        ),
+        packages,
+    );
+    let req = request(serve(files, 16));
+    let lock = debian::lock(&req, &[], &http_get).expect("locks via by-hash");
+    assert_eq!(lock.len(), 2);
+}

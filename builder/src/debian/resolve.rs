@@ -13,11 +13,12 @@
 //!   2. else the first candidate (alternatives in order) that was in the previous lock,
 //!      so a re-lock keeps earlier choices while they stay valid;
 //!   3. else the first alternative that has any candidate.
-//!     Within one alternative the candidates are: the real package of that name (highest
-//!     satisfying version) first, then the packages that `Provides` it, sorted by name.
-//!     So a virtual package resolves to a real package of that name if one exists, else
-//!     to a provider already selected, else to one in the previous lock, else to the first
-//!     provider by name.
+//!
+//!   Within one alternative the candidates are: the real package of that name (highest
+//!   satisfying version) first, then the packages that `Provides` it, sorted by name.
+//!   So a virtual package resolves to a real package of that name if one exists, else
+//!   to a provider already selected, else to one in the previous lock, else to the first
+//!   provider by name.
 //! - Versioned relations are satisfied by a provider only through a versioned `Provides`.
 //! - Roots are processed in request order, then (with `essential`) every `Essential: yes`
 //!   or `Priority: required` package in name order, as debootstrap's minbase does (minbase
@@ -142,10 +143,7 @@ impl<'a> Resolver<'a> {
     /// same name already selected.
     fn usable(&self, p: &Package) -> bool {
         !self.exclude.contains(p.name.as_str())
-            && self
-                .selected
-                .get(&p.name)
-                .map_or(true, |s| s.version == p.version)
+            && !matches!(self.selected.get(&p.name), Some(s) if s.version != p.version)
     }
 
     fn satisfy(&mut self, group: &[Relation], who: &str) -> Result<(), DebianError> {
