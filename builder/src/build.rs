@@ -76,7 +76,9 @@ pub fn lock(args: &LockArgs) -> Result<()> {
                 .map(|d| d.debs.clone())
                 .unwrap_or_default();
             let debs = debian::lock(&req, &prev, &|url: &str| fetcher.get_bytes(url))
-                .with_context(|| format!("locking Debian packages of {}", args.definition.display()))?;
+                .with_context(|| {
+                    format!("locking Debian packages of {}", args.definition.display())
+                })?;
             let mut dl = lock::debian_request(d);
             dl.debs = debs;
             Some(dl)
@@ -102,7 +104,12 @@ pub fn lock(args: &LockArgs) -> Result<()> {
 fn report_changes(old: Option<&Lock>, new: &Lock) {
     let versions = |l: Option<&Lock>| -> BTreeMap<String, String> {
         l.and_then(|l| l.debian.as_ref())
-            .map(|d| d.debs.iter().map(|b| (b.name.clone(), b.version.clone())).collect())
+            .map(|d| {
+                d.debs
+                    .iter()
+                    .map(|b| (b.name.clone(), b.version.clone()))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let (a, b) = (versions(old), versions(Some(new)));
@@ -165,17 +172,15 @@ fn fetch_inputs(def: &Definition, lock: &Lock, fetcher: &Fetcher) -> Result<Fetc
         });
     }
     let (paths, report) = fetcher.fetch_all_with_report(&reqs).map_err(|e| match e {
-        FetchError::NotFound { ref name, .. } => {
-            match debs.iter().find(|d| &d.name == name) {
-                Some(d) => anyhow::Error::new(debian::DebianError::Superseded {
-                    name: d.name.clone(),
-                    version: d.version.clone(),
-                    filename: d.filename.clone(),
-                })
-                .context(e.to_string()),
-                None => anyhow::Error::new(e),
-            }
-        }
+        FetchError::NotFound { ref name, .. } => match debs.iter().find(|d| &d.name == name) {
+            Some(d) => anyhow::Error::new(debian::DebianError::Superseded {
+                name: d.name.clone(),
+                version: d.version.clone(),
+                filename: d.filename.clone(),
+            })
+            .context(e.to_string()),
+            None => anyhow::Error::new(e),
+        },
         e => anyhow::Error::new(e),
     })?;
     let n = debs.len();
@@ -194,7 +199,12 @@ fn fetch_inputs(def: &Definition, lock: &Lock, fetcher: &Fetcher) -> Result<Fetc
 }
 
 /// The image's root file tree: packages, artifacts, then the definition's own entries.
-pub fn assemble(def: &Definition, fetched_debs: &[DebInput], artifacts: &BTreeMap<String, PathBuf>, store: &ContentStore) -> Result<Tree> {
+pub fn assemble(
+    def: &Definition,
+    fetched_debs: &[DebInput],
+    artifacts: &BTreeMap<String, PathBuf>,
+    store: &ContentStore,
+) -> Result<Tree> {
     let limits = Limits::default();
     let mut tree = Tree::new(def.epoch);
     unpack::merged_usr(&mut tree)?;
@@ -247,11 +257,15 @@ fn inputs_of(lock: &Lock) -> Vec<Input> {
     v
 }
 
-fn write_file(path: &Path, write: impl FnOnce(&mut BufWriter<std::fs::File>) -> std::io::Result<()>) -> Result<()> {
+fn write_file(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<std::fs::File>) -> std::io::Result<()>,
+) -> Result<()> {
     let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     write(&mut w).with_context(|| format!("writing {}", path.display()))?;
-    w.flush().with_context(|| format!("writing {}", path.display()))?;
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 
@@ -270,8 +284,12 @@ pub fn build(args: &BuildArgs) -> Result<()> {
     seconds.insert("fetch".to_string(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let store = ContentStore::open(fetcher.cache().root())
-        .with_context(|| format!("opening the content store in {}", fetcher.cache().root().display()))?;
+    let store = ContentStore::open(fetcher.cache().root()).with_context(|| {
+        format!(
+            "opening the content store in {}",
+            fetcher.cache().root().display()
+        )
+    })?;
     let deb_inputs: Vec<DebInput> = fetched
         .debs
         .iter()
@@ -321,7 +339,14 @@ pub fn build(args: &BuildArgs) -> Result<()> {
         outputs: outputs.clone(),
     };
     let licenses = crate::sbom::licenses_from_tree(&tree, &inputs);
-    let sbom = crate::sbom::document(&def.name, &def.version, def.epoch, lock_digest.hex(), &inputs, &licenses);
+    let sbom = crate::sbom::document(
+        &def.name,
+        &def.version,
+        def.epoch,
+        lock_digest.hex(),
+        &inputs,
+        &licenses,
+    );
     let mut sbom_text = serde_json::to_string_pretty(&sbom)?;
     sbom_text.push('\n');
     std::fs::write(staging.dir().join("manifest.json"), manifest.to_json())?;
@@ -346,7 +371,12 @@ pub fn build(args: &BuildArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         for o in &summary.outputs {
-            eprintln!("{}  {}  ({} bytes)", o.sha256, out.join(&o.name).display(), o.size);
+            eprintln!(
+                "{}  {}  ({} bytes)",
+                o.sha256,
+                out.join(&o.name).display(),
+                o.size
+            );
         }
         eprintln!(
             "built {} {} in {:.1}s ({} downloaded, {} cached)",

@@ -93,8 +93,16 @@ mod tests {
     #[test]
     fn surface_is_pinned() {
         let c = Cli::try_parse_from([
-            "kiln", "build", "x.toml", "--format", "tar,qcow2", "--out", "o", "--offline",
-            "--mirror", "http://a=http://b",
+            "kiln",
+            "build",
+            "x.toml",
+            "--format",
+            "tar,qcow2",
+            "--out",
+            "o",
+            "--offline",
+            "--mirror",
+            "http://a=http://b",
         ])
         .expect("parses");
         match c.command {
@@ -105,8 +113,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let err = Cli::try_parse_from(["kiln", "build", "--format", "vhd"]).expect_err("bad format");
-        assert!(err.to_string().contains("unknown output format \"vhd\""), "{err}");
+        let err =
+            Cli::try_parse_from(["kiln", "build", "--format", "vhd"]).expect_err("bad format");
+        assert!(
+            err.to_string().contains("unknown output format \"vhd\""),
+            "{err}"
+        );
         assert!(matches!(
             Cli::try_parse_from(["kiln", "lock", "d.toml", "--check"]).map(|c| c.command),
             Ok(Command::Lock(LockArgs { check: true, .. }))

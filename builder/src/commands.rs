@@ -40,9 +40,7 @@ fn lock_check(args: &LockArgs) -> Result<()> {
 }
 
 /// Reads a definition and its lock and checks that they agree.
-pub fn definition_and_lock(
-    def_path: &std::path::Path,
-) -> Result<(definition::Definition, Lock)> {
+pub fn definition_and_lock(def_path: &std::path::Path) -> Result<(definition::Definition, Lock)> {
     let def = definition::load(def_path)?;
     let path = lock_path(def_path);
     let lock = Lock::read(&path, def_path)?;

@@ -726,7 +726,10 @@ pod-cidr = "10.244.0.0/16"
             "[image]\nname = \"ok\"\nversion = \"1\"\nepoch = 0\n[machine]\nhostname = \"not_valid!\"\n",
         );
         let msg = load(&p).expect_err("bad hostname").to_string();
-        assert!(msg.contains("machine") && msg.contains("not_valid!"), "{msg}");
+        assert!(
+            msg.contains("machine") && msg.contains("not_valid!"),
+            "{msg}"
+        );
         let p = write(
             dir.path(),
             "n.toml",

@@ -38,20 +38,8 @@ pub struct DebianLock {
     pub debs: Vec<LockedDeb>,
 }
 
-/// One pinned .deb.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct LockedDeb {
-    pub name: String,
-    pub version: String,
-    pub arch: String,
-    /// Pool path relative to the mirror root.
-    pub filename: String,
-    pub sha256: Digest,
-    pub size: u64,
-    /// Source package name (for the SBOM).
-    pub source: String,
-}
+/// One pinned .deb (name, version, pool path, sha256, size, source package).
+pub use crate::debian::ResolvedDeb as LockedDeb;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -128,7 +116,8 @@ impl Lock {
     pub fn to_toml(&self) -> String {
         let mut lock = self.clone();
         if let Some(d) = &mut lock.debian {
-            d.debs.sort();
+            d.debs
+                .sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
         }
         lock.artifact.sort_by(|a, b| a.name.cmp(&b.name));
         let body = toml::to_string(&lock).unwrap_or_default();

@@ -74,7 +74,13 @@ pub fn spdx_expression(debian: &str) -> String {
             .unwrap_or_else(|| {
                 let clean: String = w
                     .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
                     .collect();
                 format!("LicenseRef-{clean}")
             });
@@ -90,7 +96,8 @@ pub fn spdx_expression(debian: &str) -> String {
 pub fn licenses_from_tree(tree: &Tree, inputs: &[Input]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for i in inputs.iter().filter(|i| i.kind == "deb") {
-        let Ok(p) = TreePath::from_definition(&format!("usr/share/doc/{}/copyright", i.name)) else {
+        let Ok(p) = TreePath::from_definition(&format!("usr/share/doc/{}/copyright", i.name))
+        else {
             continue;
         };
         if let Some(Kind::File(c)) = tree.get(&p).map(|e| &e.kind) {
@@ -129,7 +136,13 @@ pub fn rfc3339(secs: u64) -> String {
 fn spdx_id(kind: &str, name: &str) -> String {
     let clean: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect();
     format!("SPDXRef-{kind}-{clean}")
 }
@@ -169,10 +182,16 @@ pub fn document(
             .filter(|_| i.kind == "deb")
             .map(|l| spdx_expression(l))
             .unwrap_or_else(|| "NOASSERTION".into());
-        for word in license.split_whitespace().filter(|w| w.starts_with("LicenseRef-")) {
+        for word in license
+            .split_whitespace()
+            .filter(|w| w.starts_with("LicenseRef-"))
+        {
             extracted.insert(
                 word.to_string(),
-                format!("License named \"{}\" in the package's Debian copyright file.", &word[11..]),
+                format!(
+                    "License named \"{}\" in the package's Debian copyright file.",
+                    &word[11..]
+                ),
             );
         }
         let alg = match i.checksum.algorithm() {
@@ -244,7 +263,10 @@ mod tests {
             .args(["-u", "-d", "@1700000000", "+%Y-%m-%dT%H:%M:%SZ"])
             .output()
             .expect("date runs");
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), rfc3339(1_700_000_000));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            rfc3339(1_700_000_000)
+        );
     }
 
     #[test]
@@ -253,7 +275,10 @@ mod tests {
         let l = debian_license(c).expect("license");
         assert_eq!(l, "GPL-2+ or Artistic");
         assert_eq!(spdx_expression(&l), "GPL-2.0-or-later OR Artistic-1.0-Perl");
-        assert_eq!(spdx_expression("Weird License"), "LicenseRef-Weird LicenseRef-License");
+        assert_eq!(
+            spdx_expression("Weird License"),
+            "LicenseRef-Weird LicenseRef-License"
+        );
         assert_eq!(debian_license("not machine readable"), None);
     }
 
@@ -273,7 +298,10 @@ mod tests {
         let pkgs = d["packages"].as_array().expect("packages");
         assert_eq!(pkgs.len(), 2);
         assert_eq!(pkgs[1]["licenseDeclared"], "GPL-2.0-or-later");
-        assert_eq!(pkgs[1]["checksums"][0]["checksumValue"], inputs[0].checksum.hex());
+        assert_eq!(
+            pkgs[1]["checksums"][0]["checksumValue"],
+            inputs[0].checksum.hex()
+        );
         assert_eq!(d["relationships"].as_array().map(Vec::len), Some(2));
     }
 }
