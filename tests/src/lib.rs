@@ -1,2 +1,94 @@
-//! Kiln's test support: local mirror server, QEMU harness.
+//! Kiln's test support: local mirror server, the `kiln` binary, directory snapshots,
+//! QEMU harness.
 pub mod mirror;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest as _, Sha256};
+
+/// The workspace root (where Cargo.toml and images/ are).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The `kiln` binary of this build profile, built on demand.
+pub fn kiln_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/kiln
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .to_path_buf();
+    let bin = profile_dir.join("kiln");
+    if !bin.exists() {
+        let release = profile_dir.ends_with("release");
+        let mut c = Command::new(env!("CARGO"));
+        c.args(["build", "--bin", "kiln"])
+            .current_dir(workspace_root());
+        if release {
+            c.arg("--release");
+        }
+        let st = c.status().expect("cargo build runs");
+        assert!(st.success(), "building kiln failed");
+    }
+    bin
+}
+
+/// Runs `kiln` with `args` in the workspace root; `env` adds variables.
+pub fn kiln(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    let mut c = Command::new(kiln_bin());
+    c.args(args).current_dir(workspace_root());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("kiln runs")
+}
+
+/// stdout and stderr of a finished command, for assertion messages.
+pub fn text(o: &Output) -> String {
+    format!(
+        "status {}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Every file under `dir` (relative path -> sha256 hex, or `<dir>`/`-> target`),
+/// to assert that a failed command changed nothing.
+pub fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.filter_map(Result::ok) {
+            let p = e.path();
+            let rel = p
+                .strip_prefix(root)
+                .map(|r| r.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let Ok(meta) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).unwrap_or_default();
+                out.insert(rel, format!("-> {}", t.display()));
+            } else if meta.is_dir() {
+                out.insert(rel, "<dir>".into());
+                walk(root, &p, out);
+            } else {
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                out.insert(rel, hex::encode(Sha256::digest(&bytes)));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
