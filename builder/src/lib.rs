@@ -15,6 +15,7 @@ pub mod lock;
 pub mod manifest;
 pub mod output;
 pub mod sbom;
+pub mod selfbuild;
 pub mod staging;
 pub mod tree;
 pub mod unpack;
