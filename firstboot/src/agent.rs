@@ -72,30 +72,33 @@ pub struct Status {
 
 /// Reads the files of the NoCloud volume (label `cidata`/`CIDATA`), if there is one.
 fn read_nocloud(sys: &dyn Sys, p: &AgentPaths) -> Option<Layer> {
-    let dev = probe::block_devices(&p.class_block())
+    let (node, fstype) = probe::block_devices(&p.class_block())
         .into_iter()
-        .find(|d| {
+        .find_map(|d| {
             let node = p.dev().join(&d.devname);
-            let label = probe::iso9660_label(&node).or_else(|| probe::vfat_label(&node));
-            matches!(label.as_deref(), Some("cidata" | "CIDATA"))
+            probe::nocloud_fstype(&node).map(|fs| (node, fs))
         })?;
-    let node = p.dev().join(&dev.devname);
     let mnt = p.cidata_mount();
-    std::fs::create_dir_all(&mnt).ok()?;
+    let failed = |what: String| Layer {
+        source: sources::NOCLOUD.into(),
+        content: Err(what),
+        notes: vec![],
+    };
+    if let Err(e) = std::fs::create_dir_all(&mnt) {
+        return Some(failed(format!("creating {}: {e}", mnt.display())));
+    }
     let src = node.to_string_lossy();
-    let mounted = ["iso9660", "vfat"]
-        .iter()
-        .any(|fs| sys.mount(&src, &mnt, fs, MountFlags::RDONLY, "").is_ok());
-    if !mounted {
-        return Some(Layer {
-            source: sources::NOCLOUD.into(),
-            content: Err(format!("cannot mount {}", node.display())),
-            notes: vec![],
-        });
+    if let Err(e) = sys.mount(&src, &mnt, fstype, MountFlags::RDONLY, "") {
+        return Some(failed(format!(
+            "mounting {} ({fstype}): {e}",
+            node.display()
+        )));
     }
     let meta = std::fs::read_to_string(mnt.join("meta-data")).ok();
     let user = std::fs::read_to_string(mnt.join("user-data")).ok();
-    let _ = sys.umount(&mnt);
+    if let Err(e) = sys.umount(&mnt) {
+        log::warn!("unmounting {}: {e}", mnt.display());
+    }
     sources::nocloud_layer(meta.as_deref(), user.as_deref())
 }
 
