@@ -240,7 +240,9 @@ pub(crate) mod tests {
     }
 
     fn run(cmd: &mut std::process::Command) {
-        let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
         assert!(
             out.status.success(),
             "{cmd:?}: {}",
