@@ -158,11 +158,7 @@ impl Status {
         for p in &self.problems {
             let _ = writeln!(s, "  {p}");
         }
-        let _ = writeln!(
-            s,
-            "\n{:<16}{:>12}  {}",
-            "PHASE", "SINCE BOOT", "WALL CLOCK (UTC)"
-        );
+        let _ = writeln!(s, "\n{:<16}{:>12}  WALL CLOCK (UTC)", "PHASE", "SINCE BOOT");
         for p in &self.phases {
             let _ = writeln!(
                 s,
