@@ -369,7 +369,7 @@ mod tests {
         // networkd files, and a reload because they were new.
         let eth0 = std::fs::read_to_string(p.network_dir().join("10-kiln-eth0.network")).unwrap();
         assert!(eth0.contains("MTUBytes=1400"), "{eth0}");
-        assert!(p.network_dir().join("90-kiln-ether-dhcp.network").exists());
+        assert!(p.network_dir().join("60-kiln-ether-dhcp.network").exists());
         assert_eq!(reloads.get(), 1);
         // Datagrams: status, status, then a watchdog ping per poll.
         let mut got = Vec::new();

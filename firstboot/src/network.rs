@@ -1,7 +1,8 @@
 //! Network: systemd-networkd files generated from `[network]`, and waiting for an address.
 //!
 //! Every ethernet link gets DHCP by default; an `[network.interfaces.<name|MAC>]` entry gets
-//! its own file, matched first (networkd uses the first file in lexical order that matches).
+//! its own file (`10-kiln-*`), matched first: networkd uses the first file in lexical order
+//! that matches. The default (`60-kiln-*`) stays below 70, ahead of the distribution's `80-*`.
 //! The files go to /run/systemd/network, so each boot (and each config change) replaces them.
 
 use std::fmt::Write as _;
@@ -87,7 +88,7 @@ pub fn networkd_files(net: &Network) -> Vec<(String, String)> {
     // Physical ethernet only: `Kind=!*` leaves out veth, bridges, VLANs and tunnels
     // (Kubernetes creates many veths; they must not run DHCP).
     out.push((
-        format!("90{MARK}ether-dhcp.network"),
+        format!("60{MARK}ether-dhcp.network"),
         "[Match]\nType=ether\nKind=!*\n\n[Network]\nDHCP=yes\n".to_string(),
     ));
     out.sort();
@@ -209,7 +210,7 @@ mod tests {
     fn default_is_dhcp_on_every_physical_ethernet_link() {
         let files = networkd_files(&Network::default());
         assert_eq!(files.len(), 1);
-        assert_eq!(files[0].0, "90-kiln-ether-dhcp.network");
+        assert_eq!(files[0].0, "60-kiln-ether-dhcp.network");
         assert_eq!(
             files[0].1,
             "[Match]\nType=ether\nKind=!*\n\n[Network]\nDHCP=yes\n"
@@ -233,7 +234,7 @@ mtu = 1400
             [
                 "10-kiln-52-54-00-AB-cd-ef.network",
                 "10-kiln-eth1.network",
-                "90-kiln-ether-dhcp.network"
+                "60-kiln-ether-dhcp.network"
             ]
         );
         assert_eq!(
@@ -270,7 +271,7 @@ mtu = 1400
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, ["50-admin.network", "90-kiln-ether-dhcp.network"]);
+        assert_eq!(names, ["50-admin.network", "60-kiln-ether-dhcp.network"]);
         assert!(!write_files(t.path(), &files).unwrap());
     }
 
