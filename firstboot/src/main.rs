@@ -5,11 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use firstboot::agent::{self, AgentPaths, Status};
+use firstboot::agent::{self, AgentPaths};
 use firstboot::cmdline::Cmdline;
 use firstboot::console::Console;
+use firstboot::notify::{self, Notifier};
 use firstboot::stage1::{self, Layout, OnFailure};
+use firstboot::status::Status;
 use firstboot::sys::{self, RealSys, Sys};
+use firstboot::{logging, network};
 
 const USAGE: &str = "usage: firstboot init | agent | status [--json]";
 
@@ -104,12 +107,41 @@ fn halt(policy: OnFailure) -> ! {
 }
 
 fn run_agent() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    logging::init();
     let console = Console::new("/dev", false);
     let say = |s: &str| {
-        eprintln!("{s}");
+        log::info!("{s}");
         console.say(s);
     };
-    agent::run(&RealSys, &AgentPaths::new("/"), &say).map(|_| ())
+    let notifier = Notifier::from_env().context("opening $NOTIFY_SOCKET")?;
+    let sys = RealSys;
+    let env = agent::Env {
+        say: &say,
+        notify: &notifier,
+        addresses: &network::current_addresses,
+        reload_network: &network::reload_networkd,
+        network_timeout_ms: agent::NETWORK_TIMEOUT_MS,
+    };
+    let st = agent::run(&sys, &AgentPaths::new("/"), &env)?;
+    let line = st.summary().swap_remove(0);
+    notifier
+        .ready(line.trim_start_matches("kiln: "))
+        .context("sending READY=1")?;
+    // Stay up: systemd restarts the unit when it exits. Ping the watchdog while healthy.
+    let every = notify::watchdog_interval_from_env();
+    loop {
+        sys.reap();
+        match every {
+            Some(d) => {
+                sys.sleep(d);
+                if let Err(e) = notifier.watchdog() {
+                    log::warn!("sd_notify WATCHDOG=1: {e}");
+                }
+            }
+            None => sys.sleep(Duration::from_secs(3600)),
+        }
+    }
 }
 
 fn status(json: bool) -> anyhow::Result<()> {
@@ -117,27 +149,12 @@ fn status(json: bool) -> anyhow::Result<()> {
     let path = AgentPaths::new("/").status_json();
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    if json {
-        println!("{}", text.trim_end());
-        return Ok(());
-    }
     let s: Status =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    println!("hostname: {}", s.hostname);
-    println!("config sources: {}", s.sources.join(", "));
-    for p in &s.problems {
-        println!("config problem: {p}");
-    }
-    if let Some(t) = &s.stage1 {
-        println!(
-            "stage 1: root {}, /var {}, {} ms (modules {} ms, root {} ms, var {} ms)",
-            t.root,
-            t.var,
-            t.switch_root.saturating_sub(t.start),
-            t.modules_loaded.saturating_sub(t.start),
-            t.root_mounted.saturating_sub(t.start),
-            t.var_mounted.saturating_sub(t.start)
-        );
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", s.table());
     }
     Ok(())
 }

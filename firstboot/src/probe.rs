@@ -81,20 +81,76 @@ pub fn iso9660_label(path: &Path) -> Option<String> {
     Some(String::from_utf8_lossy(&pvd[40..72]).trim_end().to_string())
 }
 
-/// The FAT volume label from the boot sector (FAT12/16 at 43, FAT32 at 71).
+fn le16(b: &[u8], at: usize) -> u64 {
+    u64::from(u16::from_le_bytes([b[at], b[at + 1]]))
+}
+
+fn le32(b: &[u8], at: usize) -> u64 {
+    u64::from(u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]))
+}
+
+/// The label in the first volume-id entry (attribute 0x08, not a long-name part) of a FAT
+/// root directory region.
+fn fat_root_dir_label(dir: &[u8]) -> Option<String> {
+    for e in dir.chunks_exact(32) {
+        match e[0] {
+            0x00 => return None,
+            0xE5 => continue,
+            _ => {}
+        }
+        if e[11] & 0x3F == 0x08 {
+            return Some(String::from_utf8_lossy(&e[..11]).trim_end().to_string());
+        }
+    }
+    None
+}
+
+/// The FAT volume label, as blkid reads it: the root directory's volume-id entry, else the
+/// boot sector's (FAT12/16 at 43, FAT32 at 71) unless that is `NO NAME`.
 pub fn vfat_label(path: &Path) -> Option<String> {
     let bs = read_at(path, 0, 512)?;
     if bs[510..512] != [0x55, 0xAA] {
         return None;
     }
-    let label = if &bs[82..87] == b"FAT32" {
+    let fat32 = &bs[82..87] == b"FAT32";
+    let boot_label = if fat32 {
         &bs[71..82]
     } else if &bs[54..57] == b"FAT" {
         &bs[43..54]
     } else {
         return None;
     };
-    Some(String::from_utf8_lossy(label).trim_end().to_string())
+    let bps = le16(&bs, 11);
+    let spc = u64::from(bs[13]);
+    let reserved = le16(&bs, 14);
+    let fats = u64::from(bs[16]);
+    let (dir_offset, dir_len) = if fat32 {
+        let first_data = reserved + fats * le32(&bs, 36);
+        let root_cluster = le32(&bs, 44).max(2);
+        ((first_data + (root_cluster - 2) * spc) * bps, spc * bps)
+    } else {
+        ((reserved + fats * le16(&bs, 22)) * bps, le16(&bs, 17) * 32)
+    };
+    // Bounded read: a corrupt boot sector must not make us allocate gigabytes.
+    let dir = read_at(path, dir_offset, dir_len.min(1 << 20) as usize);
+    if let Some(l) = dir.as_deref().and_then(fat_root_dir_label) {
+        return Some(l);
+    }
+    let l = String::from_utf8_lossy(boot_label).trim_end().to_string();
+    (l != "NO NAME").then_some(l)
+}
+
+/// Whether `path` holds a NoCloud seed (an iso9660 or vfat filesystem labelled `cidata`,
+/// any case); gives the filesystem type to mount it with.
+pub fn nocloud_fstype(path: &Path) -> Option<&'static str> {
+    let is_cidata = |l: Option<String>| l.is_some_and(|l| l.eq_ignore_ascii_case("cidata"));
+    if is_cidata(iso9660_label(path)) {
+        Some("iso9660")
+    } else if is_cidata(vfat_label(path)) {
+        Some("vfat")
+    } else {
+        None
+    }
 }
 
 /// Whether an ext2/3/4 superblock magic (0xEF53 at byte 1080) is present.
@@ -181,5 +237,73 @@ pub(crate) mod tests {
         ext[1081] = 0xEF;
         std::fs::write(t.path().join("ext"), &ext).unwrap();
         assert!(has_ext4(&t.path().join("ext")));
+    }
+
+    fn run(cmd: &mut std::process::Command) {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn nocloud_seeds_made_by_cloud_localds_are_found_by_label() {
+        let t = tempfile::tempdir().unwrap();
+        let ud = t.path().join("user-data");
+        let md = t.path().join("meta-data");
+        std::fs::write(&ud, "#cloud-config\nhostname: seeded\n").unwrap();
+        std::fs::write(&md, "local-hostname: seeded\n").unwrap();
+        let iso = t.path().join("seed.iso");
+        run(std::process::Command::new("cloud-localds")
+            .arg(&iso)
+            .arg(&ud)
+            .arg(&md));
+        assert_eq!(iso9660_label(&iso).as_deref(), Some("cidata"));
+        assert_eq!(nocloud_fstype(&iso), Some("iso9660"));
+        let fat = t.path().join("seed.img");
+        run(std::process::Command::new("cloud-localds")
+            .args(["--filesystem", "vfat"])
+            .arg(&fat)
+            .arg(&ud)
+            .arg(&md));
+        assert!(vfat_label(&fat).is_some_and(|l| l.eq_ignore_ascii_case("cidata")));
+        assert_eq!(nocloud_fstype(&fat), Some("vfat"));
+    }
+
+    #[test]
+    fn fat_label_from_the_root_directory_when_the_boot_sector_says_no_name() {
+        let t = tempfile::tempdir().unwrap();
+        // FAT12, FAT16 and FAT32, each labelled by mkfs.vfat; then the boot sector label is
+        // blanked the way some formatters leave it, so only the root directory entry tells.
+        for (bits, mib) in [("12", 2u64), ("16", 32), ("32", 64)] {
+            let img = t.path().join(format!("fat{bits}.img"));
+            std::fs::File::create(&img)
+                .unwrap()
+                .set_len(mib << 20)
+                .unwrap();
+            run(std::process::Command::new("mkfs.vfat")
+                .args(["-F", bits, "-n", "CIDATA"])
+                .arg(&img));
+            assert_eq!(vfat_label(&img).as_deref(), Some("CIDATA"), "FAT{bits}");
+            let mut bytes = std::fs::read(&img).unwrap();
+            let at = if bits == "32" { 71 } else { 43 };
+            bytes[at..at + 11].copy_from_slice(b"NO NAME    ");
+            std::fs::write(&img, &bytes).unwrap();
+            assert_eq!(vfat_label(&img).as_deref(), Some("CIDATA"), "FAT{bits}");
+            assert_eq!(nocloud_fstype(&img), Some("vfat"), "FAT{bits}");
+        }
+        // No label anywhere: not a seed.
+        let img = t.path().join("plain.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(2 << 20)
+            .unwrap();
+        run(std::process::Command::new("mkfs.vfat").arg(&img));
+        assert_eq!(vfat_label(&img), None);
+        assert_eq!(nocloud_fstype(&img), None);
     }
 }

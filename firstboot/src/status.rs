@@ -1,0 +1,320 @@
+//! `/run/kiln/status.json`: phases with timestamps (stage 1's merged in), config sources,
+//! problems, addresses; rendered as a table by `firstboot status`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::stage1::Timings;
+
+/// Phase names, in boot order.
+pub const STAGE1_START: &str = "stage1-start";
+pub const ROOT_MOUNTED: &str = "root-mounted";
+pub const SWITCH_ROOT: &str = "switch-root";
+pub const STAGE2_START: &str = "stage2-start";
+pub const CONFIG_LOADED: &str = "config-loaded";
+pub const HOSTNAME_SET: &str = "hostname-set";
+pub const NETWORK_UP: &str = "network-up";
+
+/// One phase reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Phase {
+    pub name: String,
+    /// CLOCK_MONOTONIC milliseconds (time since boot).
+    pub monotonic_ms: u64,
+    /// Wall clock, Unix milliseconds (for stage 1 phases: derived from the monotonic time).
+    pub unix_ms: u64,
+}
+
+/// What `firstboot status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", default)]
+pub struct Status {
+    pub hostname: String,
+    /// Config sources that contributed, in precedence order.
+    pub sources: Vec<String>,
+    /// Config problems and failed steps.
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+    /// Routable addresses, `ifname addr/len`.
+    pub addresses: Vec<String>,
+    /// Whether this boot ran the first-boot-only steps.
+    pub first_boot: bool,
+    pub phases: Vec<Phase>,
+    /// Stage 1's record, as written to /run/kiln/stage1.json.
+    pub stage1: Option<Timings>,
+}
+
+/// A clock reading: monotonic and wall milliseconds taken together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    pub monotonic_ms: u64,
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// The wall time of an earlier monotonic reading.
+    fn wall_of(&self, monotonic_ms: u64) -> u64 {
+        self.unix_ms
+            .saturating_sub(self.monotonic_ms.saturating_sub(monotonic_ms))
+    }
+}
+
+/// Wall clock now, Unix milliseconds.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Status {
+    /// A status for stage 2, starting with stage 1's phases.
+    pub fn new(stage1: Option<Timings>, now: Now) -> Status {
+        let mut s = Status::default();
+        if let Some(t) = &stage1 {
+            for (name, at) in [
+                (STAGE1_START, t.start),
+                (ROOT_MOUNTED, t.root_mounted),
+                (SWITCH_ROOT, t.switch_root),
+            ] {
+                s.phases.push(Phase {
+                    name: name.into(),
+                    monotonic_ms: at,
+                    unix_ms: now.wall_of(at),
+                });
+            }
+        }
+        s.stage1 = stage1;
+        s
+    }
+
+    /// Records `name` as reached at `now` (again: the new time replaces the old).
+    pub fn phase(&mut self, name: &str, now: Now) {
+        self.phases.retain(|p| p.name != name);
+        self.phases.push(Phase {
+            name: name.into(),
+            monotonic_ms: now.monotonic_ms,
+            unix_ms: now.unix_ms,
+        });
+    }
+
+    /// Writes the JSON to `path` atomically (temp file + rename).
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(&tmp, json + "\n")?;
+        std::fs::rename(&tmp, path)
+    }
+
+    /// The boot summary: one line, then one per problem.
+    pub fn summary(&self) -> Vec<String> {
+        let or_none = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let mut out = vec![format!(
+            "kiln: hostname {}, addresses {}, sources {}, {} problem{}",
+            self.hostname,
+            or_none(&self.addresses),
+            or_none(&self.sources),
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        )];
+        out.extend(self.problems.iter().map(|p| format!("kiln: problem: {p}")));
+        out
+    }
+
+    /// The table `firstboot status` prints.
+    pub fn table(&self) -> String {
+        let mut s = String::new();
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        let _ = writeln!(s, "{:<14}{}", "hostname", self.hostname);
+        let _ = writeln!(s, "{:<14}{}", "addresses", list(&self.addresses));
+        let _ = writeln!(s, "{:<14}{}", "sources", list(&self.sources));
+        let _ = writeln!(
+            s,
+            "{:<14}{}",
+            "first boot",
+            if self.first_boot { "yes" } else { "no" }
+        );
+        if let Some(t) = &self.stage1 {
+            let _ = writeln!(s, "{:<14}{}, /var {}", "root", t.root, t.var);
+        }
+        let _ = writeln!(s, "{:<14}{}", "problems", self.problems.len());
+        for p in &self.problems {
+            let _ = writeln!(s, "  {p}");
+        }
+        let _ = writeln!(s, "\n{:<16}{:>12}  WALL CLOCK (UTC)", "PHASE", "SINCE BOOT");
+        for p in &self.phases {
+            let _ = writeln!(
+                s,
+                "{:<16}{:>9} ms  {}",
+                p.name,
+                p.monotonic_ms,
+                rfc3339(p.unix_ms)
+            );
+        }
+        s
+    }
+}
+
+/// Reads stage 1's record, if it is there and parses.
+pub fn read_stage1(path: &Path) -> Option<Timings> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for Unix milliseconds.
+pub fn rfc3339(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        unix_ms % 1000
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stage1_phases_are_merged_with_derived_wall_times() {
+        let t = Timings {
+            start: 1_000,
+            root_mounted: 2_500,
+            switch_root: 3_000,
+            root: "slot-a".into(),
+            ..Timings::default()
+        };
+        let now = Now {
+            monotonic_ms: 10_000,
+            unix_ms: 1_700_000_010_000,
+        };
+        let mut s = Status::new(Some(t), now);
+        s.phase(STAGE2_START, now);
+        s.phase(
+            CONFIG_LOADED,
+            Now {
+                monotonic_ms: 10_200,
+                unix_ms: 1_700_000_010_200,
+            },
+        );
+        let names: Vec<&str> = s.phases.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                STAGE1_START,
+                ROOT_MOUNTED,
+                SWITCH_ROOT,
+                STAGE2_START,
+                CONFIG_LOADED
+            ]
+        );
+        assert_eq!(s.phases[0].unix_ms, 1_700_000_001_000);
+        assert_eq!(s.phases[2].unix_ms, 1_700_000_003_000);
+        // A phase reached again (agent restarted) keeps only the latest time.
+        s.phase(
+            STAGE2_START,
+            Now {
+                monotonic_ms: 20_000,
+                unix_ms: 1,
+            },
+        );
+        assert_eq!(
+            s.phases.iter().filter(|p| p.name == STAGE2_START).count(),
+            1
+        );
+        assert_eq!(s.phases.last().unwrap().monotonic_ms, 20_000);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/kiln/status.json");
+        s.write(&path).unwrap();
+        let back: Status = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(back, s);
+        assert!(!path.with_extension("json.tmp").exists());
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["phases"][0]["monotonic-ms"], 1000);
+        assert_eq!(v["stage1"]["root"], "slot-a");
+    }
+
+    #[test]
+    fn summary_and_table() {
+        let mut s = Status::new(
+            None,
+            Now {
+                monotonic_ms: 0,
+                unix_ms: 0,
+            },
+        );
+        s.hostname = "node1".into();
+        s.addresses = vec!["eth0 10.0.2.15/24".into()];
+        s.sources = vec!["default".into(), "nocloud".into()];
+        s.problems = vec!["fw_cfg: hostname: bad".into()];
+        s.phase(
+            NETWORK_UP,
+            Now {
+                monotonic_ms: 4321,
+                unix_ms: 1_700_000_000_123,
+            },
+        );
+        assert_eq!(
+            s.summary(),
+            [
+                "kiln: hostname node1, addresses eth0 10.0.2.15/24, sources default, nocloud, 1 problem",
+                "kiln: problem: fw_cfg: hostname: bad"
+            ]
+        );
+        let table = s.table();
+        assert!(table.contains("hostname      node1\n"), "{table}");
+        assert!(
+            table.contains("network-up           4321 ms  2023-11-14T22:13:20.123Z"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn rfc3339_matches_date() {
+        // GNU date as the oracle.
+        for ms in [0u64, 951_782_400_000, 1_700_000_000_123, 4_102_444_799_999] {
+            let out = std::process::Command::new("date")
+                .args(["-u", "-d", &format!("@{}", ms / 1000), "+%Y-%m-%dT%H:%M:%S"])
+                .output()
+                .unwrap();
+            let want = format!(
+                "{}.{:03}Z",
+                String::from_utf8_lossy(&out.stdout).trim(),
+                ms % 1000
+            );
+            assert_eq!(rfc3339(ms), want);
+        }
+    }
+}
