@@ -204,6 +204,7 @@ pub fn assemble(
     fetched_debs: &[DebInput],
     artifacts: &BTreeMap<String, PathBuf>,
     store: &ContentStore,
+    firstboot: &Path,
 ) -> Result<Tree> {
     let limits = Limits::default();
     let mut tree = Tree::new(def.epoch);
@@ -230,8 +231,40 @@ pub fn assemble(
                 .with_context(|| format!("artifact {}", a.name))?;
         }
     }
+    add_firstboot(&mut tree, def, firstboot)?;
     crate::assemble::apply(&mut tree, def)?;
     Ok(tree)
+}
+
+/// The systemd unit of firstboot's stage 2.
+const FIRSTBOOT_UNIT: &str = include_str!("../../firstboot/units/firstboot.service");
+
+/// Every Kiln image carries firstboot: the binary, its unit (enabled), and the
+/// definition's machine defaults where firstboot reads them.
+fn add_firstboot(tree: &mut Tree, def: &Definition, firstboot: &Path) -> Result<()> {
+    let size = std::fs::metadata(firstboot)
+        .with_context(|| format!("firstboot binary {}", firstboot.display()))?
+        .len();
+    let bin = TreePath::from_definition("/usr/bin/firstboot")?;
+    let content = Content::OnDisk {
+        path: firstboot.to_path_buf(),
+        size,
+    };
+    tree.replace(&bin, Entry::file(content, 0o755, "firstboot").at(def.epoch))?;
+    let unit = TreePath::from_definition("/usr/lib/systemd/system/firstboot.service")?;
+    let content = Content::inline(FIRSTBOOT_UNIT.as_bytes().to_vec());
+    tree.replace(
+        &unit,
+        Entry::file(content, 0o644, "firstboot").at(def.epoch),
+    )?;
+    crate::assemble::enable_unit(tree, "firstboot.service", def.epoch)?;
+    if !def.machine.is_empty() {
+        let p = TreePath::from_definition(firstboot::config::DEFAULT_CONFIG_PATH)?;
+        let text = toml::to_string(&def.machine)?;
+        let content = Content::inline(text.into_bytes());
+        tree.replace(&p, Entry::file(content, 0o644, "definition").at(def.epoch))?;
+    }
+    Ok(())
 }
 
 fn inputs_of(lock: &Lock) -> Vec<Input> {
@@ -299,7 +332,8 @@ pub fn build(args: &BuildArgs) -> Result<()> {
             sha256: Some(d.sha256.clone()),
         })
         .collect();
-    let tree = assemble(&def, &deb_inputs, &fetched.artifacts, &store)?;
+    let firstboot = crate::selfbuild::firstboot()?;
+    let tree = assemble(&def, &deb_inputs, &fetched.artifacts, &store, &firstboot)?;
     seconds.insert("assemble".to_string(), t.elapsed().as_secs_f64());
 
     let staging = Staging::new(&args.out)?;
@@ -325,7 +359,17 @@ pub fn build(args: &BuildArgs) -> Result<()> {
     }
     outputs.sort();
     tools.sort();
-    let inputs = inputs_of(&lock);
+    let mut inputs = inputs_of(&lock);
+    inputs.push(Input {
+        kind: "local".into(),
+        name: "firstboot".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        source: "firstboot/ (this workspace)".into(),
+        checksum: Digest::of_reader(
+            crate::digest::Algorithm::Sha256,
+            std::fs::File::open(&firstboot)?,
+        )?,
+    });
     let lock_digest: Digest = lock.digest();
     let manifest = Manifest {
         image: def.name.clone(),

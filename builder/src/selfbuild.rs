@@ -44,9 +44,8 @@ pub fn firstboot() -> Result<PathBuf, SelfBuildError> {
     if !ws.join("Cargo.toml").is_file() {
         return Err(SelfBuildError::NoWorkspace(ws));
     }
-    let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| {
-        format!("{}/.cargo", std::env::var("HOME").unwrap_or_default())
-    });
+    let home = std::env::var("CARGO_HOME")
+        .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
     let flags = format!(
         "-C target-feature=+crt-static --remap-path-prefix={}=/kiln --remap-path-prefix={home}=/cargo",
         ws.display()
@@ -54,7 +53,17 @@ pub fn firstboot() -> Result<PathBuf, SelfBuildError> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     log::info!("building firstboot (static, {TARGET})");
     let out = Command::new(cargo)
-        .args(["build", "--release", "--locked", "-p", "firstboot", "--bin", "firstboot", "--target", TARGET])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "firstboot",
+            "--bin",
+            "firstboot",
+            "--target",
+            TARGET,
+        ])
         .current_dir(&ws)
         .env("RUSTFLAGS", flags)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
