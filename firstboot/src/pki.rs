@@ -192,7 +192,7 @@ impl Ca {
             Ca::FrontProxy => "front-proxy-ca",
         }
     }
-    fn from_secrets(self, s: &Secrets) -> &CertKeyPem {
+    fn pair_in(self, s: &Secrets) -> &CertKeyPem {
         match self {
             Ca::Cluster => &s.ca,
             Ca::Etcd => &s.etcd_ca,
@@ -614,7 +614,7 @@ impl Pki {
                 Some(pair) => pair,
                 None => {
                     let pair = match secrets {
-                        Some(s) => ca.from_secrets(s).clone(),
+                        Some(s) => ca.pair_in(s).clone(),
                         None => generate_ca(ca.cn(), now)?,
                     };
                     put(&key, &pair.key, 0o600)?;

@@ -517,15 +517,13 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
             }
             Phase::Stopping {
                 term_at, killed, ..
-            } => {
-                if !*killed && now >= term_at.saturating_add(c.spec.grace) {
-                    *killed = true;
-                    out.push(log(&name, "grace period over, SIGKILL".into()));
-                    out.push(Action::Signal {
-                        name,
-                        signal: Signal::Kill,
-                    });
-                }
+            } if !*killed && now >= term_at.saturating_add(c.spec.grace) => {
+                *killed = true;
+                out.push(log(&name, "grace period over, SIGKILL".into()));
+                out.push(Action::Signal {
+                    name,
+                    signal: Signal::Kill,
+                });
             }
             _ => {}
         }

@@ -180,3 +180,55 @@ fn client_config(tls: &TlsProbe, url: &str) -> Result<Arc<rustls::ClientConfig>,
     };
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_probe_urls() {
+        let p = HttpProbe::from_url("http://127.0.0.1:2381/livez", None).unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.path.as_str()),
+            ("127.0.0.1", 2381, "/livez")
+        );
+        let p = HttpProbe::from_url("http://[::1]:10248", None).unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.path.as_str()),
+            ("::1", 10248, "/")
+        );
+        let tls = TlsProbe {
+            ca: "/ca.crt".into(),
+            client: None,
+        };
+        let p = HttpProbe::from_url("https://localhost/readyz?verbose", Some(tls.clone())).unwrap();
+        assert_eq!((p.port, p.path.as_str()), (443, "/readyz?verbose"));
+        assert!(HttpProbe::from_url("https://127.0.0.1:6443/livez", None).is_err());
+        assert!(HttpProbe::from_url("http://127.0.0.1:x/", None).is_err());
+        assert!(HttpProbe::from_url("ftp://h/", Some(tls)).is_err());
+    }
+
+    #[test]
+    fn non_200_is_a_failure() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            for answer in [
+                "HTTP/1.1 500 Internal Server Error\r\n\r\n",
+                "HTTP/1.1 200 OK\r\n\r\n",
+            ] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).unwrap();
+                s.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        let p = HttpProbe::from_url(&format!("http://127.0.0.1:{port}/healthz"), None).unwrap();
+        assert!(matches!(
+            p.check(Duration::from_secs(5)),
+            Err(ProbeError::Status(..))
+        ));
+        p.check(Duration::from_secs(5)).unwrap();
+        server.join().unwrap();
+    }
+}
