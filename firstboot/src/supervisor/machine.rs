@@ -7,9 +7,9 @@
 //!
 //! Restart rate: after the n-th consecutive crash the delay is
 //! `min(backoff_base * 2^(n-1), backoff_max)`; the count resets once a run has been ready for
-//! `stable_after`. So a component is spawned at most once per `backoff_base` (twice in the
-//! first `backoff_base` only if it was just reset), and a crash loop settles at one spawn per
-//! `backoff_max`. A `Stopping` component is never respawned before its process is reaped.
+//! `stable_after`. So a component is spawned at most once per `backoff_base`, a crash loop
+//! settles at one spawn per `backoff_max`, and a component that crashes just after each stable
+//! run restarts at most once per `stable_after + backoff_base`. A `Stopping` component is never respawned before its process is reaped.
 
 use std::collections::{BTreeMap, BTreeSet};
 
