@@ -1,0 +1,915 @@
+//! The supervisor's pure state machine: `next(state, event, now) -> actions`.
+//!
+//! Time is plain milliseconds from an arbitrary origin, injected by the caller. Per
+//! component: `Waiting` (for its dependencies to be ready) -> spawn -> `Running` (not ready
+//! until the first good probe) -> on exit, or `failure_threshold` consecutive failed probes,
+//! `Stopping` (SIGTERM at t, SIGKILL at t + grace) -> `Backoff` (until t + delay) -> spawn ...
+//!
+//! Restart rate: after the n-th consecutive crash the delay is
+//! `min(backoff_base * 2^(n-1), backoff_max)`; the count resets once a run has been ready for
+//! `stable_after`. So a component is spawned at most once per `backoff_base`, a crash loop
+//! settles at one spawn per `backoff_max`, and a component that crashes just after each stable
+//! run restarts at most once per `stable_after + backoff_base`. A `Stopping` component is never respawned before its process is reaped.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds on the injected clock.
+pub type Millis = u64;
+
+/// Liveness/readiness probe timing. The first good result marks the component ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeSpec {
+    pub initial_delay: Millis,
+    pub period: Millis,
+    pub timeout: Millis,
+    pub failure_threshold: u32,
+}
+
+/// What to run and how to judge it; the command itself lives in the shell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentSpec {
+    pub name: String,
+    pub depends_on: Vec<String>,
+    /// Without a probe the component is ready as soon as it is spawned.
+    pub probe: Option<ProbeSpec>,
+    /// Time between SIGTERM and SIGKILL.
+    pub grace: Millis,
+    pub backoff_base: Millis,
+    pub backoff_max: Millis,
+    /// A run ready for this long resets the backoff.
+    pub stable_after: Millis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Signal {
+    Term,
+    Kill,
+}
+
+/// What happens once a stopping process has been reaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum After {
+    /// Restart after the backoff delay (it failed).
+    Backoff,
+    /// Restart as soon as dependencies are ready (identity change).
+    Restart,
+    /// Stay down (shutdown).
+    Stay,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Not running; spawned once every dependency is ready.
+    Waiting,
+    Running {
+        since: Millis,
+        ready: bool,
+        ready_since: Option<Millis>,
+        failures: u32,
+        next_probe: Millis,
+        /// Id and deadline of the probe in flight.
+        in_flight: Option<(u64, Millis)>,
+    },
+    Stopping {
+        term_at: Millis,
+        killed: bool,
+        after: After,
+    },
+    Backoff {
+        until: Millis,
+    },
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Tick,
+    /// The process exited (or could not be spawned: `status` None).
+    Exited {
+        name: String,
+        status: Option<i32>,
+    },
+    ProbeResult {
+        name: String,
+        id: u64,
+        ok: bool,
+    },
+    /// Its certificates or configuration changed: restart it and its dependents.
+    IdentityChanged {
+        name: String,
+    },
+    /// Stop everything, restart nothing.
+    Shutdown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Spawn {
+        name: String,
+    },
+    Probe {
+        name: String,
+        id: u64,
+        timeout: Millis,
+    },
+    Signal {
+        name: String,
+        signal: Signal,
+    },
+    /// Informational: the component will be respawned at `at`.
+    RestartAt {
+        name: String,
+        at: Millis,
+    },
+    Log {
+        name: String,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("component {0} is defined twice")]
+    Duplicate(String),
+    #[error("component {name} depends on unknown component {dep}")]
+    UnknownDependency { name: String, dep: String },
+    #[error("dependency cycle through component {0}")]
+    Cycle(String),
+    #[error("component {0}: failure_threshold and period must be positive")]
+    BadProbe(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    pub spec: ComponentSpec,
+    pub phase: Phase,
+    /// Spawns after the first.
+    pub restarts: u32,
+    /// Consecutive failed runs (backoff exponent), reset after a stable run.
+    pub crashes: u32,
+    pub last_probe: Option<bool>,
+    pub last_exit: Option<i32>,
+    spawned_once: bool,
+}
+
+impl Component {
+    pub fn ready(&self) -> bool {
+        matches!(self.phase, Phase::Running { ready: true, .. })
+    }
+}
+
+/// Snapshot for `firstboot status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    pub name: String,
+    pub state: String,
+    pub ready: bool,
+    pub restarts: u32,
+    pub last_probe_ok: Option<bool>,
+    pub last_exit: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// In dependency order (dependencies first).
+    pub components: Vec<Component>,
+    next_probe_id: u64,
+}
+
+impl State {
+    pub fn new(specs: Vec<ComponentSpec>) -> Result<State, SpecError> {
+        let mut by_name = BTreeMap::new();
+        for s in &specs {
+            if by_name.insert(s.name.clone(), s.clone()).is_some() {
+                return Err(SpecError::Duplicate(s.name.clone()));
+            }
+            if let Some(p) = &s.probe {
+                if p.failure_threshold == 0 || p.period == 0 {
+                    return Err(SpecError::BadProbe(s.name.clone()));
+                }
+            }
+        }
+        for s in &specs {
+            for d in &s.depends_on {
+                if !by_name.contains_key(d) {
+                    return Err(SpecError::UnknownDependency {
+                        name: s.name.clone(),
+                        dep: d.clone(),
+                    });
+                }
+            }
+        }
+        // Topological order, stable with respect to the given order.
+        let mut done = BTreeSet::new();
+        let mut ordered = Vec::new();
+        while ordered.len() < specs.len() {
+            let before = ordered.len();
+            for s in &specs {
+                if !done.contains(&s.name) && s.depends_on.iter().all(|d| done.contains(d)) {
+                    done.insert(s.name.clone());
+                    ordered.push(s.clone());
+                }
+            }
+            if ordered.len() == before {
+                let stuck = specs.iter().find(|s| !done.contains(&s.name));
+                return Err(SpecError::Cycle(
+                    stuck.map(|s| s.name.clone()).unwrap_or_default(),
+                ));
+            }
+        }
+        Ok(State {
+            components: ordered
+                .into_iter()
+                .map(|spec| Component {
+                    spec,
+                    phase: Phase::Waiting,
+                    restarts: 0,
+                    crashes: 0,
+                    last_probe: None,
+                    last_exit: None,
+                    spawned_once: false,
+                })
+                .collect(),
+            next_probe_id: 1,
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Component> {
+        self.components.iter().find(|c| c.spec.name == name)
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        self.components.iter().position(|c| c.spec.name == name)
+    }
+
+    /// Every component is ready.
+    pub fn all_ready(&self) -> bool {
+        self.components.iter().all(Component::ready)
+    }
+
+    /// Nothing runs or will run (after a shutdown).
+    pub fn all_stopped(&self) -> bool {
+        self.components
+            .iter()
+            .all(|c| matches!(c.phase, Phase::Stopped))
+    }
+
+    pub fn status(&self) -> Vec<ComponentStatus> {
+        self.components
+            .iter()
+            .map(|c| ComponentStatus {
+                name: c.spec.name.clone(),
+                state: match &c.phase {
+                    Phase::Waiting => "waiting",
+                    Phase::Running { ready: false, .. } => "starting",
+                    Phase::Running { ready: true, .. } => "running",
+                    Phase::Stopping { .. } => "stopping",
+                    Phase::Backoff { .. } => "backoff",
+                    Phase::Stopped => "stopped",
+                }
+                .to_string(),
+                ready: c.ready(),
+                restarts: c.restarts,
+                last_probe_ok: c.last_probe,
+                last_exit: c.last_exit,
+            })
+            .collect()
+    }
+
+    /// Names of the components that (transitively) depend on `name`, in dependency order.
+    fn dependents(&self, name: &str) -> Vec<usize> {
+        let mut affected: BTreeSet<String> = BTreeSet::from([name.to_string()]);
+        let mut out = Vec::new();
+        for (i, c) in self.components.iter().enumerate() {
+            if c.spec.depends_on.iter().any(|d| affected.contains(d)) {
+                affected.insert(c.spec.name.clone());
+                out.push(i);
+            }
+        }
+        out
+    }
+}
+
+fn log(name: &str, message: String) -> Action {
+    Action::Log {
+        name: name.to_string(),
+        message,
+    }
+}
+
+fn backoff_delay(spec: &ComponentSpec, crashes: u32) -> Millis {
+    let exp = crashes.saturating_sub(1).min(32);
+    spec.backoff_base
+        .saturating_mul(1u64 << exp)
+        .min(spec.backoff_max)
+}
+
+/// Sends SIGTERM and moves to `Stopping`, or for a non-running component just sets what
+/// happens next.
+fn stop(c: &mut Component, now: Millis, after: After, why: &str, out: &mut Vec<Action>) {
+    match c.phase {
+        Phase::Running { .. } => {
+            out.push(log(&c.spec.name, format!("stopping: {why}")));
+            out.push(Action::Signal {
+                name: c.spec.name.clone(),
+                signal: Signal::Term,
+            });
+            c.phase = Phase::Stopping {
+                term_at: now,
+                killed: false,
+                after,
+            };
+        }
+        Phase::Stopping {
+            after: ref mut current,
+            ..
+        } => {
+            // Keep the SIGTERM deadline; a shutdown overrides any planned restart.
+            if after == After::Stay {
+                *current = After::Stay;
+            }
+        }
+        Phase::Waiting | Phase::Backoff { .. } => {
+            c.phase = if after == After::Stay {
+                Phase::Stopped
+            } else {
+                Phase::Waiting
+            };
+        }
+        Phase::Stopped => {}
+    }
+}
+
+/// Feeds one event to the machine at time `now` and returns what the shell must do.
+pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
+    let mut out = Vec::new();
+    match event {
+        Event::Tick => {}
+        Event::Shutdown => {
+            for c in state.components.iter_mut().rev() {
+                stop(c, now, After::Stay, "shutdown", &mut out);
+            }
+        }
+        Event::Exited { name, status } => {
+            if let Some(i) = state.index(&name) {
+                let c = &mut state.components[i];
+                c.last_exit = status;
+                let after = match c.phase {
+                    Phase::Running { .. } => {
+                        out.push(log(
+                            &name,
+                            format!("exited unexpectedly, status {status:?}"),
+                        ));
+                        Some(After::Backoff)
+                    }
+                    Phase::Stopping { after, .. } => Some(after),
+                    _ => None, // stale
+                };
+                match after {
+                    Some(After::Backoff) => {
+                        c.crashes = c.crashes.saturating_add(1);
+                        let until = now.saturating_add(backoff_delay(&c.spec, c.crashes));
+                        out.push(Action::RestartAt {
+                            name: name.clone(),
+                            at: until,
+                        });
+                        c.phase = Phase::Backoff { until };
+                    }
+                    Some(After::Restart) => c.phase = Phase::Waiting,
+                    Some(After::Stay) => c.phase = Phase::Stopped,
+                    None => {}
+                }
+            }
+        }
+        Event::ProbeResult { name, id, ok } => {
+            if let Some(i) = state.index(&name) {
+                let c = &mut state.components[i];
+                let threshold = c.spec.probe.as_ref().map_or(1, |p| p.failure_threshold);
+                if let Phase::Running {
+                    ready,
+                    ready_since,
+                    failures,
+                    in_flight,
+                    ..
+                } = &mut c.phase
+                {
+                    if in_flight.map(|(f, _)| f) == Some(id) {
+                        *in_flight = None;
+                        c.last_probe = Some(ok);
+                        if ok {
+                            *failures = 0;
+                            if !*ready {
+                                *ready = true;
+                                *ready_since = Some(now);
+                                out.push(log(&name, "ready".into()));
+                            }
+                        } else {
+                            *failures += 1;
+                            if *failures >= threshold {
+                                let why = format!("{failures} consecutive failed probes");
+                                stop(c, now, After::Backoff, &why, &mut out);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Event::IdentityChanged { name } => {
+            if let Some(i) = state.index(&name) {
+                let mut targets = vec![i];
+                targets.extend(state.dependents(&name));
+                for t in targets {
+                    let c = &mut state.components[t];
+                    let why = format!("identity of {name} changed");
+                    stop(c, now, After::Restart, &why, &mut out);
+                }
+            }
+        }
+    }
+    advance(state, now, &mut out);
+    out
+}
+
+/// Time-driven transitions: spawns, probes, probe timeouts, SIGKILL, stable-run reset.
+fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
+    for i in 0..state.components.len() {
+        let deps_ready = state.components[i]
+            .spec
+            .depends_on
+            .iter()
+            .all(|d| state.get(d).is_some_and(Component::ready));
+        let probe_id = state.next_probe_id;
+        let c = &mut state.components[i];
+        let name = c.spec.name.clone();
+        let due = match c.phase {
+            Phase::Waiting => true,
+            Phase::Backoff { until } => now >= until,
+            _ => false,
+        };
+        if due {
+            if deps_ready {
+                if c.spawned_once {
+                    c.restarts += 1;
+                }
+                c.spawned_once = true;
+                out.push(Action::Spawn { name: name.clone() });
+                let (ready, delay) = match &c.spec.probe {
+                    Some(p) => (false, p.initial_delay),
+                    None => (true, 0),
+                };
+                c.phase = Phase::Running {
+                    since: now,
+                    ready,
+                    ready_since: ready.then_some(now),
+                    failures: 0,
+                    next_probe: now.saturating_add(delay),
+                    in_flight: None,
+                };
+            } else {
+                c.phase = Phase::Waiting;
+            }
+            continue;
+        }
+        match &mut c.phase {
+            Phase::Running {
+                ready_since,
+                failures,
+                next_probe,
+                in_flight,
+                ..
+            } => {
+                if let Some(since) = *ready_since {
+                    if c.crashes > 0 && now.saturating_sub(since) >= c.spec.stable_after {
+                        c.crashes = 0;
+                        out.push(log(&name, "stable, backoff reset".into()));
+                    }
+                }
+                let Some(p) = c.spec.probe.clone() else {
+                    continue;
+                };
+                if let Some((_, deadline)) = *in_flight {
+                    if now >= deadline {
+                        // The shell never answered: count it as a failure.
+                        *in_flight = None;
+                        *failures += 1;
+                        c.last_probe = Some(false);
+                        if *failures >= p.failure_threshold {
+                            let why = format!("{failures} consecutive failed probes");
+                            stop(c, now, After::Backoff, &why, out);
+                        }
+                    }
+                    continue;
+                }
+                if now >= *next_probe {
+                    // A generous deadline: the shell enforces `timeout` itself.
+                    let deadline = now + p.timeout.saturating_mul(2) + 1000;
+                    *in_flight = Some((probe_id, deadline));
+                    *next_probe = now.saturating_add(p.period);
+                    state.next_probe_id += 1;
+                    out.push(Action::Probe {
+                        name,
+                        id: probe_id,
+                        timeout: p.timeout,
+                    });
+                }
+            }
+            Phase::Stopping {
+                term_at, killed, ..
+            } if !*killed && now >= term_at.saturating_add(c.spec.grace) => {
+                *killed = true;
+                out.push(log(&name, "grace period over, SIGKILL".into()));
+                out.push(Action::Signal {
+                    name,
+                    signal: Signal::Kill,
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, deps: &[&str]) -> ComponentSpec {
+        ComponentSpec {
+            name: name.into(),
+            depends_on: deps.iter().map(|d| d.to_string()).collect(),
+            probe: Some(ProbeSpec {
+                initial_delay: 1_000,
+                period: 1_000,
+                timeout: 500,
+                failure_threshold: 3,
+            }),
+            grace: 5_000,
+            backoff_base: 1_000,
+            backoff_max: 16_000,
+            stable_after: 60_000,
+        }
+    }
+
+    fn spawned(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Spawn { name } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn probe_id(actions: &[Action], who: &str) -> Option<u64> {
+        actions.iter().find_map(|a| match a {
+            Action::Probe { name, id, .. } if name == who => Some(*id),
+            _ => None,
+        })
+    }
+
+    fn signals(actions: &[Action], who: &str) -> Vec<Signal> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Signal { name, signal } if name == who => Some(*signal),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Answers every probe of `who` in `actions` with `ok`, returning the resulting actions.
+    fn answer(s: &mut State, actions: &[Action], who: &str, ok: bool, now: Millis) -> Vec<Action> {
+        match probe_id(actions, who) {
+            Some(id) => next(
+                s,
+                Event::ProbeResult {
+                    name: who.into(),
+                    id,
+                    ok,
+                },
+                now,
+            ),
+            None => vec![],
+        }
+    }
+
+    /// Starts a single component and makes it ready; returns the time.
+    fn start_ready(s: &mut State, who: &str, t0: Millis) -> Millis {
+        let a = next(s, Event::Tick, t0);
+        assert_eq!(spawned(&a), vec![who.to_string()]);
+        let t = t0 + 1_000;
+        let a = next(s, Event::Tick, t);
+        answer(s, &a, who, true, t);
+        assert!(s.get(who).is_some_and(Component::ready));
+        t
+    }
+
+    #[test]
+    fn rejects_cycles_and_unknown_deps() {
+        assert_eq!(
+            State::new(vec![spec("a", &["b"]), spec("b", &["a"])]),
+            Err(SpecError::Cycle("a".into()))
+        );
+        assert!(matches!(
+            State::new(vec![spec("a", &["x"])]),
+            Err(SpecError::UnknownDependency { .. })
+        ));
+        assert!(matches!(
+            State::new(vec![spec("a", &[]), spec("a", &[])]),
+            Err(SpecError::Duplicate(_))
+        ));
+    }
+
+    #[test]
+    fn dependents_wait_for_readiness() {
+        let mut s = State::new(vec![spec("apiserver", &["etcd"]), spec("etcd", &[])]).unwrap();
+        let a = next(&mut s, Event::Tick, 0);
+        assert_eq!(spawned(&a), vec!["etcd".to_string()]);
+        // Probe not before the initial delay.
+        assert_eq!(probe_id(&next(&mut s, Event::Tick, 999), "etcd"), None);
+        let a = next(&mut s, Event::Tick, 1_000);
+        // Failing probes keep the dependent waiting.
+        let b = answer(&mut s, &a, "etcd", false, 1_000);
+        assert!(spawned(&b).is_empty());
+        let a = next(&mut s, Event::Tick, 2_000);
+        let b = answer(&mut s, &a, "etcd", true, 2_000);
+        assert_eq!(spawned(&b), vec!["apiserver".to_string()]);
+        assert_eq!(
+            s.get("apiserver").unwrap().phase,
+            Phase::Running {
+                since: 2_000,
+                ready: false,
+                ready_since: None,
+                failures: 0,
+                next_probe: 3_000,
+                in_flight: None,
+            }
+        );
+    }
+
+    #[test]
+    fn failure_threshold_then_term_grace_kill_then_backoff() {
+        let mut s = State::new(vec![spec("etcd", &[])]).unwrap();
+        let mut t = start_ready(&mut s, "etcd", 0);
+        // Two failures and a success: the count resets, no signal.
+        for ok in [false, false, true, false, false] {
+            t += 1_000;
+            let a = next(&mut s, Event::Tick, t);
+            let b = answer(&mut s, &a, "etcd", ok, t);
+            assert!(signals(&b, "etcd").is_empty(), "at {t}");
+        }
+        t += 1_000;
+        let a = next(&mut s, Event::Tick, t);
+        let b = answer(&mut s, &a, "etcd", false, t);
+        assert_eq!(signals(&b, "etcd"), vec![Signal::Term]);
+        let term_at = t;
+        assert!(!s.get("etcd").unwrap().ready());
+        // No probes, no kill during the grace period.
+        let a = next(&mut s, Event::Tick, term_at + 4_999);
+        assert!(signals(&a, "etcd").is_empty() && probe_id(&a, "etcd").is_none());
+        let a = next(&mut s, Event::Tick, term_at + 5_000);
+        assert_eq!(signals(&a, "etcd"), vec![Signal::Kill]);
+        assert!(signals(&next(&mut s, Event::Tick, term_at + 9_000), "etcd").is_empty());
+        // Reaped: first backoff is the base delay.
+        let exit = term_at + 9_000;
+        let a = next(
+            &mut s,
+            Event::Exited {
+                name: "etcd".into(),
+                status: Some(137),
+            },
+            exit,
+        );
+        assert!(a.contains(&Action::RestartAt {
+            name: "etcd".into(),
+            at: exit + 1_000
+        }));
+        assert!(spawned(&next(&mut s, Event::Tick, exit + 999)).is_empty());
+        assert_eq!(
+            spawned(&next(&mut s, Event::Tick, exit + 1_000)),
+            vec!["etcd".to_string()]
+        );
+        assert_eq!(s.get("etcd").unwrap().restarts, 1);
+        assert_eq!(s.get("etcd").unwrap().last_exit, Some(137));
+    }
+
+    #[test]
+    fn stale_probe_results_are_ignored() {
+        let mut s = State::new(vec![spec("etcd", &[])]).unwrap();
+        next(&mut s, Event::Tick, 0);
+        let a = next(&mut s, Event::Tick, 1_000);
+        let id = probe_id(&a, "etcd").unwrap();
+        next(
+            &mut s,
+            Event::ProbeResult {
+                name: "etcd".into(),
+                id: id + 7,
+                ok: true,
+            },
+            1_100,
+        );
+        assert!(!s.get("etcd").unwrap().ready());
+    }
+
+    #[test]
+    fn unanswered_probe_counts_as_failure() {
+        let mut s = State::new(vec![spec("etcd", &[])]).unwrap();
+        next(&mut s, Event::Tick, 0);
+        let mut term = None;
+        for t in (1_000..20_000).step_by(100) {
+            let a = next(&mut s, Event::Tick, t);
+            if !signals(&a, "etcd").is_empty() {
+                term = Some(t);
+                break;
+            }
+        }
+        // Each probe is abandoned after 2 * timeout + 1 s = 2 s; three of them.
+        assert!(
+            term.is_some_and(|t| (6_000..=9_000).contains(&t)),
+            "{term:?}"
+        );
+    }
+
+    #[test]
+    fn exponential_backoff_capped_and_reset_after_stable_run() {
+        let mut s = State::new(vec![spec("kubelet", &[])]).unwrap();
+        next(&mut s, Event::Tick, 0);
+        let mut t = 0;
+        let mut delays = Vec::new();
+        for _ in 0..7 {
+            t += 10;
+            let a = next(
+                &mut s,
+                Event::Exited {
+                    name: "kubelet".into(),
+                    status: Some(1),
+                },
+                t,
+            );
+            let at = a
+                .iter()
+                .find_map(|a| match a {
+                    Action::RestartAt { at, .. } => Some(*at),
+                    _ => None,
+                })
+                .unwrap();
+            delays.push(at - t);
+            // Spawned exactly at `at`, not before.
+            assert!(spawned(&next(&mut s, Event::Tick, at - 1)).is_empty());
+            assert_eq!(spawned(&next(&mut s, Event::Tick, at)).len(), 1);
+            t = at;
+        }
+        assert_eq!(
+            delays,
+            vec![1_000, 2_000, 4_000, 8_000, 16_000, 16_000, 16_000]
+        );
+        // Ready, but not yet stable: the next crash continues the sequence.
+        t += 1_000;
+        let a = next(&mut s, Event::Tick, t);
+        answer(&mut s, &a, "kubelet", true, t);
+        let ready_at = t;
+        let mut t2 = t;
+        while t2 < ready_at + 60_000 {
+            t2 += 1_000;
+            let a = next(&mut s, Event::Tick, t2);
+            answer(&mut s, &a, "kubelet", true, t2);
+        }
+        assert_eq!(s.get("kubelet").unwrap().crashes, 0);
+        let a = next(
+            &mut s,
+            Event::Exited {
+                name: "kubelet".into(),
+                status: Some(2),
+            },
+            t2 + 1,
+        );
+        assert!(a.contains(&Action::RestartAt {
+            name: "kubelet".into(),
+            at: t2 + 1 + 1_000
+        }));
+    }
+
+    #[test]
+    fn crash_before_stable_keeps_growing_backoff() {
+        let mut s = State::new(vec![spec("kubelet", &[])]).unwrap();
+        let t = start_ready(&mut s, "kubelet", 0);
+        let a = next(
+            &mut s,
+            Event::Exited {
+                name: "kubelet".into(),
+                status: Some(1),
+            },
+            t + 10,
+        );
+        assert!(a.contains(&Action::RestartAt {
+            name: "kubelet".into(),
+            at: t + 1_010
+        }));
+        let t = t + 1_010;
+        next(&mut s, Event::Tick, t);
+        let a = next(&mut s, Event::Tick, t + 1_000);
+        answer(&mut s, &a, "kubelet", true, t + 1_000);
+        // Ready for 30 s only (< stable_after).
+        let a = next(
+            &mut s,
+            Event::Exited {
+                name: "kubelet".into(),
+                status: Some(1),
+            },
+            t + 31_000,
+        );
+        assert!(a.contains(&Action::RestartAt {
+            name: "kubelet".into(),
+            at: t + 33_000
+        }));
+    }
+
+    #[test]
+    fn identity_change_restarts_component_and_dependents_in_order() {
+        let mut s = State::new(vec![
+            spec("etcd", &[]),
+            spec("apiserver", &["etcd"]),
+            spec("scheduler", &["apiserver"]),
+            spec("kubelet", &[]),
+        ])
+        .unwrap();
+        let mut t = 0;
+        // Bring everything up, answering every probe with success.
+        let mut a = next(&mut s, Event::Tick, t);
+        for _ in 0..20 {
+            t += 1_000;
+            a = next(&mut s, Event::Tick, t);
+            for who in ["etcd", "apiserver", "scheduler", "kubelet"] {
+                answer(&mut s, &a, who, true, t);
+            }
+        }
+        assert!(s.all_ready(), "{:?}", s.status());
+        let _ = a;
+        t += 1;
+        let a = next(
+            &mut s,
+            Event::IdentityChanged {
+                name: "etcd".into(),
+            },
+            t,
+        );
+        for who in ["etcd", "apiserver", "scheduler"] {
+            assert_eq!(signals(&a, who), vec![Signal::Term], "{who}");
+        }
+        assert!(signals(&a, "kubelet").is_empty());
+        // apiserver and scheduler exit first; they must not come back before etcd is ready.
+        for who in ["apiserver", "scheduler"] {
+            let a = next(
+                &mut s,
+                Event::Exited {
+                    name: who.into(),
+                    status: Some(0),
+                },
+                t + 100,
+            );
+            assert!(spawned(&a).is_empty());
+        }
+        let a = next(
+            &mut s,
+            Event::Exited {
+                name: "etcd".into(),
+                status: Some(0),
+            },
+            t + 200,
+        );
+        assert_eq!(
+            spawned(&a),
+            vec!["etcd".to_string()],
+            "no backoff after identity change"
+        );
+        let a = next(&mut s, Event::Tick, t + 1_200);
+        let b = answer(&mut s, &a, "etcd", true, t + 1_200);
+        assert_eq!(spawned(&b), vec!["apiserver".to_string()]);
+        assert_eq!(s.get("etcd").unwrap().crashes, 0);
+        assert_eq!(s.get("kubelet").unwrap().restarts, 0);
+    }
+
+    #[test]
+    fn shutdown_stops_everything_and_restarts_nothing() {
+        let mut s = State::new(vec![spec("etcd", &[]), spec("apiserver", &["etcd"])]).unwrap();
+        let t = start_ready(&mut s, "etcd", 0);
+        assert_eq!(s.status()[1].state, "starting");
+        let a = next(&mut s, Event::Shutdown, t);
+        assert_eq!(signals(&a, "etcd"), vec![Signal::Term]);
+        assert_eq!(signals(&a, "apiserver"), vec![Signal::Term]);
+        for who in ["etcd", "apiserver"] {
+            let a = next(
+                &mut s,
+                Event::Exited {
+                    name: who.into(),
+                    status: Some(0),
+                },
+                t + 1,
+            );
+            assert!(spawned(&a).is_empty());
+        }
+        assert!(spawned(&next(&mut s, Event::Tick, t + 100_000)).is_empty());
+        assert!(s.all_stopped(), "{:?}", s.status());
+    }
+}

@@ -1,0 +1,234 @@
+//! Health probes: a minimal blocking HTTP/1.1 GET, over plain TCP or rustls (verifying the
+//! server against a given CA, optionally presenting a client certificate).
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::{Deserialize, Serialize};
+
+/// TLS settings for an HTTPS probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsProbe {
+    /// CA bundle (PEM) the server certificate must chain to.
+    pub ca: PathBuf,
+    /// Client certificate and key (PEM), for servers that require mTLS.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+/// An HTTP(S) GET that must answer 200.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpProbe {
+    pub host: String,
+    pub port: u16,
+    pub path: String,
+    pub tls: Option<TlsProbe>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("parsing probe URL {0}")]
+    Url(String),
+    #[error("connecting to {0}")]
+    Connect(String, #[source] std::io::Error),
+    #[error("exchanging with {0}")]
+    Io(String, #[source] std::io::Error),
+    #[error("loading TLS material {path}: {reason}")]
+    Tls { path: PathBuf, reason: String },
+    #[error("configuring TLS for {0}: {1}")]
+    Config(String, String),
+    #[error("{0} answered {1:?}")]
+    Status(String, String),
+}
+
+impl HttpProbe {
+    /// Parses `http://host:port/path` or `https://host:port/path` (`tls` given separately).
+    pub fn from_url(url: &str, tls: Option<TlsProbe>) -> Result<HttpProbe, ProbeError> {
+        let bad = || ProbeError::Url(url.to_string());
+        let (rest, default_port, is_tls) = if let Some(r) = url.strip_prefix("http://") {
+            (r, 80, false)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (r, 443, true)
+        } else {
+            return Err(bad());
+        };
+        if is_tls != tls.is_some() {
+            return Err(bad());
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse::<u16>().map_err(|_| bad())?)
+            }
+            _ => (authority, default_port),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(HttpProbe {
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+            tls,
+        })
+    }
+
+    fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}{}", self.host, self.port, self.path)
+    }
+
+    /// Performs the GET; Ok only for status 200 within `timeout`.
+    pub fn check(&self, timeout: Duration) -> Result<(), ProbeError> {
+        let url = self.url();
+        let deadline = Instant::now() + timeout;
+        let addr = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| ProbeError::Connect(url.clone(), e))?
+            .next()
+            .ok_or_else(|| ProbeError::Url(url.clone()))?;
+        let tcp = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| ProbeError::Connect(url.clone(), e))?;
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let io = |e| ProbeError::Io(url.clone(), e);
+        tcp.set_read_timeout(Some(remaining)).map_err(io)?;
+        tcp.set_write_timeout(Some(remaining)).map_err(io)?;
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kiln-firstboot\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            self.path, self.host
+        );
+        let head = match &self.tls {
+            None => exchange(tcp, &request, deadline),
+            Some(tls) => {
+                let config = client_config(tls, &url)?;
+                let name = ServerName::try_from(self.host.clone())
+                    .map_err(|e| ProbeError::Config(url.clone(), e.to_string()))?;
+                let conn = rustls::ClientConnection::new(config, name)
+                    .map_err(|e| ProbeError::Config(url.clone(), e.to_string()))?;
+                exchange(rustls::StreamOwned::new(conn, tcp), &request, deadline)
+            }
+        }
+        .map_err(io)?;
+        let status_line = head.lines().next().unwrap_or_default().to_string();
+        let mut parts = status_line.split_whitespace();
+        match (parts.next(), parts.next()) {
+            (Some(v), Some("200")) if v.starts_with("HTTP/1.") => Ok(()),
+            _ => Err(ProbeError::Status(url, status_line)),
+        }
+    }
+}
+
+/// Sends the request and reads until the end of the status line (at most 4 KiB).
+fn exchange(mut s: impl Read + Write, request: &str, deadline: Instant) -> std::io::Result<String> {
+    s.write_all(request.as_bytes())?;
+    s.flush()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.contains(&b'\n') && buf.len() < 4096 {
+        if Instant::now() >= deadline {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn client_config(tls: &TlsProbe, url: &str) -> Result<Arc<rustls::ClientConfig>, ProbeError> {
+    let terr = |path: &PathBuf, reason: String| ProbeError::Tls {
+        path: path.clone(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.ca)
+        .map_err(|e| terr(&tls.ca, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| terr(&tls.ca, e.to_string()))?;
+    for ca in cas {
+        roots.add(ca).map_err(|e| terr(&tls.ca, e.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProbeError::Config(url.to_string(), e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match &tls.client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| terr(cert, e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| terr(cert, e.to_string()))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| terr(key, e.to_string()))?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| ProbeError::Config(url.to_string(), e.to_string()))?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_probe_urls() {
+        let p = HttpProbe::from_url("http://127.0.0.1:2381/livez", None).unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.path.as_str()),
+            ("127.0.0.1", 2381, "/livez")
+        );
+        let p = HttpProbe::from_url("http://[::1]:10248", None).unwrap();
+        assert_eq!(
+            (p.host.as_str(), p.port, p.path.as_str()),
+            ("::1", 10248, "/")
+        );
+        let tls = TlsProbe {
+            ca: "/ca.crt".into(),
+            client: None,
+        };
+        let p = HttpProbe::from_url("https://localhost/readyz?verbose", Some(tls.clone())).unwrap();
+        assert_eq!((p.port, p.path.as_str()), (443, "/readyz?verbose"));
+        assert!(HttpProbe::from_url("https://127.0.0.1:6443/livez", None).is_err());
+        assert!(HttpProbe::from_url("http://127.0.0.1:x/", None).is_err());
+        assert!(HttpProbe::from_url("ftp://h/", Some(tls)).is_err());
+    }
+
+    #[test]
+    fn non_200_is_a_failure() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            for answer in [
+                "HTTP/1.1 500 Internal Server Error\r\n\r\n",
+                "HTTP/1.1 200 OK\r\n\r\n",
+            ] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).unwrap();
+                s.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        let p = HttpProbe::from_url(&format!("http://127.0.0.1:{port}/healthz"), None).unwrap();
+        assert!(matches!(
+            p.check(Duration::from_secs(5)),
+            Err(ProbeError::Status(..))
+        ));
+        p.check(Duration::from_secs(5)).unwrap();
+        server.join().unwrap();
+    }
+}

@@ -1,0 +1,291 @@
+//! The thin IO shell around [`machine`](super::machine): spawns children in their own
+//! process group, reaps with `waitpid(-1, WNOHANG)` until nothing is left, runs probes on
+//! short-lived threads, signals process groups, and forwards each child's stdout/stderr line
+//! by line to the `log` crate with the component name as target (the journald logger maps
+//! the target to SYSLOG_IDENTIFIER).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+use rustix::process::{Pid, WaitOptions};
+use serde::{Deserialize, Serialize};
+
+use super::machine::{self, Action, ComponentSpec, ComponentStatus, Event, Millis, Signal, State};
+use super::probe::HttpProbe;
+
+/// How to start a component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandSpec {
+    pub program: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// A component: its machine spec, its command and (if any) its HTTP(S) probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Managed {
+    pub spec: ComponentSpec,
+    pub command: CommandSpec,
+    pub probe: Option<HttpProbe>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("invalid component specs")]
+    Spec(#[from] machine::SpecError),
+    #[error("component {0} has a probe spec but no probe target (or the reverse)")]
+    ProbeMismatch(String),
+    #[error("reaping children")]
+    Reap(#[source] std::io::Error),
+}
+
+/// One component's entry in `firstboot status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisedStatus {
+    #[serde(flatten)]
+    pub component: ComponentStatus,
+    pub pid: Option<i32>,
+    pub last_probe_error: Option<String>,
+}
+
+pub struct Supervisor {
+    state: State,
+    managed: BTreeMap<String, Managed>,
+    pids: BTreeMap<String, Pid>,
+    probe_errors: BTreeMap<String, Option<String>>,
+    probe_tx: mpsc::Sender<(String, u64, Result<(), String>)>,
+    probe_rx: mpsc::Receiver<(String, u64, Result<(), String>)>,
+    origin: Instant,
+    last_step: Option<Instant>,
+    /// Loop period.
+    pub tick: Duration,
+}
+
+impl Supervisor {
+    pub fn new(components: Vec<Managed>) -> Result<Supervisor, SupervisorError> {
+        let mut managed = BTreeMap::new();
+        for m in &components {
+            if m.spec.probe.is_some() != m.probe.is_some() {
+                return Err(SupervisorError::ProbeMismatch(m.spec.name.clone()));
+            }
+            managed.insert(m.spec.name.clone(), m.clone());
+        }
+        let state = State::new(components.into_iter().map(|m| m.spec).collect())?;
+        let (probe_tx, probe_rx) = mpsc::channel();
+        Ok(Supervisor {
+            state,
+            managed,
+            pids: BTreeMap::new(),
+            probe_errors: BTreeMap::new(),
+            probe_tx,
+            probe_rx,
+            origin: Instant::now(),
+            last_step: None,
+            tick: Duration::from_millis(100),
+        })
+    }
+
+    fn now(&self) -> Millis {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The loop has completed a step within the last `within` (for WATCHDOG=1).
+    pub fn loop_healthy(&self, within: Duration) -> bool {
+        self.last_step.is_some_and(|t| t.elapsed() <= within)
+    }
+
+    pub fn pid(&self, name: &str) -> Option<i32> {
+        self.pids.get(name).map(|p| p.as_raw_nonzero().get())
+    }
+
+    pub fn status(&self) -> Vec<SupervisedStatus> {
+        self.state
+            .status()
+            .into_iter()
+            .map(|c| SupervisedStatus {
+                pid: self.pid(&c.name),
+                last_probe_error: self.probe_errors.get(&c.name).cloned().flatten(),
+                component: c,
+            })
+            .collect()
+    }
+
+    /// Restarts `name` and its dependents (e.g. after its certificates changed).
+    pub fn identity_changed(&mut self, name: &str) {
+        self.feed(Event::IdentityChanged {
+            name: name.to_string(),
+        });
+    }
+
+    fn feed(&mut self, event: Event) {
+        let now = self.now();
+        let actions = machine::next(&mut self.state, event, now);
+        for a in actions {
+            self.perform(a);
+        }
+    }
+
+    /// One loop iteration: reap, collect probe results, tick.
+    pub fn step(&mut self) -> Result<(), SupervisorError> {
+        for (name, status) in self.reap()? {
+            self.feed(Event::Exited { name, status });
+        }
+        while let Ok((name, id, result)) = self.probe_rx.try_recv() {
+            let ok = result.is_ok();
+            if let Err(e) = &result {
+                log::debug!(target: "supervisor", "{name}: probe failed: {e}");
+            }
+            self.probe_errors.insert(name.clone(), result.err());
+            self.feed(Event::ProbeResult { name, id, ok });
+        }
+        self.feed(Event::Tick);
+        self.last_step = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Runs the loop until `done(state)` holds (returns true) or `timeout` passes (false).
+    pub fn run_until(
+        &mut self,
+        timeout: Duration,
+        mut done: impl FnMut(&State) -> bool,
+    ) -> Result<bool, SupervisorError> {
+        let end = Instant::now() + timeout;
+        loop {
+            self.step()?;
+            if done(&self.state) {
+                return Ok(true);
+            }
+            if Instant::now() >= end {
+                return Ok(false);
+            }
+            std::thread::sleep(self.tick);
+        }
+    }
+
+    /// SIGTERM everything, SIGKILL after each grace period, wait until all are reaped.
+    pub fn shutdown(&mut self, timeout: Duration) -> Result<bool, SupervisorError> {
+        self.feed(Event::Shutdown);
+        self.run_until(timeout, |s| s.all_stopped())
+    }
+
+    /// `waitpid(-1, WNOHANG)` until no child is left to collect; returns our components'
+    /// exits (other reaped processes, e.g. orphans when PID 1, are dropped).
+    fn reap(&mut self) -> Result<Vec<(String, Option<i32>)>, SupervisorError> {
+        let mut exits = Vec::new();
+        loop {
+            match rustix::process::wait(WaitOptions::NOHANG) {
+                Ok(Some((pid, status))) => {
+                    let code = status
+                        .exit_status()
+                        .map(|c| c as i32)
+                        .or_else(|| status.terminating_signal().map(|s| 128 + s as i32));
+                    let name = self
+                        .pids
+                        .iter()
+                        .find(|(_, p)| **p == pid)
+                        .map(|(n, _)| n.clone());
+                    if let Some(name) = name {
+                        self.pids.remove(&name);
+                        log::info!(target: "supervisor", "{name}: exited with {code:?}");
+                        exits.push((name, code));
+                    }
+                }
+                Ok(None) => break,
+                Err(Errno::CHILD) => break,
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(SupervisorError::Reap(e.into())),
+            }
+        }
+        Ok(exits)
+    }
+
+    fn perform(&mut self, action: Action) {
+        match action {
+            Action::Spawn { name } => {
+                if let Err(e) = self.spawn(&name) {
+                    log::error!(target: "supervisor", "{name}: spawning failed: {e}");
+                    self.feed(Event::Exited { name, status: None });
+                }
+            }
+            Action::Probe { name, id, timeout } => {
+                let Some(probe) = self.managed.get(&name).and_then(|m| m.probe.clone()) else {
+                    return;
+                };
+                let tx = self.probe_tx.clone();
+                std::thread::spawn(move || {
+                    let r = probe
+                        .check(Duration::from_millis(timeout))
+                        .map_err(|e| format!("{e:#}"));
+                    let _ = tx.send((name, id, r));
+                });
+            }
+            Action::Signal { name, signal } => {
+                if let Some(pid) = self.pids.get(&name) {
+                    let sig = match signal {
+                        Signal::Term => rustix::process::Signal::Term,
+                        Signal::Kill => rustix::process::Signal::Kill,
+                    };
+                    // The group first (children of the component), then the leader itself.
+                    let _ = rustix::process::kill_process_group(*pid, sig);
+                    let _ = rustix::process::kill_process(*pid, sig);
+                }
+            }
+            Action::RestartAt { name, at } => {
+                let delay = at.saturating_sub(self.now());
+                log::info!(target: "supervisor", "{name}: restarting in {delay} ms");
+            }
+            Action::Log { name, message } => {
+                log::info!(target: "supervisor", "{name}: {message}");
+            }
+        }
+    }
+
+    fn spawn(&mut self, name: &str) -> std::io::Result<()> {
+        let Some(m) = self.managed.get(name) else {
+            return Err(std::io::ErrorKind::NotFound.into());
+        };
+        let mut cmd = Command::new(&m.command.program);
+        cmd.args(&m.command.args)
+            .envs(m.command.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd.spawn()?;
+        let raw = i32::try_from(child.id()).map_err(|_| std::io::ErrorKind::InvalidData)?;
+        let pid = Pid::from_raw(raw).ok_or(std::io::ErrorKind::InvalidData)?;
+        if let Some(out) = child.stdout.take() {
+            forward(name, out);
+        }
+        if let Some(err) = child.stderr.take() {
+            forward(name, err);
+        }
+        // `child` is dropped without waiting: the reaper collects it by pid.
+        drop(child);
+        log::info!(target: "supervisor", "{name}: started, pid {raw}");
+        self.pids.insert(name.to_string(), pid);
+        Ok(())
+    }
+}
+
+/// Forwards lines from a child's pipe to the log with the component name as target.
+fn forward(name: &str, stream: impl Read + Send + 'static) {
+    let name = name.to_string();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            match line {
+                Ok(line) => log::info!(target: name.as_str(), "{line}"),
+                Err(_) => break,
+            }
+        }
+    });
+}

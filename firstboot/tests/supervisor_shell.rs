@@ -1,0 +1,186 @@
+//! The supervisor's IO shell against real processes. One test function: the reaper uses
+//! waitpid(-1), so nothing else in this test binary may own children concurrently.
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use firstboot::supervisor::machine::ComponentSpec;
+use firstboot::supervisor::{CommandSpec, HttpProbe, Managed, ProbeSpec, Supervisor};
+
+struct Recorder(Mutex<Vec<(String, String)>>);
+
+impl log::Log for Recorder {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        let line = (r.target().to_string(), r.args().to_string());
+        eprintln!("{}: {}", line.0, line.1);
+        self.0.lock().unwrap().push(line);
+    }
+    fn flush(&self) {}
+}
+
+static LOG: Recorder = Recorder(Mutex::new(Vec::new()));
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn web(port: u16) -> Managed {
+    Managed {
+        spec: ComponentSpec {
+            name: "web".into(),
+            depends_on: vec![],
+            probe: Some(ProbeSpec {
+                initial_delay: 2_000,
+                period: 250,
+                timeout: 500,
+                failure_threshold: 3,
+            }),
+            grace: 1_000,
+            backoff_base: 200,
+            backoff_max: 1_000,
+            stable_after: 1_000,
+        },
+        command: CommandSpec {
+            program: "/usr/bin/python3".into(),
+            args: [
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ]
+            .map(String::from)
+            .to_vec(),
+            env: vec![],
+        },
+        probe: Some(HttpProbe::from_url(&format!("http://127.0.0.1:{port}/"), None).unwrap()),
+    }
+}
+
+fn crasher() -> Managed {
+    Managed {
+        spec: ComponentSpec {
+            name: "crasher".into(),
+            depends_on: vec!["web".into()],
+            probe: None,
+            grace: 1_000,
+            backoff_base: 200,
+            backoff_max: 800,
+            stable_after: 60_000,
+        },
+        command: CommandSpec {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "echo boom-$$; exit 3".into()],
+            env: vec![],
+        },
+        probe: None,
+    }
+}
+
+fn restarts(s: &Supervisor, name: &str) -> u32 {
+    s.state().get(name).unwrap().restarts
+}
+
+fn ready(s: &Supervisor, name: &str) -> bool {
+    s.state().get(name).unwrap().ready()
+}
+
+#[test]
+fn supervises_real_processes() {
+    log::set_logger(&LOG).unwrap();
+    log::set_max_level(log::LevelFilter::Debug);
+    let port = free_port();
+    let mut sup = Supervisor::new(vec![web(port), crasher()]).unwrap();
+
+    // Comes up and becomes ready through its HTTP probe.
+    assert!(sup
+        .run_until(Duration::from_secs(30), |st| st.get("web").unwrap().ready())
+        .unwrap());
+    assert!(sup.loop_healthy(Duration::from_secs(1)));
+
+    // The crasher (gated on web) restarts with backoff: 200, 400, 800, 800, ... ms.
+    let t0 = Instant::now();
+    let r0 = restarts(&sup, "crasher");
+    sup.run_until(Duration::from_secs(4), |_| false).unwrap();
+    let spawned = restarts(&sup, "crasher") - r0;
+    let took = t0.elapsed();
+    assert!(
+        (3..=9).contains(&spawned),
+        "{spawned} restarts in {took:?}; without backoff it would be ~40"
+    );
+    let st = sup.status();
+    let c = st.iter().find(|c| c.component.name == "crasher").unwrap();
+    assert_eq!(c.component.last_exit, Some(3));
+    // Its output went to the log under its own name.
+    assert!(LOG
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(t, m)| t == "crasher" && m.starts_with("boom-")));
+
+    // kill -9: restarted and healthy again.
+    let pid = sup.pid("web").unwrap();
+    let r = restarts(&sup, "web");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::Kill,
+    )
+    .unwrap();
+    assert!(sup
+        .run_until(Duration::from_secs(30), |st| {
+            let w = st.get("web").unwrap();
+            w.restarts == r + 1 && w.ready()
+        })
+        .unwrap());
+    assert_eq!(sup.status()[0].component.last_exit, Some(128 + 9));
+    assert_ne!(sup.pid("web"), Some(pid));
+
+    // SIGSTOP: probes time out `failure_threshold` times, SIGTERM is ignored by the stopped
+    // process, SIGKILL after the grace period, then a restart.
+    let pid = sup.pid("web").unwrap();
+    let r = restarts(&sup, "web");
+    let stopped_at = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::Stop,
+    )
+    .unwrap();
+    assert!(sup
+        .run_until(Duration::from_secs(30), |st| st
+            .get("web")
+            .unwrap()
+            .restarts
+            == r + 1)
+        .unwrap());
+    let took = stopped_at.elapsed();
+    // At least 3 failed probes (~0.75 s) plus the 1 s grace.
+    assert!(took >= Duration::from_millis(1_500), "{took:?}");
+    let web_status = &sup.status()[0];
+    assert_eq!(web_status.component.last_exit, Some(128 + 9));
+    assert_eq!(web_status.component.last_probe_ok, Some(false));
+    assert!(web_status.last_probe_error.is_some());
+    assert!(sup
+        .run_until(Duration::from_secs(30), |st| st.get("web").unwrap().ready())
+        .unwrap());
+    assert!(ready(&sup, "web"));
+    let json = serde_json::to_string(&sup.status()).unwrap();
+    let back: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    assert_eq!(back[0]["name"], "web");
+    assert_eq!(back[0]["restarts"], u64::from(restarts(&sup, "web")));
+    assert!(restarts(&sup, "web") >= 2, "{json}");
+
+    // Shutdown: everything reaped, nothing restarted.
+    assert!(sup.shutdown(Duration::from_secs(10)).unwrap());
+    assert!(sup.pid("web").is_none() && sup.pid("crasher").is_none());
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}
