@@ -58,7 +58,7 @@ fn bench_assembly_against_dpkg_deb() {
     let store_dir = work.join("cache");
     let store = ContentStore::open(&store_dir).expect("store");
     let out = work.join("kiln.tar");
-    let mut build = |label: &str| -> f64 {
+    let build = |label: &str| -> f64 {
         let t = Instant::now();
         let mut tree = Tree::new(1_700_000_000);
         merged_usr(&mut tree).expect("merged");

@@ -15,6 +15,9 @@ pub fn kiln_cache() -> PathBuf {
 
 /// A real .deb from the host's apt sources, downloaded once into `$KILN_CACHE/fixtures`.
 pub fn fixture_deb(package: &str) -> PathBuf {
+    // Tests of one binary run in parallel: download one package at a time.
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let dir = kiln_cache().join("fixtures");
     std::fs::create_dir_all(&dir).expect("fixtures dir");
     if let Some(p) = find_deb(&dir, package) {

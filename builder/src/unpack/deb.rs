@@ -138,7 +138,7 @@ pub fn add_debs(
             HashMap::new();
         let mut controls = Vec::with_capacity(debs.len());
         let result = (|| {
-            for want in 0..debs.len() {
+            for (want, d) in debs.iter().enumerate() {
                 let r = loop {
                     if let Some(r) = pending.remove(&want) {
                         break r;
@@ -149,7 +149,7 @@ pub fn add_debs(
                         }
                         Err(_) => {
                             return Err(UnpackError::Read {
-                                archive: debs[want].path.display().to_string(),
+                                archive: d.path.display().to_string(),
                                 what: "package (worker thread ended)".into(),
                                 source: std::io::Error::other("unpack worker stopped"),
                             })
@@ -157,7 +157,6 @@ pub fn add_debs(
                     }
                 };
                 let (control, members) = r?;
-                let d = &debs[want];
                 insert_members(tree, &members, &d.origin, &d.path.display().to_string())?;
                 controls.push(control);
             }

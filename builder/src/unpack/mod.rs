@@ -131,7 +131,7 @@ pub enum UnpackError {
     Tree {
         archive: String,
         #[source]
-        source: TreeError,
+        source: Box<TreeError>,
     },
 }
 
@@ -173,7 +173,7 @@ pub fn insert_members(
 ) -> Result<(), UnpackError> {
     let terr = |source| UnpackError::Tree {
         archive: archive.to_string(),
-        source,
+        source: Box::new(source),
     };
     for m in members {
         let entry = Entry::new(m.kind.clone(), m.mode, origin)
