@@ -2,5 +2,6 @@
 //!
 //! Data flow (see the README): definition -> lock -> fetch -> Tree -> outputs.
 
+pub mod boot;
 pub mod digest;
 pub mod tree;
