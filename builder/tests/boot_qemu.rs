@@ -24,17 +24,22 @@ fn boot(name: &str, fw: Firmware, args: &[&str]) -> String {
     let work = tempfile::tempdir().expect("tmp");
     let log = work.path().join("serial.log");
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "2", "-display", "none"])
-        .args(["-no-reboot", "-nodefaults", "-monitor", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()));
+    cmd.args([
+        "-accel", "tcg", "-m", "1024", "-smp", "2", "-display", "none",
+    ])
+    .args(["-no-reboot", "-nodefaults", "-monitor", "none"])
+    .arg("-serial")
+    .arg(format!("file:{}", log.display()));
     if let Firmware::Ovmf = fw {
         let vars = work.path().join("OVMF_VARS.fd");
         fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &vars).expect("ovmf vars");
         cmd.arg("-drive")
             .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd")
             .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
     }
     cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
     let start = Instant::now();
@@ -73,8 +78,14 @@ fn check(name: &str, serial: &str, cmdline_arg: &str) {
         .rev()
         .collect::<Vec<_>>()
         .join("\n");
-    assert!(serial.contains(INIT_REACHED), "{name}: init not reached:\n{tail}");
-    assert!(!serial.contains("kiln: FAILED"), "{name}: a module failed:\n{tail}");
+    assert!(
+        serial.contains(INIT_REACHED),
+        "{name}: init not reached:\n{tail}"
+    );
+    assert!(
+        !serial.contains("kiln: FAILED"),
+        "{name}: a module failed:\n{tail}"
+    );
     let expected = outputs().initramfs_report.modules.len();
     assert!(
         serial.contains(&format!("kiln: loaded {expected} modules")),
@@ -92,7 +103,10 @@ fn check(name: &str, serial: &str, cmdline_arg: &str) {
 fn disk_args(qcow2: &Path) -> Vec<String> {
     vec![
         "-drive".into(),
-        format!("file={},format=qcow2,if=virtio,snapshot=on", qcow2.display()),
+        format!(
+            "file={},format=qcow2,if=virtio,snapshot=on",
+            qcow2.display()
+        ),
     ]
 }
 

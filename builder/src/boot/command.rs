@@ -112,8 +112,7 @@ fn tail(stderr: &[u8], stdout: &[u8]) -> String {
 
 fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
     {
         s.to_string()
@@ -176,7 +175,9 @@ mod tests {
 
     #[test]
     fn missing_program_is_a_spawn_error() {
-        let err = Tool::new("kiln-no-such-tool", 0).run().expect_err("missing");
+        let err = Tool::new("kiln-no-such-tool", 0)
+            .run()
+            .expect_err("missing");
         assert!(matches!(err, CommandError::Spawn { .. }));
     }
 }

@@ -230,7 +230,10 @@ pub fn write_raw(spec: &DiskSpec<'_>, out: &Path) -> Result<DiskReport> {
     esp::write(&files, esp_size, serial, "ESP", spec.epoch, w, &esp_img)?;
 
     let tmp = temp_sibling(out)?;
-    let mut f = tmp.as_file().try_clone().map_err(io_err("opening", tmp.path()))?;
+    let mut f = tmp
+        .as_file()
+        .try_clone()
+        .map_err(io_err("opening", tmp.path()))?;
     f.set_len(spec.disk_size)
         .map_err(io_err("sizing", tmp.path()))?;
     gpt.write(&mut f, Some(&mbr_code))

@@ -108,7 +108,10 @@ impl Gpt {
     /// Writes MBR, both headers and both entry arrays into `f` (already sized).
     pub fn write(&self, f: &mut File, boot_code: Option<&[u8]>) -> io::Result<()> {
         if self.partitions.len() as u64 > ENTRIES || self.disk_size % SECTOR != 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad GPT layout"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bad GPT layout",
+            ));
         }
         let last = self.total_sectors() - 1;
         let entries = self.entries();

@@ -177,16 +177,17 @@ mod tests {
             initrd: "/kiln/a/initramfs".into(),
             args: "kiln.slot=a".into(),
         }]);
-        assert!(m.contains(
-            "linux /kiln/a/vmlinuz console=tty0 console=ttyS0,115200 kiln.slot=a\n"
-        ));
+        assert!(m.contains("linux /kiln/a/vmlinuz console=tty0 console=ttyS0,115200 kiln.slot=a\n"));
     }
 
     #[test]
     fn blocklist_covers_the_rest_of_core() {
         let mut core = vec![0u8; 512 * 10 + 7];
         patch_core_blocklist(&mut core, 2048);
-        assert_eq!(u64::from_le_bytes(core[500..508].try_into().expect("8")), 2049);
+        assert_eq!(
+            u64::from_le_bytes(core[500..508].try_into().expect("8")),
+            2049
+        );
         assert_eq!(u16::from_le_bytes([core[508], core[509]]), 10);
     }
 }

@@ -56,16 +56,16 @@ pub fn build(root: &Tree, spec: &Spec<'_>, out: &Path) -> Result<Report> {
             path: p.to_string(),
             reason: "not a relative path",
         })?;
-        t.insert(&path, e.at(epoch)).map(|_| ()).map_err(|e| {
-            BootError::BadPath {
+        t.insert(&path, e.at(epoch))
+            .map(|_| ())
+            .map_err(|e| BootError::BadPath {
                 path: p.to_string(),
                 reason: if matches!(e, crate::tree::TreeError::Conflict { .. }) {
                     "two initramfs entries with different content"
                 } else {
                     "cannot be placed in the initramfs tree"
                 },
-            }
-        })
+            })
     };
     let init_size = std::fs::metadata(spec.init)
         .map_err(io_err("reading firstboot binary", spec.init))?
@@ -105,7 +105,10 @@ pub fn build(root: &Tree, spec: &Spec<'_>, out: &Path) -> Result<Report> {
     }
 
     let tmp = temp_sibling(out)?;
-    let file = tmp.as_file().try_clone().map_err(io_err("opening", tmp.path()))?;
+    let file = tmp
+        .as_file()
+        .try_clone()
+        .map_err(io_err("opening", tmp.path()))?;
     let mut w = BufWriter::new(file);
     let werr = io_err("writing", out);
     match spec.compression {
@@ -114,13 +117,13 @@ pub fn build(root: &Tree, spec: &Spec<'_>, out: &Path) -> Result<Report> {
                 .mtime(0)
                 .operating_system(255)
                 .write(&mut w, flate2::Compression::best());
-            write_tree(&t, gz).and_then(|gz| gz.finish()).map_err(werr)?;
+            write_tree(&t, gz)
+                .and_then(|gz| gz.finish())
+                .map_err(werr)?;
         }
         Compression::Zstd => {
             let enc = zstd::Encoder::new(&mut w, 19).map_err(io_err("compressing", out))?;
-            write_tree(&t, enc)
-                .and_then(|e| e.finish())
-                .map_err(werr)?;
+            write_tree(&t, enc).and_then(|e| e.finish()).map_err(werr)?;
         }
     }
     if !spec.embedded.is_empty() {

@@ -82,9 +82,8 @@ pub fn write(spec: &IsoSpec<'_>, out: &Path) -> Result<Vec<ToolVersion>> {
     let cfg = w.join("grub.cfg");
     fs::write(&cfg, iso_menu(id)).map_err(io_err("writing", &cfg))?;
 
-    let graft = |iso: &str, src: &Path| -> PathBuf {
-        PathBuf::from(format!("{iso}={}", src.display()))
-    };
+    let graft =
+        |iso: &str, src: &Path| -> PathBuf { PathBuf::from(format!("{iso}={}", src.display())) };
     let mbr = PathBuf::from(grub::GRUB_LIB).join("i386-pc/boot_hybrid.img");
     let tmp = temp_sibling(out)?;
     let disk_guid = id.uuid("iso-gpt").to_string();
@@ -93,14 +92,25 @@ pub fn write(spec: &IsoSpec<'_>, out: &Path) -> Result<Vec<ToolVersion>> {
         .arg(tmp.path())
         .args(["-V", ISO_LABEL, "-iso-level", "3", "-r", "-graft-points"])
         .args(["--gpt_disk_guid", &disk_guid])
+        .arg("--set_all_file_dates")
+        .arg(format!("={}", spec.epoch))
         .args(["-b", "boot/grub/bios.img", "-no-emul-boot"])
-        .args(["-boot-load-size", "4", "-boot-info-table", "--grub2-boot-info"])
+        .args([
+            "-boot-load-size",
+            "4",
+            "-boot-info-table",
+            "--grub2-boot-info",
+        ])
         .arg("--grub2-mbr")
         .arg(&mbr)
         .args(["-append_partition", "2", "0xef"])
         .arg(&efi_img)
         .args(["-appended_part_as_gpt", "-eltorito-alt-boot"])
-        .args(["-e", "--interval:appended_partition_2:all::", "-no-emul-boot"])
+        .args([
+            "-e",
+            "--interval:appended_partition_2:all::",
+            "-no-emul-boot",
+        ])
         .arg(graft("boot/grub/bios.img", &bios_path))
         .arg(graft("boot/grub/grub.cfg", &cfg))
         .arg(graft("kiln/vmlinuz", spec.kernel))

@@ -143,7 +143,11 @@ pub enum BootError {
     #[error("kernel module {path}: {reason}")]
     BadModule { path: String, reason: String },
     #[error("{what} needs {needed} bytes but the disk is {size} bytes; raise the disk size")]
-    DoesNotFit { what: String, needed: u64, size: u64 },
+    DoesNotFit {
+        what: String,
+        needed: u64,
+        size: u64,
+    },
     #[error("{what} ({size} bytes) does not fit its {limit}-byte slot")]
     TooLarge { what: String, size: u64, limit: u64 },
     #[error("tree path {path} cannot be written: {reason}")]

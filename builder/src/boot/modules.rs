@@ -113,7 +113,9 @@ impl ModuleIndex {
                         if rel == "modules.builtin" {
                             let text = read_content(&p.to_string(), c)?;
                             builtin.extend(
-                                String::from_utf8_lossy(&text).lines().filter_map(module_name),
+                                String::from_utf8_lossy(&text)
+                                    .lines()
+                                    .filter_map(module_name),
                             );
                         } else if rel == "modules.dep" {
                             let text = read_content(&p.to_string(), c)?;

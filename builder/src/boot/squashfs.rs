@@ -57,6 +57,7 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<ToolVersion> {
 pub fn stage_tree(tree: &Tree, root: &Path) -> Result<()> {
     fs::create_dir_all(root).map_err(io_err("creating", root))?;
     let mut dirs = Vec::new();
+    let mut links = Vec::new();
     for (path, entry) in tree.iter() {
         let dest = root.join(path.as_str());
         match &entry.kind {
@@ -80,11 +81,12 @@ pub fn stage_tree(tree: &Tree, root: &Path) -> Result<()> {
                 std::os::unix::fs::symlink(target, &dest)
                     .map_err(io_err("creating symlink", &dest))?;
             }
-            Kind::Hardlink(target) => {
-                let src = root.join(target.as_str());
-                fs::hard_link(&src, &dest).map_err(io_err("creating hard link", &dest))?;
-            }
+            Kind::Hardlink(target) => links.push((dest, root.join(target.as_str()))),
         }
+    }
+    // Hard links once every target exists (a link may sort before its target).
+    for (dest, src) in &links {
+        fs::hard_link(src, dest).map_err(io_err("creating hard link", dest))?;
     }
     // Directory times last, deepest first, once their contents are in place.
     for (dir, mtime) in dirs.iter().rev() {

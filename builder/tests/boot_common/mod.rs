@@ -144,10 +144,15 @@ pub fn root_tree() -> Tree {
     let mut t = Tree::new(EPOCH);
     let p = |s: &str| TreePath::from_definition(s).expect("path");
     let f = |b: &str| Content::inline(b.as_bytes().to_vec());
-    t.insert(&p("/usr/bin"), Entry::dir(0o755, "t")).expect("usr");
-    t.insert(&p("/bin"), Entry::symlink("usr/bin", "t")).expect("bin");
-    t.insert(&p("/etc/hostname"), Entry::file(f("kiln\n"), 0o644, "t"))
-        .expect("hostname");
+    t.insert(&p("/usr/bin"), Entry::dir(0o755, "t").at(EPOCH))
+        .expect("usr");
+    t.insert(&p("/bin"), Entry::symlink("usr/bin", "t"))
+        .expect("bin");
+    t.insert(
+        &p("/etc/hostname"),
+        Entry::file(f("kiln\n"), 0o644, "t").at(1_600_000_000),
+    )
+    .expect("hostname");
     t.insert(
         &p("/usr/bin/sudo-ish"),
         Entry::file(f("#!/bin/sh\n"), 0o4755, "t"),
