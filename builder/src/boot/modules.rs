@@ -29,6 +29,10 @@ pub const STAGE1: &[&str] = &[
     "qemu_fw_cfg",
 ];
 
+/// Load-order needs invisible to modinfo: these modules call `load_nls()` (a runtime
+/// request_module) for another one in their init and fail with EINVAL without it.
+const RUNTIME_DEPS: &[(&str, &str)] = &[("nls_koi8_ru", "nls_koi8_u")];
+
 /// One module file in the kernel tree.
 #[derive(Debug, Clone)]
 struct ModFile {
@@ -203,13 +207,19 @@ impl ModuleIndex {
             });
         }
         let bytes = decompress(&file.rel, &read_content(&file.rel, &file.content)?)?;
-        let deps = match &self.dep_file {
+        let mut deps = match &self.dep_file {
             Some(map) => map.get(name).cloned().unwrap_or_default(),
             None => modinfo_depends(&bytes).map_err(|reason| BootError::BadModule {
                 path: file.rel.clone(),
                 reason,
             })?,
         };
+        deps.extend(
+            RUNTIME_DEPS
+                .iter()
+                .filter(|(m, _)| *m == name)
+                .map(|(_, d)| d.to_string()),
+        );
         path.push(name.to_string());
         for d in deps {
             if !self.builtin.contains(&d) {
