@@ -154,10 +154,7 @@ fn iso_boots_as_cdrom_with_ovmf() {
 #[test]
 fn pxe_boots_through_ipxe_and_user_mode_tftp() {
     let dir = &outputs().pxe;
-    let netdev = format!(
-        "user,id=n0,restrict=on,tftp={},bootfile=boot.ipxe",
-        dir.display()
-    );
+    let netdev = format!("user,id=n0,tftp={},bootfile=boot.ipxe", dir.display());
     let serial = boot(
         "PXE",
         Firmware::SeaBios,
@@ -165,7 +162,7 @@ fn pxe_boots_through_ipxe_and_user_mode_tftp() {
             "-netdev",
             &netdev,
             "-device",
-            "virtio-net-pci,netdev=n0,romfile=/usr/lib/ipxe/qemu/efi-virtio.rom",
+            "virtio-net-pci,netdev=n0",
             "-boot",
             "n",
         ],

@@ -6,7 +6,7 @@
 //! cpio appended after the first, which the kernel unpacks the same way.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use super::cpio::{Node, Writer};
@@ -127,6 +127,11 @@ pub fn build(root: &Tree, spec: &Spec<'_>, out: &Path) -> Result<Report> {
         }
     }
     if !spec.embedded.is_empty() {
+        // The kernel only recognises an uncompressed cpio at a 4-byte-aligned offset;
+        // zero bytes between archives are skipped.
+        let at = w.stream_position().map_err(io_err("writing", out))?;
+        w.write_all(&[0u8; 3][..((4 - at % 4) % 4) as usize])
+            .map_err(io_err("writing", out))?;
         let mut cw = Writer::new(&mut w, epoch);
         for (p, src) in spec.embedded {
             let f = File::open(src).map_err(io_err("opening", src))?;
