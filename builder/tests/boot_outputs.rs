@@ -290,11 +290,33 @@ fn iso_has_bios_and_uefi_el_torito_and_the_root_file() {
 #[test]
 fn every_output_is_byte_identical_when_rebuilt() {
     let a = outputs();
+    for f in [
+        &a.squashfs,
+        &a.initramfs,
+        &a.raw,
+        &a.qcow2,
+        &a.iso,
+        &a.pxe.join("initramfs"),
+    ] {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(f).expect("output");
+        eprintln!(
+            "{}: {} bytes ({} allocated)",
+            f.display(),
+            m.len(),
+            m.blocks() * 512
+        );
+    }
     // Second build: another directory, later, and a different umask.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let dir = tempfile::tempdir().expect("tmp");
+    let t = std::time::Instant::now();
     let b = build_all(dir.path());
+    eprintln!(
+        "second build of every output: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     rustix::process::umask(old);
     let same = |x: &Path, y: &Path| {
         let (bx, by) = (fs::read(x).expect("a"), fs::read(y).expect("b"));

@@ -103,7 +103,7 @@ pub fn layout(spec: &DiskSpec<'_>, squashfs_size: u64) -> Result<Gpt> {
     let esp = align(spec.esp_size);
     // 1 MiB for the GPT and alignment in front, 1 MiB for the backup GPT at the end.
     let needed = MIB + BIOS_BOOT_SIZE + esp + 2 * slot + MIB;
-    if needed > spec.disk_size || spec.disk_size % SECTOR != 0 {
+    if needed > spec.disk_size || !spec.disk_size.is_multiple_of(SECTOR) {
         return Err(BootError::DoesNotFit {
             what: format!(
                 "BIOS boot (1 MiB) + ESP ({} MiB) + two root slots ({} MiB each)",

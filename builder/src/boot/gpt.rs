@@ -107,7 +107,7 @@ impl Gpt {
 
     /// Writes MBR, both headers and both entry arrays into `f` (already sized).
     pub fn write(&self, f: &mut File, boot_code: Option<&[u8]>) -> io::Result<()> {
-        if self.partitions.len() as u64 > ENTRIES || self.disk_size % SECTOR != 0 {
+        if self.partitions.len() as u64 > ENTRIES || !self.disk_size.is_multiple_of(SECTOR) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "bad GPT layout",
