@@ -3,6 +3,7 @@
 //! Data flow (see the README): definition -> lock -> fetch -> Tree -> outputs.
 
 pub mod assemble;
+pub mod boot;
 pub mod build;
 pub mod cache;
 pub mod cli;
