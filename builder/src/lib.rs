@@ -3,4 +3,5 @@
 //! Data flow (see the README): definition -> lock -> fetch -> Tree -> outputs.
 
 pub mod digest;
+pub mod gobuild;
 pub mod tree;
