@@ -12,6 +12,7 @@ pub mod debian;
 pub mod definition;
 pub mod digest;
 pub mod fetch;
+pub mod gobuild;
 pub mod lock;
 pub mod manifest;
 pub mod output;

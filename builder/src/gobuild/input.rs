@@ -1,0 +1,259 @@
+//! The `[[go]]` input: what to build, from which pinned module version, and how.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::GoError;
+
+/// Environment variables the builder fixes itself; an input may not override them.
+pub const FIXED_ENV: &[&str] = &[
+    "GOFLAGS",
+    "GOTOOLCHAIN",
+    "GOOS",
+    "GOARCH",
+    "GOAMD64",
+    "CGO_ENABLED",
+    "GOPROXY",
+    "GONOPROXY",
+    "GOPRIVATE",
+    "GONOSUMDB",
+    "GONOSUMCHECK",
+    "GOSUMDB",
+    "GOWORK",
+    "GO111MODULE",
+    "GOCACHE",
+    "GOMODCACHE",
+    "GOPATH",
+];
+
+/// A Go program built from a pinned module version with the host Go toolchain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GoInput {
+    /// Name of this input (used in messages and the lock).
+    pub name: String,
+    /// Module path, e.g. `k8s.io/kubernetes`.
+    pub module: String,
+    /// Exact module version, e.g. `v1.35.4`.
+    pub version: String,
+    /// Main packages to build. Binary name = Go's default (last path element without a
+    /// `/vN` suffix) unless given as `{ path = "...", binary = "..." }`.
+    pub packages: Vec<GoPackage>,
+    /// Build tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Extra `-ldflags` (after the fixed `-s -w -buildid=`). Placeholders: `{version}` (the
+    /// module version), `{version-bare}` (without a leading `v`), `{commit}` (the upstream
+    /// commit the module proxy reports), `{build-date}` (the image epoch, RFC 3339 UTC).
+    #[serde(default)]
+    pub ldflags: Vec<String>,
+    /// Build with cgo (`CGO_ENABLED=1`); off by default.
+    #[serde(default)]
+    pub cgo: bool,
+    /// Extra environment for the Go toolchain (may not override the fixed variables).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Version stamping scheme of the upstream build, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<Stamp>,
+}
+
+/// A main package to build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum GoPackage {
+    /// Import path; binary named by Go's rule.
+    Path(String),
+    /// Import path with an explicit binary name.
+    Named {
+        /// Import path.
+        path: String,
+        /// Binary name.
+        binary: String,
+    },
+}
+
+impl GoPackage {
+    pub fn path(&self) -> &str {
+        match self {
+            GoPackage::Path(p) => p,
+            GoPackage::Named { path, .. } => path,
+        }
+    }
+
+    /// Binary name: explicit, or Go's rule (last element, skipping a `/vN` major suffix).
+    pub fn binary(&self) -> &str {
+        match self {
+            GoPackage::Named { binary, .. } => binary,
+            GoPackage::Path(p) => default_binary_name(p),
+        }
+    }
+}
+
+fn default_binary_name(path: &str) -> &str {
+    let mut parts = path.rsplit('/');
+    let last = parts.next().unwrap_or(path);
+    let is_major =
+        last.len() > 1 && last.starts_with('v') && last[1..].bytes().all(|b| b.is_ascii_digit());
+    match (is_major, parts.next()) {
+        (true, Some(prev)) => prev,
+        _ => last,
+    }
+}
+
+/// Upstream version-stamping schemes the builder knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stamp {
+    /// `-X` gitVersion, gitMajor, gitMinor, gitCommit, gitTreeState, buildDate on
+    /// `k8s.io/component-base/version` and `k8s.io/client-go/pkg/version`.
+    Kubernetes,
+}
+
+impl GoInput {
+    /// Checks the fields that can be checked without the network.
+    pub fn validate(&self) -> Result<(), GoError> {
+        let bad = |reason: String| GoError::InvalidInput {
+            name: self.name.clone(),
+            reason,
+        };
+        if self.module.is_empty() || self.module.contains(char::is_whitespace) {
+            return Err(bad(format!("bad module path {:?}", self.module)));
+        }
+        if !self.version.starts_with('v') || self.version.contains(char::is_whitespace) {
+            return Err(bad(format!(
+                "version {:?} must be an exact module version like v1.2.3",
+                self.version
+            )));
+        }
+        if self.packages.is_empty() {
+            return Err(bad("no packages to build".into()));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for p in &self.packages {
+            let path = p.path();
+            if path != self.module && !path.starts_with(&format!("{}/", self.module)) {
+                return Err(bad(format!(
+                    "package {path} is not inside module {}",
+                    self.module
+                )));
+            }
+            let bin = p.binary();
+            if bin.is_empty() || bin.contains('/') || bin.starts_with('.') {
+                return Err(bad(format!("bad binary name {bin:?} for {path}")));
+            }
+            if !seen.insert(bin) {
+                return Err(bad(format!("two packages build the binary {bin}")));
+            }
+        }
+        for t in &self.tags {
+            if t.is_empty() || t.contains([',', ' ']) {
+                return Err(bad(format!("bad build tag {t:?}")));
+            }
+        }
+        for k in self.env.keys() {
+            if FIXED_ENV.contains(&k.as_str()) {
+                return Err(bad(format!("env {k} is fixed by the builder")));
+            }
+        }
+        if self.stamp == Some(Stamp::Kubernetes) && kube_major_minor(&self.version).is_none() {
+            return Err(bad(format!(
+                "kubernetes stamping needs a vMAJOR.MINOR.PATCH version, got {}",
+                self.version
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the build output depends on the image epoch.
+    pub fn uses_epoch(&self) -> bool {
+        self.stamp.is_some() || self.ldflags.iter().any(|f| f.contains("{build-date}"))
+    }
+}
+
+/// `v1.35.4` -> ("1", "35", "4").
+pub(crate) fn kube_major_minor(version: &str) -> Option<(&str, &str, &str)> {
+    let core = version.strip_prefix('v')?;
+    let core = core.split(['-', '+']).next()?;
+    let mut it = core.split('.');
+    let (ma, mi, pa) = (it.next()?, it.next()?, it.next()?);
+    let num = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (it.next().is_none() && num(ma) && num(mi) && num(pa)).then_some((ma, mi, pa))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_names_follow_go() {
+        assert_eq!(
+            default_binary_name("k8s.io/kubernetes/cmd/kubelet"),
+            "kubelet"
+        );
+        assert_eq!(default_binary_name("go.etcd.io/etcd/etcdctl/v3"), "etcdctl");
+        assert_eq!(default_binary_name("github.com/x/v2ray"), "v2ray");
+        assert_eq!(default_binary_name("runc"), "runc");
+    }
+
+    #[test]
+    fn parses_toml_and_rejects_unknown_fields() {
+        let ok: GoInput = toml::from_str(
+            r#"name = "etcd"
+module = "go.etcd.io/etcd/server/v3"
+version = "v3.6.6"
+packages = [{ path = "go.etcd.io/etcd/server/v3", binary = "etcd" }, "go.etcd.io/etcd/server/v3/x"]
+stamp = "kubernetes"
+"#,
+        )
+        .unwrap();
+        assert_eq!(ok.packages[0].binary(), "etcd");
+        assert_eq!(ok.packages[1].binary(), "x");
+        assert_eq!(ok.stamp, Some(Stamp::Kubernetes));
+        let err = toml::from_str::<GoInput>(
+            "name='a'\nmodule='m'\nversion='v1.0.0'\npackages=['m']\ncgo-enabled=true\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cgo-enabled"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_bad_inputs() {
+        let base: GoInput = toml::from_str(
+            "name='a'\nmodule='ex.com/m'\nversion='v1.0.0'\npackages=['ex.com/m/cmd/a']\n",
+        )
+        .unwrap();
+        base.validate().unwrap();
+        let mut i = base.clone();
+        i.packages = vec![GoPackage::Path("ex.com/other/a".into())];
+        assert!(i
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("not inside module"));
+        let mut i = base.clone();
+        i.env.insert("GOPROXY".into(), "off".into());
+        assert!(i.validate().unwrap_err().to_string().contains("GOPROXY"));
+        let mut i = base.clone();
+        i.version = "latest".into();
+        assert!(i.validate().is_err());
+        let mut i = base;
+        i.packages.push(GoPackage::Path("ex.com/m/cmd2/a".into()));
+        assert!(i
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("two packages"));
+    }
+
+    #[test]
+    fn kube_versions() {
+        assert_eq!(kube_major_minor("v1.35.4"), Some(("1", "35", "4")));
+        assert_eq!(kube_major_minor("v1.35.0-rc.1"), Some(("1", "35", "0")));
+        assert_eq!(kube_major_minor("1.35.4"), None);
+        assert_eq!(kube_major_minor("v1.35"), None);
+    }
+}

@@ -1,0 +1,780 @@
+//! `go` inputs: Go programs built from a pinned module version with the host toolchain.
+//!
+//! A throwaway main module requires the pinned version (Kubernetes' staging modules
+//! replaced by their published tags, derived from the pinned go.mod), then `go build` runs
+//! with `-trimpath -buildvcs=false`, `GOFLAGS=-mod=mod`, `GOTOOLCHAIN=local` and fixed
+//! flags. Outputs are cached under `<cache_root>/go/<key>/bin/`, where the key hashes every
+//! input and the `go version`; a cache hit runs nothing but `go version`.
+
+mod input;
+mod modfile;
+mod run;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Algorithm, Digest};
+
+pub use input::{GoInput, GoPackage, Stamp, FIXED_ENV};
+use run::GoCommand;
+
+/// Bumped when the build recipe changes, so old cache entries are not reused.
+const RECIPE: &str = "kiln-go-1";
+const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoError {
+    #[error("go input {name}: {reason}")]
+    InvalidInput { name: String, reason: String },
+    #[error("running `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("parsing the output of `{command}`: {reason}")]
+    Output { command: String, reason: String },
+    #[error("module {module_version} not found: {message}")]
+    ModuleNotFound {
+        module_version: String,
+        message: String,
+    },
+    #[error("package {package} not found in {module_version}: {message}")]
+    PackageNotFound {
+        package: String,
+        module_version: String,
+        message: String,
+    },
+    #[error(
+        "package {package} in {module_version} is not a main package (it is `package {name}`)"
+    )]
+    NotMain {
+        package: String,
+        module_version: String,
+        name: String,
+    },
+    #[error("{module_version}: upstream commit unknown (the module proxy gave no Origin), needed by {what}")]
+    NoCommit {
+        module_version: String,
+        what: String,
+    },
+    #[error("building {package} from {module_version} failed:\n{stderr}")]
+    Build {
+        package: String,
+        module_version: String,
+        stderr: String,
+    },
+    #[error("{action} {path}")]
+    Cache {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cache entry {path} is damaged: {reason}")]
+    BadCacheEntry { path: PathBuf, reason: String },
+    #[error("go input {name}: binary {binary} has {actual}, the lock says {expected} (rerun with --relock to accept)")]
+    LockMismatch {
+        name: String,
+        binary: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("go input {name}: built with {actual}, the lock says {expected} (rerun with --relock to accept)")]
+    LockGoVersion {
+        name: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("go input {name}: the lock lists binary {binary}, the build has no such binary")]
+    LockMissing { name: String, binary: String },
+}
+
+/// One built binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GoBinary {
+    pub name: String,
+    pub package: String,
+    /// Absolute path in the cache.
+    #[serde(skip)]
+    pub path: PathBuf,
+    pub sha256: Digest,
+    pub size: u64,
+}
+
+/// What a build did, for the caller's report and tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoBuildReport {
+    /// The outputs came from the cache: no download, no compile.
+    pub cache_hit: bool,
+    /// Every `go` command run, in order (`go version` first).
+    pub commands: Vec<String>,
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct GoBuildOutput {
+    /// Cache key (hex sha256 over the canonical inputs).
+    pub key: String,
+    /// `<cache_root>/go/<key>`.
+    pub dir: PathBuf,
+    pub binaries: Vec<GoBinary>,
+    /// e.g. `go1.26.8`.
+    pub go_version: String,
+    pub report: GoBuildReport,
+}
+
+/// What `kiln lock` records for a go input; `build_locked` checks a build against it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GoLock {
+    pub go_version: String,
+    /// Binary name -> sha256.
+    pub binaries: BTreeMap<String, Digest>,
+}
+
+impl GoBuildOutput {
+    pub fn lock(&self) -> GoLock {
+        GoLock {
+            go_version: self.go_version.clone(),
+            binaries: self
+                .binaries
+                .iter()
+                .map(|b| (b.name.clone(), b.sha256.clone()))
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Manifest {
+    key: String,
+    go_version: String,
+    binaries: Vec<GoBinary>,
+}
+
+/// The canonical serialisation hashed into the cache key.
+#[derive(Serialize)]
+struct KeyMaterial<'a> {
+    recipe: &'static str,
+    go_version_output: &'a str,
+    cc_version: Option<&'a str>,
+    module: &'a str,
+    version: &'a str,
+    packages: Vec<(&'a str, &'a str)>,
+    tags: &'a [String],
+    ldflags: &'a [String],
+    cgo: bool,
+    env: &'a BTreeMap<String, String>,
+    stamp: Option<Stamp>,
+    epoch: Option<u64>,
+}
+
+/// Builds `input` (or takes it from the cache). `progress` shows what is compiling and the
+/// elapsed time when stderr is a terminal.
+pub fn build(
+    input: &GoInput,
+    epoch: u64,
+    cache_root: &Path,
+    progress: bool,
+) -> Result<GoBuildOutput, GoError> {
+    build_inner(input, epoch, cache_root, progress, None)
+}
+
+/// Like [`build`], but fails naming the binary when a fresh build differs from `lock`; a
+/// build that fails the check is not cached.
+pub fn build_locked(
+    input: &GoInput,
+    epoch: u64,
+    cache_root: &Path,
+    progress: bool,
+    lock: &GoLock,
+) -> Result<GoBuildOutput, GoError> {
+    build_inner(input, epoch, cache_root, progress, Some(lock))
+}
+
+/// Checks built binaries against a lock entry.
+pub fn check_lock(
+    name: &str,
+    go_version: &str,
+    bins: &[GoBinary],
+    lock: &GoLock,
+) -> Result<(), GoError> {
+    if lock.go_version != go_version {
+        return Err(GoError::LockGoVersion {
+            name: name.to_string(),
+            expected: lock.go_version.clone(),
+            actual: go_version.to_string(),
+        });
+    }
+    for (binary, expected) in &lock.binaries {
+        let Some(b) = bins.iter().find(|b| &b.name == binary) else {
+            return Err(GoError::LockMissing {
+                name: name.to_string(),
+                binary: binary.clone(),
+            });
+        };
+        if &b.sha256 != expected {
+            return Err(GoError::LockMismatch {
+                name: name.to_string(),
+                binary: binary.clone(),
+                expected: expected.clone(),
+                actual: b.sha256.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn build_inner(
+    input: &GoInput,
+    epoch: u64,
+    cache_root: &Path,
+    progress: bool,
+    lock: Option<&GoLock>,
+) -> Result<GoBuildOutput, GoError> {
+    let start = Instant::now();
+    input.validate()?;
+    let progress = progress && std::io::stderr().is_terminal();
+    let module_version = format!("{}@{}", input.module, input.version);
+    let mut commands = Vec::new();
+
+    let go_version_output = GoCommand::new(input, None)
+        .args(["version"])
+        .output(&mut commands)?;
+    let go_version = go_version_output
+        .split_whitespace()
+        .nth(2)
+        .filter(|v| v.starts_with("go"))
+        .ok_or_else(|| GoError::Output {
+            command: "go version".into(),
+            reason: format!("unexpected {go_version_output:?}"),
+        })?
+        .to_string();
+    let cc_version = if input.cgo {
+        Some(run::cc_version(input, &mut commands)?)
+    } else {
+        None
+    };
+
+    let key = cache_key(
+        input,
+        epoch,
+        go_version_output.trim(),
+        cc_version.as_deref(),
+    );
+    let go_dir = cache_root.join("go");
+    let dir = go_dir.join(&key);
+    if dir.join(MANIFEST).is_file() {
+        let binaries = read_manifest(&dir, &key)?;
+        if let Some(lock) = lock {
+            check_lock(&input.name, &go_version, &binaries, lock)?;
+        }
+        return Ok(GoBuildOutput {
+            key,
+            dir,
+            binaries,
+            go_version,
+            report: GoBuildReport {
+                cache_hit: true,
+                commands,
+                elapsed: start.elapsed(),
+            },
+        });
+    }
+
+    fs::create_dir_all(&go_dir).map_err(|source| GoError::Cache {
+        action: "creating",
+        path: go_dir.clone(),
+        source,
+    })?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".tmp-{}-", &key[..16]))
+        .tempdir_in(&go_dir)
+        .map_err(|source| GoError::Cache {
+            action: "creating a temporary directory in",
+            path: go_dir.clone(),
+            source,
+        })?;
+    let src = tmp.path().join("src");
+    let out = tmp.path().join("out");
+    let bin = out.join("bin");
+    for d in [&src, &bin] {
+        fs::create_dir_all(d).map_err(|source| GoError::Cache {
+            action: "creating",
+            path: d.clone(),
+            source,
+        })?;
+    }
+
+    // 1. The pinned module: its go.mod and upstream commit.
+    let download_json = GoCommand::new(input, Some(&src))
+        .args(["mod", "download", "-json", module_version.as_str()])
+        .output_allow_fail(&mut commands)?;
+    let dl: modfile::Download =
+        serde_json::from_str(&download_json.stdout).map_err(|e| GoError::ModuleNotFound {
+            module_version: module_version.clone(),
+            message: format!("{} ({e})", run::tail(&download_json.stderr)),
+        })?;
+    if let Some(message) = dl.error {
+        return Err(GoError::ModuleNotFound {
+            module_version,
+            message,
+        });
+    }
+    if dl.path != input.module || dl.version != input.version {
+        return Err(GoError::ModuleNotFound {
+            message: format!("the module proxy resolved it to {}@{}", dl.path, dl.version),
+            module_version,
+        });
+    }
+    let go_mod_path = dl.go_mod.ok_or_else(|| GoError::Output {
+        command: format!("go mod download -json {module_version}"),
+        reason: "no GoMod path".into(),
+    })?;
+    let modfile_json = GoCommand::new(input, Some(&src))
+        .args(["mod", "edit", "-json", go_mod_path.as_str()])
+        .output(&mut commands)?;
+    let pinned: modfile::ModFile =
+        serde_json::from_str(&modfile_json).map_err(|e| GoError::Output {
+            command: format!("go mod edit -json {go_mod_path}"),
+            reason: e.to_string(),
+        })?;
+    let commit = dl.origin.and_then(|o| o.hash);
+
+    // 2. The generated main module.
+    let replaces = modfile::replaces_for(&input.module, &input.version, &pinned)?;
+    let go_mod_text = modfile::render_go_mod(&input.module, &input.version, &pinned, &replaces);
+    let go_mod_file = src.join("go.mod");
+    fs::write(&go_mod_file, go_mod_text).map_err(|source| GoError::Cache {
+        action: "writing",
+        path: go_mod_file.clone(),
+        source,
+    })?;
+
+    // 3. Check the packages exist and are commands (this also fills go.sum).
+    let tags = input.tags.join(",");
+    let mut list = GoCommand::new(input, Some(&src));
+    list.args(["list", "-e", "-json=ImportPath,Name,Error,DepsErrors"]);
+    if !tags.is_empty() {
+        list.args(["-tags", tags.as_str()]);
+    }
+    list.args(input.packages.iter().map(|p| p.path()));
+    let listed = list.output_allow_fail(&mut commands)?;
+    check_packages(input, &module_version, &listed)?;
+    // With -mod=mod, go may "find" a missing package by upgrading the module: refuse that.
+    let after_json = GoCommand::new(input, Some(&src))
+        .args(["mod", "edit", "-json", "go.mod"])
+        .output(&mut commands)?;
+    let after: modfile::ModFile =
+        serde_json::from_str(&after_json).map_err(|e| GoError::Output {
+            command: "go mod edit -json go.mod".into(),
+            reason: e.to_string(),
+        })?;
+    let resolved = after
+        .require
+        .iter()
+        .flatten()
+        .find(|r| r.path == input.module)
+        .map(|r| r.version.clone());
+    if resolved.as_deref() != Some(input.version.as_str()) {
+        return Err(GoError::PackageNotFound {
+            package: input
+                .packages
+                .iter()
+                .map(|p| p.path())
+                .collect::<Vec<_>>()
+                .join(" "),
+            module_version,
+            message: format!(
+                "resolving the packages moved {} to {}",
+                input.module,
+                resolved.as_deref().unwrap_or("nothing")
+            ),
+        });
+    }
+
+    // 4. Build each package.
+    let ldflags = ldflags(input, epoch, commit.as_deref(), &module_version)?;
+    let mut binaries = Vec::new();
+    for p in &input.packages {
+        let target = bin.join(p.binary());
+        let mut cmd = GoCommand::new(input, Some(&src));
+        cmd.args(["build", "-p", "2", "-trimpath", "-buildvcs=false"]);
+        if progress {
+            cmd.args(["-v"]);
+        }
+        if !tags.is_empty() {
+            cmd.args(["-tags", tags.as_str()]);
+        }
+        cmd.args(["-ldflags", ldflags.as_str()]);
+        cmd.arg("-o").arg(&target).args([p.path()]);
+        let label = format!("{} {}", input.name, p.binary());
+        cmd.build(&mut commands, progress.then_some(label.as_str()))
+            .map_err(|e| match e {
+                run::BuildFailure::Go(e) => e,
+                run::BuildFailure::Failed(stderr) => GoError::Build {
+                    package: p.path().to_string(),
+                    module_version: module_version.clone(),
+                    stderr,
+                },
+            })?;
+        let file = fs::File::open(&target).map_err(|source| GoError::Cache {
+            action: "opening built binary",
+            path: target.clone(),
+            source,
+        })?;
+        let size = file
+            .metadata()
+            .map_err(|source| GoError::Cache {
+                action: "reading metadata of",
+                path: target.clone(),
+                source,
+            })?
+            .len();
+        let sha256 =
+            Digest::of_reader(Algorithm::Sha256, file).map_err(|source| GoError::Cache {
+                action: "hashing",
+                path: target.clone(),
+                source,
+            })?;
+        binaries.push(GoBinary {
+            name: p.binary().to_string(),
+            package: p.path().to_string(),
+            path: dir.join("bin").join(p.binary()),
+            sha256,
+            size,
+        });
+    }
+    if let Some(lock) = lock {
+        check_lock(&input.name, &go_version, &binaries, lock)?;
+    }
+
+    // 5. Commit atomically: manifest, then rename the whole directory.
+    let manifest = Manifest {
+        key: key.clone(),
+        go_version: go_version.clone(),
+        binaries: binaries.clone(),
+    };
+    let manifest_path = out.join(MANIFEST);
+    let manifest_text = serde_json::to_vec_pretty(&manifest).map_err(|e| GoError::Output {
+        command: "serialising the manifest".into(),
+        reason: e.to_string(),
+    })?;
+    fs::write(&manifest_path, manifest_text).map_err(|source| GoError::Cache {
+        action: "writing",
+        path: manifest_path.clone(),
+        source,
+    })?;
+    if let Err(source) = fs::rename(&out, &dir) {
+        // Another build of the same key may have won the race: use its result.
+        if !dir.join(MANIFEST).is_file() {
+            return Err(GoError::Cache {
+                action: "moving the finished build into",
+                path: dir,
+                source,
+            });
+        }
+    }
+    drop(tmp);
+    Ok(GoBuildOutput {
+        key,
+        dir,
+        binaries,
+        go_version,
+        report: GoBuildReport {
+            cache_hit: false,
+            commands,
+            elapsed: start.elapsed(),
+        },
+    })
+}
+
+fn cache_key(
+    input: &GoInput,
+    epoch: u64,
+    go_version_output: &str,
+    cc_version: Option<&str>,
+) -> String {
+    let material = KeyMaterial {
+        recipe: RECIPE,
+        go_version_output,
+        cc_version,
+        module: &input.module,
+        version: &input.version,
+        packages: input
+            .packages
+            .iter()
+            .map(|p| (p.path(), p.binary()))
+            .collect(),
+        tags: &input.tags,
+        ldflags: &input.ldflags,
+        cgo: input.cgo,
+        env: &input.env,
+        stamp: input.stamp,
+        epoch: input.uses_epoch().then_some(epoch),
+    };
+    // Serialising plain strings, numbers and maps cannot fail.
+    let bytes = serde_json::to_vec(&material).unwrap_or_default();
+    Digest::of_bytes(Algorithm::Sha256, &bytes)
+        .hex()
+        .to_string()
+}
+
+fn read_manifest(dir: &Path, key: &str) -> Result<Vec<GoBinary>, GoError> {
+    let path = dir.join(MANIFEST);
+    let bad = |reason: String| GoError::BadCacheEntry {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let text = fs::read(&path).map_err(|source| GoError::Cache {
+        action: "reading",
+        path: path.clone(),
+        source,
+    })?;
+    let m: Manifest = serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))?;
+    if m.key != key {
+        return Err(bad(format!("manifest key {} is not {key}", m.key)));
+    }
+    let mut bins = m.binaries;
+    for b in &mut bins {
+        b.path = dir.join("bin").join(&b.name);
+        let size = fs::metadata(&b.path)
+            .map_err(|e| bad(format!("{}: {e}", b.path.display())))?
+            .len();
+        if size != b.size {
+            return Err(bad(format!(
+                "{} is {size} bytes, manifest says {}",
+                b.name, b.size
+            )));
+        }
+    }
+    Ok(bins)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct Listed {
+    import_path: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    error: Option<ListError>,
+    #[serde(default)]
+    deps_errors: Option<Vec<ListError>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListError {
+    #[serde(rename = "Err")]
+    err: String,
+}
+
+fn check_packages(
+    input: &GoInput,
+    module_version: &str,
+    listed: &run::Captured,
+) -> Result<(), GoError> {
+    let mut found: BTreeMap<String, Listed> = BTreeMap::new();
+    for item in serde_json::Deserializer::from_str(&listed.stdout).into_iter::<Listed>() {
+        let item = item.map_err(|e| GoError::Output {
+            command: "go list".into(),
+            reason: format!("{e}; stderr: {}", run::tail(&listed.stderr)),
+        })?;
+        found.insert(item.import_path.clone(), item);
+    }
+    for p in &input.packages {
+        let path = p.path();
+        let Some(item) = found.get(path) else {
+            return Err(GoError::PackageNotFound {
+                package: path.to_string(),
+                module_version: module_version.to_string(),
+                message: run::tail(&listed.stderr),
+            });
+        };
+        if let Some(e) = &item.error {
+            return Err(GoError::PackageNotFound {
+                package: path.to_string(),
+                module_version: module_version.to_string(),
+                message: e.err.clone(),
+            });
+        }
+        if let Some(e) = item.deps_errors.iter().flatten().next() {
+            return Err(GoError::Build {
+                package: path.to_string(),
+                module_version: module_version.to_string(),
+                stderr: e.err.clone(),
+            });
+        }
+        if item.name != "main" {
+            return Err(GoError::NotMain {
+                package: path.to_string(),
+                module_version: module_version.to_string(),
+                name: item.name.clone(),
+            });
+        }
+    }
+    if !listed.success {
+        return Err(GoError::Command {
+            command: "go list".into(),
+            status: "failed".into(),
+            stderr: run::tail(&listed.stderr),
+        });
+    }
+    Ok(())
+}
+
+/// The full `-ldflags` value: fixed flags, the stamping scheme, then the input's own.
+fn ldflags(
+    input: &GoInput,
+    epoch: u64,
+    commit: Option<&str>,
+    module_version: &str,
+) -> Result<String, GoError> {
+    let date = rfc3339_utc(epoch);
+    let need_commit = |what: &str| {
+        commit.ok_or_else(|| GoError::NoCommit {
+            module_version: module_version.to_string(),
+            what: what.to_string(),
+        })
+    };
+    let mut flags = vec!["-s".to_string(), "-w".to_string(), "-buildid=".to_string()];
+    if input.stamp == Some(Stamp::Kubernetes) {
+        let (major, minor, _) =
+            input::kube_major_minor(&input.version).ok_or_else(|| GoError::InvalidInput {
+                name: input.name.clone(),
+                reason: format!("cannot stamp version {}", input.version),
+            })?;
+        let commit = need_commit("kubernetes version stamping")?;
+        for pkg in [
+            "k8s.io/component-base/version",
+            "k8s.io/client-go/pkg/version",
+        ] {
+            for (var, value) in [
+                ("gitVersion", input.version.as_str()),
+                ("gitMajor", major),
+                ("gitMinor", minor),
+                ("gitCommit", commit),
+                ("gitTreeState", "clean"),
+                ("buildDate", date.as_str()),
+            ] {
+                flags.push(format!("-X={pkg}.{var}={value}"));
+            }
+        }
+    }
+    for f in &input.ldflags {
+        let mut f = f
+            .replace("{version}", &input.version)
+            .replace(
+                "{version-bare}",
+                input.version.strip_prefix('v').unwrap_or(&input.version),
+            )
+            .replace("{build-date}", &date);
+        if f.contains("{commit}") {
+            f = f.replace("{commit}", need_commit("ldflags {commit}")?);
+        }
+        flags.push(f);
+    }
+    Ok(flags.join(" "))
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (what Kubernetes' buildDate uses).
+pub fn rfc3339_utc(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64;
+    let secs = epoch % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    fn input(toml_text: &str) -> GoInput {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn kubernetes_stamp_flags() {
+        let i = input(
+            "name='k'\nmodule='k8s.io/kubernetes'\nversion='v1.35.4'\npackages=['k8s.io/kubernetes/cmd/kubelet']\nstamp='kubernetes'\nldflags=['-X=a.b={version-bare}']\n",
+        );
+        let f = ldflags(&i, 0, Some("abc"), "m@v").unwrap();
+        for pkg in [
+            "k8s.io/component-base/version",
+            "k8s.io/client-go/pkg/version",
+        ] {
+            assert!(f.contains(&format!("-X={pkg}.gitVersion=v1.35.4 ")), "{f}");
+            assert!(f.contains(&format!("-X={pkg}.gitMinor=35 ")), "{f}");
+            assert!(f.contains(&format!("-X={pkg}.gitCommit=abc ")), "{f}");
+            assert!(
+                f.contains(&format!("-X={pkg}.buildDate=1970-01-01T00:00:00Z")),
+                "{f}"
+            );
+        }
+        assert!(f.starts_with("-s -w -buildid= "));
+        assert!(f.ends_with(" -X=a.b=1.35.4"));
+        assert!(matches!(
+            ldflags(&i, 0, None, "m@v"),
+            Err(GoError::NoCommit { .. })
+        ));
+    }
+
+    #[test]
+    fn key_covers_inputs_and_epoch_only_when_used() {
+        let a = input("name='a'\nmodule='ex.com/m'\nversion='v1.0.0'\npackages=['ex.com/m']\n");
+        let k = |i: &GoInput, e| cache_key(i, e, "go version go1.26.8 linux/amd64", None);
+        assert_eq!(k(&a, 1), k(&a, 2), "epoch unused");
+        let mut renamed = a.clone();
+        renamed.name = "b".into();
+        assert_eq!(k(&a, 1), k(&renamed, 1));
+        let mut b = a.clone();
+        b.tags.push("x".into());
+        assert_ne!(k(&a, 1), k(&b, 1));
+        let mut c = a.clone();
+        c.env.insert("GOEXPERIMENT".into(), "x".into());
+        assert_ne!(k(&a, 1), k(&c, 1));
+        let mut d = a.clone();
+        d.ldflags.push("-X=a.b={build-date}".into());
+        assert_ne!(k(&d, 1), k(&d, 2));
+        assert_ne!(
+            k(&a, 1),
+            cache_key(&a, 1, "go version go1.26.7 linux/amd64", None)
+        );
+    }
+}

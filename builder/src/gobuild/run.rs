@@ -1,0 +1,198 @@
+//! Running the host Go toolchain with the fixed environment.
+
+use std::collections::VecDeque;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{GoError, GoInput};
+
+const TAIL_LINES: usize = 30;
+
+pub struct GoCommand {
+    cmd: Command,
+    shown: Vec<String>,
+}
+
+pub struct Captured {
+    pub stdout: String,
+    pub stderr: String,
+    pub success: bool,
+}
+
+pub enum BuildFailure {
+    Go(GoError),
+    Failed(String),
+}
+
+/// The last lines of a command's stderr.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+}
+
+impl GoCommand {
+    pub fn new(input: &GoInput, dir: Option<&Path>) -> Self {
+        let mut cmd = Command::new("go");
+        if let Some(d) = dir {
+            cmd.current_dir(d);
+        }
+        cmd.env("GOTOOLCHAIN", "local")
+            .env("GOFLAGS", "-mod=mod")
+            .env("GO111MODULE", "on")
+            .env("GOWORK", "off")
+            .env("GOOS", "linux")
+            .env("GOARCH", "amd64")
+            .env("GOAMD64", "v1")
+            .env("CGO_ENABLED", if input.cgo { "1" } else { "0" })
+            .envs(&input.env)
+            .stdin(Stdio::null());
+        GoCommand {
+            cmd,
+            shown: vec!["go".into()],
+        }
+    }
+
+    pub fn arg(&mut self, a: impl AsRef<OsStr>) -> &mut Self {
+        self.shown.push(a.as_ref().to_string_lossy().into_owned());
+        self.cmd.arg(a);
+        self
+    }
+
+    pub fn args<I, S>(&mut self, args: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        for a in args {
+            self.arg(a);
+        }
+        self
+    }
+
+    fn shown(&self) -> String {
+        self.shown.join(" ")
+    }
+
+    /// Runs to completion, returns stdout and stderr whatever the exit status.
+    pub fn output_allow_fail(&mut self, log: &mut Vec<String>) -> Result<Captured, GoError> {
+        let shown = self.shown();
+        log.push(shown.clone());
+        let out = self.cmd.output().map_err(|source| GoError::Spawn {
+            command: shown,
+            source,
+        })?;
+        Ok(Captured {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            success: out.status.success(),
+        })
+    }
+
+    /// Runs to completion, returns stdout; a failure carries the tail of stderr.
+    pub fn output(&mut self, log: &mut Vec<String>) -> Result<String, GoError> {
+        let shown = self.shown();
+        log.push(shown.clone());
+        let out = self.cmd.output().map_err(|source| GoError::Spawn {
+            command: shown.clone(),
+            source,
+        })?;
+        if !out.status.success() {
+            return Err(GoError::Command {
+                command: shown,
+                status: out.status.to_string(),
+                stderr: tail(&String::from_utf8_lossy(&out.stderr)),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs `go build`, streaming stderr; with `progress`, shows the package being
+    /// compiled (from `-v`) and the elapsed time on a spinner.
+    pub fn build(
+        &mut self,
+        log: &mut Vec<String>,
+        progress: Option<&str>,
+    ) -> Result<(), BuildFailure> {
+        let shown = self.shown();
+        log.push(shown.clone());
+        let mut child = self
+            .cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| {
+                BuildFailure::Go(GoError::Spawn {
+                    command: shown.clone(),
+                    source,
+                })
+            })?;
+        let bar = progress.map(|label| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            let style = indicatif::ProgressStyle::with_template(
+                "{spinner} go build {prefix} [{elapsed_precise}] {pos} packages: {wide_msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+            bar.set_style(style);
+            bar.set_prefix(label.to_string());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        let started = Instant::now();
+        let mut kept: VecDeque<String> = VecDeque::new();
+        if let Some(stderr) = child.stderr.take() {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let is_package = !line.contains(' ') && !line.contains(':') && !line.is_empty();
+                if let (Some(bar), true) = (&bar, is_package) {
+                    bar.inc(1);
+                    bar.set_message(line);
+                    continue;
+                }
+                kept.push_back(line);
+                if kept.len() > TAIL_LINES {
+                    kept.pop_front();
+                }
+            }
+        }
+        let status = child.wait().map_err(|source| {
+            BuildFailure::Go(GoError::Spawn {
+                command: shown.clone(),
+                source,
+            })
+        })?;
+        if let Some(bar) = bar {
+            bar.finish_with_message(format!("done in {:.0?}", started.elapsed()));
+        }
+        if !status.success() {
+            let text: Vec<String> = kept.into_iter().collect();
+            return Err(BuildFailure::Failed(format!(
+                "{status}\n{}",
+                text.join("\n")
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The C compiler's identification, for the cache key of cgo builds.
+pub fn cc_version(input: &GoInput, log: &mut Vec<String>) -> Result<String, GoError> {
+    let cc = GoCommand::new(input, None)
+        .args(["env", "CC"])
+        .output(log)?;
+    let cc = cc.trim();
+    let cc = cc.split_whitespace().next().unwrap_or("gcc").to_string();
+    let out = Command::new(&cc)
+        .arg("--version")
+        .output()
+        .map_err(|source| GoError::Spawn {
+            command: format!("{cc} --version"),
+            source,
+        })?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}

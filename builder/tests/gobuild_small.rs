@@ -1,0 +1,212 @@
+//! `go` inputs against the real Go toolchain and module proxy, with a small real command
+//! (the CNI loopback plugin). Needs `go` on PATH and the module proxy reachable.
+
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use kiln::digest::{Algorithm, Digest};
+use kiln::gobuild::{self, GoError, GoInput, GoLock};
+
+const EPOCH: u64 = 1_767_225_600;
+
+fn loopback() -> GoInput {
+    toml::from_str(
+        r#"
+name = "loopback"
+module = "github.com/containernetworking/plugins"
+version = "v1.8.0"
+packages = ["github.com/containernetworking/plugins/plugins/main/loopback"]
+ldflags = ["-X=github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion={version}"]
+"#,
+    )
+    .unwrap()
+}
+
+/// Entries under `<root>/go`, temp dirs included: a failed build must leave none.
+fn cache_entries(root: &Path) -> Vec<String> {
+    match fs::read_dir(root.join("go")) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+#[test]
+fn builds_runs_and_rebuilds_from_cache_without_go_work() {
+    let root = tempfile::tempdir().unwrap();
+    let input = loopback();
+    let first = gobuild::build(&input, EPOCH, root.path(), false).unwrap();
+    assert!(!first.report.cache_hit);
+    assert!(first.go_version.starts_with("go1."), "{}", first.go_version);
+    assert_eq!(first.binaries.len(), 1);
+    let bin = &first.binaries[0];
+    assert_eq!(bin.name, "loopback");
+    assert_eq!(
+        bin.path,
+        root.path().join("go").join(&first.key).join("bin/loopback")
+    );
+    // The recorded digest is the file's.
+    let on_disk = Digest::of_reader(Algorithm::Sha256, fs::File::open(&bin.path).unwrap()).unwrap();
+    assert_eq!(on_disk, bin.sha256);
+    assert_eq!(fs::metadata(&bin.path).unwrap().len(), bin.size);
+    // The binary runs and reports the pinned version (CNI plugins print it without CNI_COMMAND).
+    let out = Command::new(&bin.path)
+        .env_remove("CNI_COMMAND")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("plugin {}", input.version)),
+        "{text}"
+    );
+    // Static, as CGO_ENABLED=0 promises.
+    let file = Command::new("file").arg(&bin.path).output();
+    if let Ok(f) = file {
+        let f = String::from_utf8_lossy(&f.stdout);
+        assert!(f.contains("statically linked"), "{f}");
+    }
+
+    // Warm: only `go version` runs, same outputs.
+    let second = gobuild::build(&input, EPOCH, root.path(), false).unwrap();
+    assert!(second.report.cache_hit);
+    assert_eq!(second.report.commands, vec!["go version".to_string()]);
+    assert_eq!(second.binaries, first.binaries);
+    assert_eq!(second.key, first.key);
+    // No temp dirs left behind: just the one entry.
+    assert_eq!(cache_entries(root.path()), vec![first.key.clone()]);
+
+    // The epoch does not change an input that does not use it; a different tag set does.
+    let other_epoch = gobuild::build(&input, EPOCH + 1, root.path(), false).unwrap();
+    assert!(other_epoch.report.cache_hit);
+
+    // The lock written from this build passes; a build checked against a matching lock is fine.
+    let lock = first.lock();
+    gobuild::build_locked(&input, EPOCH, root.path(), false, &lock).unwrap();
+}
+
+#[test]
+fn lock_mismatch_fails_naming_the_binary_and_caches_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let input = loopback();
+    let go_version = {
+        let out = Command::new("go")
+            .arg("version")
+            .env("GOTOOLCHAIN", "local")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(2)
+            .unwrap()
+            .to_string()
+    };
+    let wrong = Digest::of_bytes(Algorithm::Sha256, b"not the loopback plugin");
+    let lock = GoLock {
+        go_version: go_version.clone(),
+        binaries: [("loopback".to_string(), wrong.clone())].into(),
+    };
+    let err = gobuild::build_locked(&input, EPOCH, root.path(), false, &lock).unwrap_err();
+    match &err {
+        GoError::LockMismatch {
+            binary, expected, ..
+        } => {
+            assert_eq!(binary, "loopback");
+            assert_eq!(expected, &wrong);
+        }
+        other => panic!("expected LockMismatch, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(
+        msg.contains("loopback") && msg.contains("--relock"),
+        "{msg}"
+    );
+    assert!(
+        cache_entries(root.path()).is_empty(),
+        "{:?}",
+        cache_entries(root.path())
+    );
+
+    // A lock from another Go version fails naming both versions.
+    let lock = GoLock {
+        go_version: "go1.0.0".into(),
+        binaries: Default::default(),
+    };
+    let err = gobuild::build_locked(&input, EPOCH, root.path(), false, &lock).unwrap_err();
+    assert!(
+        err.to_string().contains("go1.0.0") && err.to_string().contains(&go_version),
+        "{err}"
+    );
+    assert!(cache_entries(root.path()).is_empty());
+}
+
+#[test]
+fn unknown_module_fails_naming_it_and_caches_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let mut input = loopback();
+    input.module = "github.com/containernetworking/plugins-no-such-module".into();
+    input.packages = vec![gobuild::GoPackage::Path(format!("{}/x", input.module))];
+    let err = gobuild::build(&input, EPOCH, root.path(), false).unwrap_err();
+    assert!(matches!(err, GoError::ModuleNotFound { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains(&format!("{}@v1.8.0", input.module)),
+        "{err}"
+    );
+    assert!(cache_entries(root.path()).is_empty());
+}
+
+#[test]
+fn unknown_version_fails_naming_it_and_caches_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let mut input = loopback();
+    input.version = "v1.8.99".into();
+    let err = gobuild::build(&input, EPOCH, root.path(), false).unwrap_err();
+    assert!(matches!(err, GoError::ModuleNotFound { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("github.com/containernetworking/plugins@v1.8.99"),
+        "{err}"
+    );
+    assert!(cache_entries(root.path()).is_empty());
+}
+
+#[test]
+fn missing_or_non_main_package_fails_naming_it_and_caches_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let mut input = loopback();
+    let missing = "github.com/containernetworking/plugins/plugins/main/no-such-plugin";
+    input.packages = vec![gobuild::GoPackage::Path(missing.into())];
+    let err = gobuild::build(&input, EPOCH, root.path(), false).unwrap_err();
+    assert!(matches!(err, GoError::PackageNotFound { .. }), "{err:?}");
+    assert!(err.to_string().contains(missing), "{err}");
+    assert!(cache_entries(root.path()).is_empty());
+
+    let library = "github.com/containernetworking/plugins/pkg/ns";
+    input.packages = vec![gobuild::GoPackage::Path(library.into())];
+    let err = gobuild::build(&input, EPOCH, root.path(), false).unwrap_err();
+    assert!(matches!(err, GoError::NotMain { .. }), "{err:?}");
+    assert!(err.to_string().contains(library), "{err}");
+    assert!(cache_entries(root.path()).is_empty());
+}
+
+#[test]
+fn compile_failure_carries_go_stderr_and_caches_nothing() {
+    let root = tempfile::tempdir().unwrap();
+    let mut input = loopback();
+    // An -X on a non-string variable is a link error from the real toolchain.
+    input.ldflags = vec![
+        "-X=github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion".into(),
+    ];
+    let err = gobuild::build(&input, EPOCH, root.path(), false).unwrap_err();
+    assert!(matches!(err, GoError::Build { .. }), "{err:?}");
+    assert!(err.to_string().contains("-X"), "{err}");
+    assert!(cache_entries(root.path()).is_empty());
+}
