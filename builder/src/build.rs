@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cache::{write_atomic_bytes, Cache};
@@ -339,22 +339,37 @@ pub fn build(args: &BuildArgs) -> Result<()> {
     let staging = Staging::new(&args.out)?;
     let mut tools: Vec<Tool> = Vec::new();
     let base = def.name.clone();
-    for f in &formats {
+    if formats.contains(&OutputFormat::Tar) {
         let t = Instant::now();
-        match f {
-            OutputFormat::Tar => {
-                let p = staging.dir().join(format!("{base}.tar"));
-                write_file(&p, |w| crate::output::tar::write_tar(&tree, w))?;
-            }
-            other => bail!("output format {other} is not supported by this build of kiln yet"),
-        }
-        seconds.insert(f.name().to_string(), t.elapsed().as_secs_f64());
+        let p = staging.dir().join(format!("{base}.tar"));
+        write_file(&p, |w| crate::output::tar::write_tar(&tree, w))?;
+        seconds.insert("tar".to_string(), t.elapsed().as_secs_f64());
     }
+    tools.extend(crate::images::write(
+        &def,
+        &tree,
+        &formats,
+        &firstboot,
+        staging.dir(),
+        &mut seconds,
+    )?);
     let mut outputs: Vec<OutputFile> = Vec::new();
     for entry in std::fs::read_dir(staging.dir())? {
         let p = entry?.path();
         if p.is_file() {
             outputs.push(manifest::describe(&p)?);
+        } else if p.is_dir() {
+            // A bundle (PXE): each file, named dir/file.
+            let dir = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for f in std::fs::read_dir(&p)? {
+                let f = f?.path();
+                let mut d = manifest::describe(&f)?;
+                d.name = format!("{dir}/{}", d.name);
+                outputs.push(d);
+            }
         }
     }
     outputs.sort();

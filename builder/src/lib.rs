@@ -13,6 +13,7 @@ pub mod definition;
 pub mod digest;
 pub mod fetch;
 pub mod gobuild;
+pub mod images;
 pub mod lock;
 pub mod manifest;
 pub mod output;

@@ -21,6 +21,7 @@ pub const STAGE1: &[&str] = &[
     "sr_mod",
     "isofs",
     "squashfs",
+    "crc32c_generic",
     "ext4",
     "vfat",
     "nls_*",
@@ -28,6 +29,9 @@ pub const STAGE1: &[&str] = &[
     "loop",
     "qemu_fw_cfg",
 ];
+
+// crc32c_generic: ext4 asks the crypto API for "crc32c" at mount time (a modinfo
+// softdep, not a depends), and fails with ENOENT without it.
 
 /// Load-order needs invisible to modinfo: these modules call `load_nls()` (a runtime
 /// request_module) for another one in their init and fail with EINVAL without it.
