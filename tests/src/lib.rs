@@ -1,6 +1,8 @@
 //! Kiln's test support: local mirror server, the `kiln` binary, directory snapshots,
 //! QEMU harness.
 pub mod mirror;
+pub mod images;
+pub mod qemu;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,93 @@
+//! Built images shared by the end-to-end tests: each definition is built once per
+//! change of its inputs (the kiln binary, the definition and lock, firstboot's
+//! sources) and reused by every test binary.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::{kiln_bin, text, workspace_root};
+
+/// The outputs of one `kiln build`.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub dir: PathBuf,
+    pub name: String,
+}
+
+impl Built {
+    pub fn qcow2(&self) -> PathBuf {
+        self.dir.join(format!("{}.qcow2", self.name))
+    }
+    pub fn raw(&self) -> PathBuf {
+        self.dir.join(format!("{}.raw", self.name))
+    }
+    pub fn iso(&self) -> PathBuf {
+        self.dir.join(format!("{}.iso", self.name))
+    }
+    pub fn pxe(&self) -> PathBuf {
+        self.dir.join(format!("{}-pxe", self.name))
+    }
+}
+
+fn hash_tree(h: &mut Sha256, dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<PathBuf> = rd.filter_map(Result::ok).map(|e| e.path()).collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            hash_tree(h, &p);
+        } else if let Ok(b) = std::fs::read(&p) {
+            h.update(p.to_string_lossy().as_bytes());
+            h.update(&b);
+        }
+    }
+}
+
+/// Where the build of `definition` for the current inputs lives.
+fn key(definition: &str) -> String {
+    let root = workspace_root();
+    let mut h = Sha256::new();
+    h.update(std::fs::read(kiln_bin()).unwrap_or_default());
+    for f in [definition.to_string(), definition.replace(".toml", ".lock"), "Cargo.lock".into()] {
+        h.update(std::fs::read(root.join(&f)).unwrap_or_default());
+    }
+    hash_tree(&mut h, &root.join("firstboot/src"));
+    hash_tree(&mut h, &root.join("firstboot/units"));
+    hex::encode(h.finalize())[..16].to_string()
+}
+
+/// Builds (or reuses) `definition` with all its outputs.
+pub fn build(definition: &str) -> Built {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let root = workspace_root();
+    let name = Path::new(definition)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let dir = target.join("kiln-test-images").join(format!("{name}-{}", key(definition)));
+    if dir.join("SHA256SUMS").is_file() {
+        return Built { dir, name };
+    }
+    let o = std::process::Command::new(kiln_bin())
+        .args(["build", definition, "--out"])
+        .arg(&dir)
+        .current_dir(&root)
+        .output()
+        .expect("kiln runs");
+    assert!(o.status.success(), "building {definition}: {}", text(&o));
+    Built { dir, name }
+}
+
+/// images/minimal.toml, built once.
+pub fn minimal() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
+    B.get_or_init(|| build("images/minimal.toml"))
+}
