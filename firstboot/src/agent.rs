@@ -252,6 +252,13 @@ pub fn run(sys: &dyn Sys, p: &AgentPaths, env: &Env) -> anyhow::Result<Status> {
     for line in st.summary() {
         say(&line);
     }
+    let id = std::fs::read_to_string(p.etc().join("machine-id")).unwrap_or_default();
+    let id = id.trim();
+    say(&format!(
+        "kiln: machine-id {}, first boot {}",
+        if id.is_empty() { "unknown" } else { id },
+        if st.first_boot { "yes" } else { "no" }
+    ));
     Ok(st)
 }
 
@@ -277,6 +284,11 @@ mod tests {
         std::fs::create_dir_all(&fw).unwrap();
         std::fs::write(fw.join("raw"), "hostname = \"from-fw\"").unwrap();
         std::fs::create_dir_all(p.etc()).unwrap();
+        std::fs::write(
+            p.etc().join("machine-id"),
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .unwrap();
         std::fs::create_dir_all(p.stage1_json().parent().unwrap()).unwrap();
         std::fs::write(
             p.stage1_json(),
@@ -354,7 +366,8 @@ mod tests {
             said.borrow().as_slice(),
             [
                 "kiln: hostname from-fw, addresses eth0 10.0.2.15/24, sources default, fw_cfg, 1 problem",
-                &format!("kiln: problem: {}", st.problems[0])
+                &format!("kiln: problem: {}", st.problems[0]),
+                "kiln: machine-id 0123456789abcdef0123456789abcdef, first boot yes"
             ]
         );
         assert_eq!(sys.calls(), vec![Call::Sethostname("from-fw".into())]);
@@ -393,6 +406,10 @@ mod tests {
         let st2 = run(&sys, &p, &env).unwrap();
         assert!(!st2.first_boot);
         assert_eq!(reloads.get(), 1);
+        assert_eq!(
+            said.borrow().last().map(String::as_str),
+            Some("kiln: machine-id 0123456789abcdef0123456789abcdef, first boot no")
+        );
     }
 
     #[test]

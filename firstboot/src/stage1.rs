@@ -308,12 +308,33 @@ fn run_root_tools(sys: &dyn Sys, l: &Layout, cmds: &[&[&str]]) -> Result<(), Sta
     result
 }
 
+/// The size of the ext4 filesystem on `path` in MiB, from its superblock.
+pub fn ext4_size_mib(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::FileExt as _;
+    let mut sb = [0u8; 1024];
+    std::fs::File::open(path)
+        .ok()?
+        .read_exact_at(&mut sb, 1024)
+        .ok()?;
+    if sb[56..58] != [0x53, 0xEF] {
+        return None;
+    }
+    let u32_at = |o: usize| u64::from(u32::from_le_bytes([sb[o], sb[o + 1], sb[o + 2], sb[o + 3]]));
+    let mut blocks = u32_at(4);
+    if u32_at(0x60) & 0x80 != 0 {
+        blocks |= u32_at(0x150) << 32;
+    }
+    let block_size = 1024u64.checked_shl(u32::try_from(u32_at(24)).ok()?)?;
+    Some(blocks.saturating_mul(block_size) >> 20)
+}
+
 /// Formats (first time only) or resizes `kiln-data` and mounts it at /sysroot/var.
 fn mount_data(
     sys: &dyn Sys,
     l: &Layout,
     devname: &str,
     grown: bool,
+    say: &dyn Fn(&str),
 ) -> Result<&'static str, Stage1Error> {
     let node = l.dev().join(devname);
     let in_root = format!("/dev/{devname}");
@@ -333,6 +354,7 @@ fn mount_data(
         )?;
         how = "created";
     } else if grown {
+        let before = ext4_size_mib(&node);
         run_root_tools(
             sys,
             l,
@@ -341,6 +363,11 @@ fn mount_data(
                 &["/usr/sbin/resize2fs", &in_root],
             ],
         )?;
+        if let (Some(b), Some(a)) = (before, ext4_size_mib(&node)) {
+            say(&format!(
+                "kiln: stage 1: kiln-data grown from {b} to {a} MiB ({devname})"
+            ));
+        }
     }
     let var = l.sysroot().join("var");
     sys.mount(
@@ -495,7 +522,10 @@ fn mount_root_and_var(
     }
     t.root_mounted = sys.monotonic_ms();
     let var = match data {
-        Some((dev, grown)) => format!("kiln-data {} ({dev})", mount_data(sys, l, &dev, grown)?),
+        Some((dev, grown)) => format!(
+            "kiln-data {} ({dev})",
+            mount_data(sys, l, &dev, grown, say)?
+        ),
         None => {
             mount_var_tmpfs(sys, l)?;
             "tmpfs".to_string()
@@ -828,6 +858,42 @@ mod tests {
             std::fs::read_to_string(l.sysroot().join("etc/machine-id")).unwrap(),
             id
         );
+    }
+
+    #[test]
+    fn ext4_size_is_read_from_the_superblock() {
+        // mkfs.ext4 and resize2fs as the oracles.
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("fs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let run = |argv: &[&str]| {
+            let ok = std::process::Command::new(argv[0])
+                .args(&argv[1..])
+                .arg(&img)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            ok
+        };
+        if !run(&["mkfs.ext4", "-q", "-F"]) {
+            return;
+        }
+        assert_eq!(ext4_size_mib(&img), Some(64));
+        std::fs::File::options()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_len(96 << 20)
+            .unwrap();
+        assert!(run(&["e2fsck", "-f", "-p"]));
+        assert!(run(&["resize2fs", "-f"]));
+        assert_eq!(ext4_size_mib(&img), Some(96));
+        assert_eq!(ext4_size_mib(&t.path().join("missing")), None);
+        std::fs::write(&img, [0u8; 4096]).unwrap();
+        assert_eq!(ext4_size_mib(&img), None);
     }
 
     #[test]
