@@ -29,6 +29,18 @@ pub enum Command {
     Lock(LockArgs),
     /// Print the JSON Schema of the definition format (for editors).
     Schema,
+    /// Show what is inside a built output: partitions, slots, boot entries, root, manifest.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A built .raw, .qcow2 or .iso.
+    #[arg(value_name = "OUTPUT")]
+    pub output: PathBuf,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Options that decide where inputs come from.

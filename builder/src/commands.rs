@@ -16,6 +16,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Lock(args) if args.check => lock_check(&args),
         Command::Lock(args) => crate::build::lock(&args),
         Command::Build(args) => crate::build::build(&args),
+        Command::Inspect(args) => {
+            let r = crate::inspect::inspect(&args.output)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                crate::inspect::print(&r);
+            }
+            Ok(())
+        }
     }
 }
 

@@ -14,6 +14,7 @@ pub mod digest;
 pub mod fetch;
 pub mod gobuild;
 pub mod images;
+pub mod inspect;
 pub mod lock;
 pub mod manifest;
 pub mod output;

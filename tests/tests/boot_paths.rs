@@ -28,9 +28,16 @@ fn reaches_systemd(name: &str, spec: &VmSpec, cmdline_arg: &str) {
         .unwrap_or_default()
         .to_string();
     for arg in ["console=tty0", "console=ttyS0,115200", cmdline_arg] {
-        assert!(cmdline.contains(arg), "{name}: {arg} missing from {cmdline:?}");
+        assert!(
+            cmdline.contains(arg),
+            "{name}: {arg} missing from {cmdline:?}"
+        );
     }
-    assert!(!serial.contains("kiln: stage 1 failed"), "{name}: {}", vm.tail(60));
+    assert!(
+        !serial.contains("kiln: stage 1 failed"),
+        "{name}: {}",
+        vm.tail(60)
+    );
     eprintln!(
         "{name}: stage 1 done at {:.1} s, systemd target at {:.1} s",
         stage1.as_secs_f64(),
@@ -89,19 +96,40 @@ fn outputs_pass_external_oracles() {
     let b = minimal();
     let raw = b.raw();
     let raw = raw.to_str().expect("utf8");
-    let table: serde_json::Value = serde_json::from_str(&tool("sfdisk", &["--json", raw])).expect("sfdisk json");
-    let parts = table["partitiontable"]["partitions"].as_array().expect("partitions");
+    let table: serde_json::Value =
+        serde_json::from_str(&tool("sfdisk", &["--json", raw])).expect("sfdisk json");
+    let parts = table["partitiontable"]["partitions"]
+        .as_array()
+        .expect("partitions");
     let names: Vec<&str> = parts.iter().filter_map(|p| p["name"].as_str()).collect();
-    assert_eq!(names, ["BIOS", "ESP", "kiln-root-a", "kiln-root-b"], "{table}");
+    assert_eq!(
+        names,
+        ["BIOS", "ESP", "kiln-root-a", "kiln-root-b"],
+        "{table}"
+    );
     assert_eq!(table["partitiontable"]["label"], "gpt");
     let qcow2 = b.qcow2();
     let qcow2 = qcow2.to_str().expect("utf8");
     tool("qemu-img", &["check", qcow2]);
-    let cmp = tool("qemu-img", &["compare", "-f", "raw", "-F", "qcow2", raw, qcow2]);
+    let cmp = tool(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "qcow2", raw, qcow2],
+    );
     assert!(cmp.contains("Images are identical"), "{cmp}");
     let iso = b.iso();
-    let report = tool("xorriso", &["-indev", iso.to_str().expect("utf8"), "-report_el_torito", "plain"]);
-    assert!(report.contains("BIOS") && report.contains("UEFI"), "{report}");
+    let report = tool(
+        "xorriso",
+        &[
+            "-indev",
+            iso.to_str().expect("utf8"),
+            "-report_el_torito",
+            "plain",
+        ],
+    );
+    assert!(
+        report.contains("BIOS") && report.contains("UEFI"),
+        "{report}"
+    );
     // The root squashfs on the ISO: owners and modes as in the image.
     let tmp = tempfile::tempdir().expect("tmp");
     let sq = tmp.path().join("root.squashfs");
@@ -122,7 +150,11 @@ fn outputs_pass_external_oracles() {
             .to_string()
     };
     assert!(line("/usr/bin/firstboot").starts_with("-rwxr-xr-x 0/0"));
-    assert!(line("/etc/shadow").starts_with("-rw-r----- 0/42"), "{}", line("/etc/shadow"));
+    assert!(
+        line("/etc/shadow").starts_with("-rw-r----- 0/42"),
+        "{}",
+        line("/etc/shadow")
+    );
     assert!(line("/usr/bin/passwd").starts_with("-rwsr-xr-x 0/0"));
     assert!(line("squashfs-root/bin -> usr/bin").starts_with("lrwxrwxrwx"));
 }
@@ -145,7 +177,14 @@ fn every_output_rebuilds_byte_identical() {
     assert!(o.status.success(), "{}", text(&o));
     let (sa, sb) = (snapshot(&a.dir), snapshot(&b));
     let names: Vec<&String> = sa.keys().collect();
-    for want in ["minimal.qcow2", "minimal.raw", "minimal.iso", "minimal-pxe/initramfs", "SHA256SUMS", "sbom.spdx.json"] {
+    for want in [
+        "minimal.qcow2",
+        "minimal.raw",
+        "minimal.iso",
+        "minimal-pxe/initramfs",
+        "SHA256SUMS",
+        "sbom.spdx.json",
+    ] {
         assert!(sa.contains_key(want), "{want} missing: {names:?}");
     }
     let differing: Vec<&String> = sa.keys().filter(|k| sa.get(*k) != sb.get(*k)).collect();
@@ -158,4 +197,58 @@ fn every_output_rebuilds_byte_identical() {
         }
     }
     assert!(differing.is_empty(), "outputs differ: {differing:?}");
+}
+
+#[test]
+fn inspect_reports_partitions_slots_and_boot_entries() {
+    let b = minimal();
+    for file in [b.raw(), b.qcow2()] {
+        let o = kiln_tests::kiln(&["inspect", "--json", file.to_str().expect("utf8")], &[]);
+        assert!(o.status.success(), "{}", text(&o));
+        let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        let names: Vec<&str> = r["partitions"]
+            .as_array()
+            .expect("parts")
+            .iter()
+            .filter_map(|p| p["name"].as_str())
+            .collect();
+        assert_eq!(names, ["BIOS", "ESP", "kiln-root-a", "kiln-root-b"]);
+        assert_eq!(
+            r["slots"],
+            serde_json::json!([["a", true], ["b", false]]),
+            "{file:?}"
+        );
+        let cmdlines: Vec<&str> = r["kernel-cmdlines"]
+            .as_array()
+            .expect("cmdlines")
+            .iter()
+            .filter_map(|c| c.as_str())
+            .collect();
+        assert!(
+            cmdlines
+                .iter()
+                .any(|c| c.contains("console=ttyS0,115200") && c.contains("kiln.slot=a")),
+            "{cmdlines:?}"
+        );
+        assert!(
+            cmdlines.iter().any(|c| c.contains("kiln.slot=b")),
+            "{cmdlines:?}"
+        );
+        assert_eq!(r["manifest"]["image"], "minimal");
+    }
+    let o = kiln_tests::kiln(&["inspect", b.raw().to_str().expect("utf8")], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("Compression zstd") && out.contains("slot a: squashfs root"),
+        "{out}"
+    );
+    let o = kiln_tests::kiln(&["inspect", b.iso().to_str().expect("utf8"), "--json"], &[]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert!(
+        r["kernel-cmdlines"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("kiln.root=iso"),
+        "{r}"
+    );
 }
