@@ -89,26 +89,32 @@ fn read_range(file: &Path, format: &str, offset: u64, len: u64, tmp: &Path) -> R
         f.read_exact(&mut buf)?;
         return Ok(buf);
     }
-    let bs = SECTOR;
+    // qemu-img dd cannot skip into a qcow2 here; a raw view with an offset can.
+    let start = offset / SECTOR * SECTOR;
+    let size = (offset + len - start).div_ceil(SECTOR) * SECTOR;
     let out = tmp.join("range.raw");
+    let _ = std::fs::remove_file(&out);
+    let opts = format!(
+        "driver=raw,offset={start},size={size},file.driver={format},file.file.driver=file,file.file.filename={}",
+        file.display()
+    );
     run(
         "qemu-img",
         &[
-            "dd",
-            "-f",
-            format,
+            "convert",
+            "--image-opts",
+            &opts,
             "-O",
             "raw",
-            &format!("bs={bs}"),
-            &format!("skip={}", offset / bs),
-            &format!("count={}", len.div_ceil(bs)),
-            &format!("if={}", file.display()),
-            &format!("of={}", out.display()),
+            &out.to_string_lossy(),
         ],
     )?;
-    let mut bytes = std::fs::read(&out)?;
-    bytes.truncate(len as usize);
-    Ok(bytes)
+    let bytes = std::fs::read(&out)?;
+    let from = (offset - start) as usize;
+    Ok(bytes
+        .get(from..from + len as usize)
+        .unwrap_or_default()
+        .to_vec())
 }
 
 fn menu_lines(cfg: &str) -> Vec<String> {
