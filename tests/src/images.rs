@@ -52,7 +52,11 @@ fn key(definition: &str) -> String {
     let root = workspace_root();
     let mut h = Sha256::new();
     h.update(std::fs::read(kiln_bin()).unwrap_or_default());
-    for f in [definition.to_string(), definition.replace(".toml", ".lock"), "Cargo.lock".into()] {
+    for f in [
+        definition.to_string(),
+        definition.replace(".toml", ".lock"),
+        "Cargo.lock".into(),
+    ] {
         h.update(std::fs::read(root.join(&f)).unwrap_or_default());
     }
     hash_tree(&mut h, &root.join("firstboot/src"));
@@ -72,7 +76,9 @@ pub fn build(definition: &str) -> Built {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"));
-    let dir = target.join("kiln-test-images").join(format!("{name}-{}", key(definition)));
+    let dir = target
+        .join("kiln-test-images")
+        .join(format!("{name}-{}", key(definition)));
     if dir.join("SHA256SUMS").is_file() {
         return Built { dir, name };
     }

@@ -1,7 +1,7 @@
 //! Kiln's test support: local mirror server, the `kiln` binary, directory snapshots,
 //! QEMU harness.
-pub mod mirror;
 pub mod images;
+pub mod mirror;
 pub mod qemu;
 
 use std::collections::BTreeMap;

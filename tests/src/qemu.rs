@@ -64,7 +64,10 @@ impl VmSpec {
     }
 
     pub fn fw_cfg_file(mut self, name: &str, file: &Path) -> Self {
-        self.args.extend(["-fw_cfg".into(), format!("name={name},file={}", file.display())]);
+        self.args.extend([
+            "-fw_cfg".into(),
+            format!("name={name},file={}", file.display()),
+        ]);
         self
     }
 
@@ -85,25 +88,42 @@ impl Vm {
     pub fn start(spec: &VmSpec) -> std::io::Result<Vm> {
         let dir = tempfile::tempdir()?;
         let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-accel", "tcg", "-smp", "2", "-display", "none", "-nodefaults"])
-            .args(["-m", &spec.memory_mib.to_string()])
-            .arg("-serial")
-            .arg(format!("file:{}", dir.path().join("serial.log").display()))
-            .arg("-monitor")
-            .arg(format!("unix:{},server=on,wait=off", dir.path().join("monitor.sock").display()))
-            .args(["-device", "virtio-rng-pci"]);
+        c.args([
+            "-accel",
+            "tcg",
+            "-smp",
+            "2",
+            "-display",
+            "none",
+            "-nodefaults",
+        ])
+        .args(["-m", &spec.memory_mib.to_string()])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.path().join("serial.log").display()))
+        .arg("-monitor")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.path().join("monitor.sock").display()
+        ))
+        .args(["-device", "virtio-rng-pci"]);
         if spec.firmware == Firmware::Uefi {
             let vars = dir.path().join("OVMF_VARS.fd");
             std::fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &vars)?;
             c.arg("-drive")
                 .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd")
                 .arg("-drive")
-                .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ));
         }
         if let Some(net) = &spec.net {
             let mut n = "user,id=n0,restrict=off".to_string();
             for f in &net.hostfwd {
-                assert!(f.contains("127.0.0.1:"), "host forwards bind loopback only: {f}");
+                assert!(
+                    f.contains("127.0.0.1:"),
+                    "host forwards bind loopback only: {f}"
+                );
                 n.push_str(&format!(",hostfwd={f}"));
             }
             if let Some((root, file)) = &net.tftp {
@@ -114,7 +134,9 @@ impl Vm {
         c.args(&spec.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.path().join("qemu.err"))?));
+            .stderr(Stdio::from(std::fs::File::create(
+                dir.path().join("qemu.err"),
+            )?));
         let child = c.spawn()?;
         Ok(Vm {
             child,
@@ -135,7 +157,10 @@ impl Vm {
         let lines: Vec<&str> = s.lines().collect();
         let start = lines.len().saturating_sub(n);
         let err = std::fs::read_to_string(self.dir.path().join("qemu.err")).unwrap_or_default();
-        format!("--- serial (last {n} lines)\n{}\n--- qemu stderr\n{err}", lines[start..].join("\n"))
+        format!(
+            "--- serial (last {n} lines)\n{}\n--- qemu stderr\n{err}",
+            lines[start..].join("\n")
+        )
     }
 
     /// Seconds since QEMU started.
@@ -155,7 +180,10 @@ impl Vm {
                 if self.serial().contains(needle) {
                     return Ok(self.started.elapsed());
                 }
-                return Err(format!("QEMU exited ({st}) before {needle:?}\n{}", self.tail(60)));
+                return Err(format!(
+                    "QEMU exited ({st}) before {needle:?}\n{}",
+                    self.tail(60)
+                ));
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -185,7 +213,10 @@ impl Vm {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("QEMU still running after {timeout:?}\n{}", self.tail(40)));
+                return Err(format!(
+                    "QEMU still running after {timeout:?}\n{}",
+                    self.tail(40)
+                ));
             }
             std::thread::sleep(Duration::from_millis(250));
         }
