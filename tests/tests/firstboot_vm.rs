@@ -239,12 +239,18 @@ fn power_cut_during_first_boot_then_first_boot_completes() {
         .disk(&disk, "qcow2", false)
         .fw_cfg_file("opt/kiln/config", &fw);
 
-    // Cut the power while systemd starts, before the agent reports.
+    // Cut the power in stage 1, right after the data partition was made and mounted.
     let mut vm = Vm::start(&spec).unwrap();
     wait(
         &mut vm,
         "kiln: stage 1: root slot-a, /var kiln-data created",
     );
+    vm.kill();
+    drop(vm);
+
+    // Then again while systemd starts, before the agent reports.
+    let mut vm = Vm::start(&spec).unwrap();
+    wait(&mut vm, "kiln: stage 1: root slot-a, /var kiln-data ");
     wait(&mut vm, "switching root");
     std::thread::sleep(Duration::from_secs(3));
     vm.kill();
