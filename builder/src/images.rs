@@ -108,7 +108,7 @@ pub fn write(
     );
     lap("initramfs", t);
 
-    let id = BootIdentity::new(&def.name, &def.version);
+    let id = BootIdentity::new(&def.name, &def.version).with_args(&def.cmdline);
     let name = &def.name;
     let wants = |f: OutputFormat| bootable.contains(&f);
     if wants(OutputFormat::Raw) || wants(OutputFormat::Qcow2) {
@@ -159,8 +159,13 @@ pub fn write(
             ..spec
         };
         initramfs::build(tree, &spec, &pxe_initrd).context("building the PXE initramfs")?;
-        pxe::write(&kernel, &pxe_initrd, &staging.join(format!("{name}-pxe")))
-            .context("writing the PXE bundle")?;
+        pxe::write(
+            &id,
+            &kernel,
+            &pxe_initrd,
+            &staging.join(format!("{name}-pxe")),
+        )
+        .context("writing the PXE bundle")?;
         lap("pxe", t);
     }
     tools.sort();

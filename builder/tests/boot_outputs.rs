@@ -360,8 +360,13 @@ fn a_missing_kernel_fails_clearly_and_leaves_nothing() {
     let err = disk::write_raw(&spec, &out.path().join("disk.raw")).expect_err("no kernel");
     assert!(matches!(err, BootError::MissingKernel { .. }), "{err}");
     assert!(err.to_string().contains("no-vmlinuz"), "{err}");
-    let err =
-        boot::pxe::write(&missing, &o.initramfs, &out.path().join("pxe")).expect_err("no kernel");
+    let err = boot::pxe::write(
+        &boot_common::identity(),
+        &missing,
+        &o.initramfs,
+        &out.path().join("pxe"),
+    )
+    .expect_err("no kernel");
     assert!(matches!(err, BootError::MissingKernel { .. }), "{err}");
     assert!(dir_is_empty(out.path()));
 

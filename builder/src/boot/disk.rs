@@ -153,7 +153,7 @@ pub fn esp_menu(id: &BootIdentity) -> String {
         title: format!("{} {} (slot {slot})", id.name, id.version),
         kernel: format!("/kiln/{slot}/vmlinuz"),
         initrd: format!("/kiln/{slot}/initramfs"),
-        args: format!("kiln.slot={slot}"),
+        args: id.args(&format!("kiln.slot={slot}")),
     };
     grub::menu(&[entry("a"), entry("b")])
 }

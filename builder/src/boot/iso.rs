@@ -30,7 +30,7 @@ pub fn iso_menu(id: &BootIdentity) -> String {
         title: format!("{} {} (live)", id.name, id.version),
         kernel: "/kiln/vmlinuz".into(),
         initrd: "/kiln/initramfs".into(),
-        args: "kiln.root=iso".into(),
+        args: id.args("kiln.root=iso"),
     }])
 }
 

@@ -37,6 +37,9 @@ pub const EMBEDDED_ROOT_PATH: &str = "root.squashfs";
 pub struct BootIdentity {
     pub name: String,
     pub version: String,
+    /// Extra kernel arguments from the definition, appended to every boot entry
+    /// (after the console and `kiln.*` arguments). Not part of any derived GUID.
+    pub extra_args: String,
 }
 
 /// A 16-byte UUID in canonical (RFC 4122, big-endian) byte order.
@@ -91,6 +94,22 @@ impl BootIdentity {
         BootIdentity {
             name: name.to_string(),
             version: version.to_string(),
+            extra_args: String::new(),
+        }
+    }
+
+    /// The same identity with extra kernel arguments for every boot entry.
+    pub fn with_args(mut self, args: &str) -> Self {
+        self.extra_args = args.split_whitespace().collect::<Vec<_>>().join(" ");
+        self
+    }
+
+    /// `base` followed by the extra arguments, if any.
+    pub fn args(&self, base: &str) -> String {
+        if self.extra_args.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base} {}", self.extra_args)
         }
     }
 

@@ -16,17 +16,18 @@ pub fn embedded_root(root_squashfs: &Path) -> Vec<(TreePath, PathBuf)> {
     )]
 }
 
-pub fn boot_script() -> String {
+pub fn boot_script(id: &super::BootIdentity) -> String {
     format!(
         "#!ipxe\n\
-         kernel vmlinuz initrd=initramfs {CONSOLE_ARGS} kiln.root=embedded\n\
+         kernel vmlinuz initrd=initramfs {CONSOLE_ARGS} {}\n\
          initrd initramfs\n\
-         boot\n"
+         boot\n",
+        id.args("kiln.root=embedded")
     )
 }
 
 /// Writes the bundle into the directory `out` (created; must not exist or be empty).
-pub fn write(kernel: &Path, initramfs: &Path, out: &Path) -> Result<()> {
+pub fn write(id: &super::BootIdentity, kernel: &Path, initramfs: &Path, out: &Path) -> Result<()> {
     if !kernel.is_file() {
         return Err(BootError::MissingKernel {
             kver: "(any)".into(),
@@ -42,7 +43,7 @@ pub fn write(kernel: &Path, initramfs: &Path, out: &Path) -> Result<()> {
         fs::copy(src, d.join(name)).map_err(io_err("copying", src))?;
     }
     let script = d.join("boot.ipxe");
-    fs::write(&script, boot_script()).map_err(io_err("writing", &script))?;
+    fs::write(&script, boot_script(id)).map_err(io_err("writing", &script))?;
     use std::os::unix::fs::PermissionsExt;
     for name in ["vmlinuz", "initramfs", "boot.ipxe"] {
         let p = d.join(name);
@@ -59,4 +60,22 @@ pub fn write(kernel: &Path, initramfs: &Path, out: &Path) -> Result<()> {
         let _ = fs::remove_dir_all(&kept);
         io_err("moving into place", out)(e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{disk::esp_menu, iso::iso_menu, BootIdentity};
+    use super::boot_script;
+
+    #[test]
+    fn definition_args_reach_every_boot_entry() {
+        let plain = BootIdentity::new("n", "1");
+        assert!(boot_script(&plain).contains("console=ttyS0,115200 kiln.root=embedded\n"));
+        let id = BootIdentity::new("n", "1").with_args("  quiet   kiln.hostname=a ");
+        assert_eq!(id.uuid("disk"), plain.uuid("disk"), "args do not change GUIDs");
+        assert!(boot_script(&id).contains("kiln.root=embedded quiet kiln.hostname=a\n"));
+        assert!(esp_menu(&id).contains("kiln.slot=a quiet kiln.hostname=a"));
+        assert!(esp_menu(&id).contains("kiln.slot=b quiet kiln.hostname=a"));
+        assert!(iso_menu(&id).contains("kiln.root=iso quiet kiln.hostname=a"));
+    }
 }
