@@ -72,7 +72,11 @@ mod tests {
         let plain = BootIdentity::new("n", "1");
         assert!(boot_script(&plain).contains("console=ttyS0,115200 kiln.root=embedded\n"));
         let id = BootIdentity::new("n", "1").with_args("  quiet   kiln.hostname=a ");
-        assert_eq!(id.uuid("disk"), plain.uuid("disk"), "args do not change GUIDs");
+        assert_eq!(
+            id.uuid("disk"),
+            plain.uuid("disk"),
+            "args do not change GUIDs"
+        );
         assert!(boot_script(&id).contains("kiln.root=embedded quiet kiln.hostname=a\n"));
         assert!(esp_menu(&id).contains("kiln.slot=a quiet kiln.hostname=a"));
         assert!(esp_menu(&id).contains("kiln.slot=b quiet kiln.hostname=a"));
