@@ -111,27 +111,9 @@ pub fn licenses_from_tree(tree: &Tree, inputs: &[Input]) -> BTreeMap<String, Str
     out
 }
 
-/// Seconds since the epoch as an RFC 3339 UTC timestamp.
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
+/// Seconds since the epoch as an RFC 3339 UTC timestamp (one implementation for the
+/// whole builder: the Go inputs stamp their buildDate with it too).
+pub use crate::gobuild::rfc3339_utc as rfc3339;
 
 fn spdx_id(kind: &str, name: &str) -> String {
     let clean: String = name
