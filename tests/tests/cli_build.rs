@@ -105,12 +105,24 @@ fn minimal_tar_is_reproducible_across_dirs_times_and_umask() {
     let lock = std::fs::read_to_string(kiln_tests::workspace_root().join("images/minimal.lock"))
         .expect("lock");
     let n_debs = lock.matches("[[debian.deb]]").count();
-    assert_eq!(m["inputs"].as_array().map(Vec::len), Some(n_debs));
+    let inputs = m["inputs"].as_array().expect("inputs");
+    let debs = inputs.iter().filter(|i| i["kind"] == "deb").count();
+    assert_eq!(debs, n_debs, "every locked .deb is an input");
+    assert!(
+        inputs
+            .iter()
+            .any(|i| i["kind"] == "local" && i["name"] == "firstboot"),
+        "the firstboot binary is an input"
+    );
     let sbom: serde_json::Value =
         serde_json::from_slice(&std::fs::read(a.join("sbom.spdx.json")).expect("sbom"))
             .expect("json");
     assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
-    assert_eq!(sbom["packages"].as_array().map(Vec::len), Some(n_debs + 1));
+    // The image itself, every input (the .debs and firstboot).
+    assert_eq!(
+        sbom["packages"].as_array().map(Vec::len),
+        Some(inputs.len() + 1)
+    );
     let systemd = sbom["packages"]
         .as_array()
         .and_then(|p| p.iter().find(|p| p["name"] == "systemd"))
