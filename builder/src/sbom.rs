@@ -71,19 +71,7 @@ pub fn spdx_expression(debian: &str) -> String {
             .iter()
             .find(|(d, _)| d.eq_ignore_ascii_case(w))
             .map(|(_, s)| s.to_string())
-            .unwrap_or_else(|| {
-                let clean: String = w
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                            c
-                        } else {
-                            '-'
-                        }
-                    })
-                    .collect();
-                format!("LicenseRef-{clean}")
-            });
+            .unwrap_or_else(|| format!("LicenseRef-{}", idstring(w)));
         out.push(id);
     }
     if out.is_empty() || out.first().is_some_and(|w| w == "OR" || w == "AND") {
@@ -115,9 +103,9 @@ pub fn licenses_from_tree(tree: &Tree, inputs: &[Input]) -> BTreeMap<String, Str
 /// whole builder: the Go inputs stamp their buildDate with it too).
 pub use crate::gobuild::rfc3339_utc as rfc3339;
 
-fn spdx_id(kind: &str, name: &str) -> String {
-    let clean: String = name
-        .chars()
+/// SPDX's idstring: letters, digits, `.` and `-`; anything else becomes `-`.
+fn idstring(s: &str) -> String {
+    s.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
                 c
@@ -125,8 +113,11 @@ fn spdx_id(kind: &str, name: &str) -> String {
                 '-'
             }
         })
-        .collect();
-    format!("SPDXRef-{kind}-{clean}")
+        .collect()
+}
+
+fn spdx_id(kind: &str, name: &str) -> String {
+    format!("SPDXRef-{kind}-{}", idstring(name))
 }
 
 /// The SPDX 2.3 document for an image.
