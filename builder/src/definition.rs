@@ -380,6 +380,14 @@ pub fn load(path: &Path) -> Result<Definition, DefinitionError> {
     finish(path, merged)
 }
 
+/// A section present in both files is merged with `f`; otherwise whichever exists.
+fn merge_opt<T>(base: Option<T>, child: Option<T>, f: impl FnOnce(T, T) -> T) -> Option<T> {
+    match (base, child) {
+        (Some(b), Some(c)) => Some(f(b, c)),
+        (b, c) => c.or(b),
+    }
+}
+
 fn pick<T>(child: Option<T>, base: Option<T>) -> Option<T> {
     child.or(base)
 }
@@ -406,49 +414,34 @@ fn merge_keyed<T>(base: Vec<T>, child: Vec<T>, key: impl Fn(&T) -> String) -> Ve
 /// Merges a variant over its base: scalars in the child win, lists add up, entries
 /// with the same name or path are replaced. A pure function.
 pub fn merge(base: DefinitionFile, child: DefinitionFile) -> DefinitionFile {
-    let image = match (base.image, child.image) {
-        (Some(b), Some(c)) => Some(ImageSection {
-            name: pick(c.name, b.name),
-            version: pick(c.version, b.version),
-            arch: pick(c.arch, b.arch),
-            epoch: pick(c.epoch, b.epoch),
-            outputs: pick(c.outputs, b.outputs),
-        }),
-        (b, c) => c.or(b),
-    };
-    let debian = match (base.debian, child.debian) {
-        (Some(b), Some(c)) => Some(DebianSection {
-            suite: pick(c.suite, b.suite),
-            components: pick(c.components, b.components),
-            packages: append_unique(b.packages, c.packages),
-            exclude: append_unique(b.exclude, c.exclude),
-            essential: pick(c.essential, b.essential),
-            mirror: pick(c.mirror, b.mirror),
-        }),
-        (b, c) => c.or(b),
-    };
-    let systemd = match (base.systemd, child.systemd) {
-        (Some(b), Some(c)) => Some(Systemd {
-            enable: append_unique(b.enable, c.enable),
-            mask: append_unique(b.mask, c.mask),
-            default_target: pick(c.default_target, b.default_target),
-        }),
-        (b, c) => c.or(b),
-    };
-    let kernel = match (base.kernel, child.kernel) {
-        (Some(b), Some(c)) => Some(KernelSection {
-            package: pick(c.package, b.package),
-            cmdline: pick(c.cmdline, b.cmdline),
-        }),
-        (b, c) => c.or(b),
-    };
-    let machine = match (base.machine, child.machine) {
-        (Some(mut b), Some(c)) => {
-            merge_tables(&mut b, c);
-            Some(b)
-        }
-        (b, c) => c.or(b),
-    };
+    let image = merge_opt(base.image, child.image, |b, c| ImageSection {
+        name: pick(c.name, b.name),
+        version: pick(c.version, b.version),
+        arch: pick(c.arch, b.arch),
+        epoch: pick(c.epoch, b.epoch),
+        outputs: pick(c.outputs, b.outputs),
+    });
+    let debian = merge_opt(base.debian, child.debian, |b, c| DebianSection {
+        suite: pick(c.suite, b.suite),
+        components: pick(c.components, b.components),
+        packages: append_unique(b.packages, c.packages),
+        exclude: append_unique(b.exclude, c.exclude),
+        essential: pick(c.essential, b.essential),
+        mirror: pick(c.mirror, b.mirror),
+    });
+    let systemd = merge_opt(base.systemd, child.systemd, |b, c| Systemd {
+        enable: append_unique(b.enable, c.enable),
+        mask: append_unique(b.mask, c.mask),
+        default_target: pick(c.default_target, b.default_target),
+    });
+    let kernel = merge_opt(base.kernel, child.kernel, |b, c| KernelSection {
+        package: pick(c.package, b.package),
+        cmdline: pick(c.cmdline, b.cmdline),
+    });
+    let machine = merge_opt(base.machine, child.machine, |mut b, c| {
+        merge_tables(&mut b, c);
+        b
+    });
     DefinitionFile {
         extends: None,
         image,
