@@ -177,12 +177,11 @@ pub fn read_stage1(path: &Path) -> Option<Timings> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for Unix milliseconds.
-pub fn rfc3339(unix_ms: u64) -> String {
-    let secs = unix_ms / 1000;
+/// Calendar date and time of day (UTC) for Unix seconds:
+/// (year, month, day, hour, minute, second). Howard Hinnant's civil_from_days.
+pub fn civil_utc(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
     let days = (secs / 86400) as i64;
     let rem = secs % 86400;
-    // Civil from days (Howard Hinnant's algorithm).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -192,11 +191,14 @@ pub fn rfc3339(unix_ms: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d, rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for Unix milliseconds.
+pub fn rfc3339(unix_ms: u64) -> String {
+    let (y, m, d, hh, mm, ss) = civil_utc(unix_ms / 1000);
     format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
+        "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:03}Z",
         unix_ms % 1000
     )
 }
