@@ -14,6 +14,7 @@ use crate::debian::{self, DebianRequest};
 use crate::definition::{Definition, OutputFormat};
 use crate::digest::Digest;
 use crate::fetch::{FetchError, FetchRequest, Fetcher, FetcherOptions, Rewrite};
+use crate::gobuild::GoError;
 use crate::lock::{self, lock_path, Lock, LOCK_VERSION};
 use crate::manifest::{self, Input, Manifest, OutputFile, Tool};
 use crate::staging::Staging;
@@ -84,19 +85,27 @@ pub fn lock(args: &LockArgs) -> Result<()> {
             Some(dl)
         }
     };
+    let mut go = Vec::new();
+    for input in &def.go {
+        let out = crate::gobuild::build(input, def.epoch, fetcher.cache().root(), true)
+            .with_context(|| format!("building go input {}", input.name))?;
+        go.push(lock::GoInputLock::new(input, &out.lock()));
+    }
     let new = Lock {
         version: LOCK_VERSION,
         debian,
         artifact: Lock::artifacts_of(&def),
+        go,
     };
     report_changes(previous.as_ref(), &new);
     write_atomic_bytes(&path, new.to_toml().as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     eprintln!(
-        "{}: {} packages, {} artifacts",
+        "{}: {} packages, {} artifacts, {} go inputs",
         path.display(),
         new.debian.as_ref().map_or(0, |d| d.debs.len()),
-        new.artifact.len()
+        new.artifact.len(),
+        new.go.len()
     );
     Ok(())
 }
@@ -137,7 +146,21 @@ pub struct BuildSummary {
     pub outputs: Vec<OutputFile>,
     pub downloaded: usize,
     pub cached: usize,
+    /// What each go input's build did: a cache hit runs no compile and no download.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub go: Vec<GoSummary>,
     pub seconds: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GoSummary {
+    pub name: String,
+    pub cache_hit: bool,
+    /// Every `go` command the build ran.
+    pub commands: Vec<String>,
+    pub seconds: f64,
+    pub binaries: Vec<crate::gobuild::GoBinary>,
 }
 
 /// Everything fetched for a build, in lock order.
@@ -203,6 +226,7 @@ pub fn assemble(
     def: &Definition,
     fetched_debs: &[DebInput],
     artifacts: &BTreeMap<String, PathBuf>,
+    go: &[GoBuilt],
     store: &ContentStore,
     firstboot: &Path,
 ) -> Result<Tree> {
@@ -231,9 +255,83 @@ pub fn assemble(
                 .with_context(|| format!("artifact {}", a.name))?;
         }
     }
+    for g in go {
+        for b in &g.output.binaries {
+            let at = format!("{}/{}", g.input.dest().trim_end_matches('/'), b.name);
+            let p = TreePath::from_definition(&at)?;
+            let content = Content::OnDisk {
+                path: b.path.clone(),
+                size: b.size,
+            };
+            tree.replace(&p, Entry::file(content, 0o755, &g.input.name).at(def.epoch))?;
+        }
+    }
     add_firstboot(&mut tree, def, firstboot)?;
     crate::assemble::apply(&mut tree, def)?;
     Ok(tree)
+}
+
+/// A go input and what its build gave.
+pub struct GoBuilt {
+    pub input: crate::gobuild::GoInput,
+    pub output: crate::gobuild::GoBuildOutput,
+}
+
+/// Builds every go input of the definition (cache hits are instant) and checks each against
+/// the lock, unless `relock`: then the lock's go entries are rewritten from the fresh builds.
+fn build_go(
+    def: &Definition,
+    lock: &mut Lock,
+    cache_root: &Path,
+    relock: bool,
+) -> Result<Vec<GoBuilt>> {
+    let mut out = Vec::new();
+    let mut changed = false;
+    for input in &def.go {
+        let locked = lock.go.iter().find(|l| l.name == input.name).cloned();
+        let output = match (&locked, relock) {
+            (Some(l), false) => {
+                crate::gobuild::build_locked(input, def.epoch, cache_root, true, &l.built())
+                    .map_err(|e| {
+                        let hint = match e {
+                            GoError::LockMismatch { .. }
+                            | GoError::LockGoVersion { .. }
+                            | GoError::LockMissing { .. } => format!(
+                                "the fresh build differs from {} (a reproducibility regression?); \
+                                 `kiln build --relock` accepts the new binaries",
+                                lock_path(&def.path).display()
+                            ),
+                            _ => format!("building go input {}", input.name),
+                        };
+                        anyhow::Error::new(e).context(hint)
+                    })?
+            }
+            _ => crate::gobuild::build(input, def.epoch, cache_root, true)
+                .with_context(|| format!("building go input {}", input.name))?,
+        };
+        let fresh = lock::GoInputLock::new(input, &output.lock());
+        if locked.as_ref() != Some(&fresh) {
+            lock.go.retain(|l| l.name != input.name);
+            lock.go.push(fresh);
+            changed = true;
+        }
+        for b in &output.binaries {
+            if !output.report.cache_hit {
+                eprintln!("go {}: built {} ({} bytes)", input.name, b.name, b.size);
+            }
+        }
+        out.push(GoBuilt {
+            input: input.clone(),
+            output,
+        });
+    }
+    if changed {
+        let path = lock_path(&def.path);
+        write_atomic_bytes(&path, lock.to_toml().as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("{}: go pins updated (--relock)", path.display());
+    }
+    Ok(out)
 }
 
 /// The systemd unit of firstboot's stage 2.
@@ -267,7 +365,7 @@ fn add_firstboot(tree: &mut Tree, def: &Definition, firstboot: &Path) -> Result<
     Ok(())
 }
 
-fn inputs_of(lock: &Lock) -> Vec<Input> {
+fn inputs_of(lock: &Lock, go: &[GoBuilt]) -> Vec<Input> {
     let mut v: Vec<Input> = lock
         .debian
         .iter()
@@ -287,6 +385,18 @@ fn inputs_of(lock: &Lock) -> Vec<Input> {
         source: a.url.clone(),
         checksum: a.checksum.clone(),
     }));
+    for g in go {
+        v.extend(g.output.binaries.iter().map(|b| Input {
+            kind: "go".into(),
+            name: b.name.clone(),
+            version: g.input.version.clone(),
+            source: format!(
+                "{}@{} ({}, {})",
+                g.input.module, g.input.version, b.package, g.output.go_version
+            ),
+            checksum: b.sha256.clone(),
+        }));
+    }
     v
 }
 
@@ -305,7 +415,7 @@ fn write_file(
 pub fn build(args: &BuildArgs) -> Result<()> {
     let started = Instant::now();
     let mut seconds = BTreeMap::new();
-    let (def, lock) = crate::commands::definition_and_lock(&args.definition)?;
+    let (def, mut lock) = crate::commands::definition_and_lock(&args.definition, args.relock)?;
     let formats: Vec<OutputFormat> = if args.format.is_empty() {
         def.outputs.clone()
     } else {
@@ -315,6 +425,12 @@ pub fn build(args: &BuildArgs) -> Result<()> {
     let t = Instant::now();
     let fetched = fetch_inputs(&def, &lock, &fetcher)?;
     seconds.insert("fetch".to_string(), t.elapsed().as_secs_f64());
+
+    let t = Instant::now();
+    let go = build_go(&def, &mut lock, fetcher.cache().root(), args.relock)?;
+    if !def.go.is_empty() {
+        seconds.insert("go".to_string(), t.elapsed().as_secs_f64());
+    }
 
     let t = Instant::now();
     let store = ContentStore::open(fetcher.cache().root()).with_context(|| {
@@ -333,7 +449,14 @@ pub fn build(args: &BuildArgs) -> Result<()> {
         })
         .collect();
     let firstboot = crate::selfbuild::firstboot()?;
-    let tree = assemble(&def, &deb_inputs, &fetched.artifacts, &store, &firstboot)?;
+    let tree = assemble(
+        &def,
+        &deb_inputs,
+        &fetched.artifacts,
+        &go,
+        &store,
+        &firstboot,
+    )?;
     seconds.insert("assemble".to_string(), t.elapsed().as_secs_f64());
 
     let staging = Staging::new(&args.out)?;
@@ -374,7 +497,7 @@ pub fn build(args: &BuildArgs) -> Result<()> {
     }
     outputs.sort();
     tools.sort();
-    let mut inputs = inputs_of(&lock);
+    let mut inputs = inputs_of(&lock, &go);
     inputs.push(Input {
         kind: "local".into(),
         name: "firstboot".into(),
@@ -424,6 +547,16 @@ pub fn build(args: &BuildArgs) -> Result<()> {
         outputs,
         downloaded: fetched.downloaded,
         cached: fetched.cached,
+        go: go
+            .iter()
+            .map(|g| GoSummary {
+                name: g.input.name.clone(),
+                cache_hit: g.output.report.cache_hit,
+                commands: g.output.report.commands.clone(),
+                seconds: g.output.report.elapsed.as_secs_f64(),
+                binaries: g.output.binaries.clone(),
+            })
+            .collect(),
         seconds,
     };
     if args.json {

@@ -74,6 +74,10 @@ pub struct BuildArgs {
     /// Print a JSON summary of the build on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Accept Go binaries that differ from the lock (and go inputs missing from it) and
+    /// rewrite the lock's go pins; without it such a build fails naming the binary.
+    #[arg(long)]
+    pub relock: bool,
     #[command(flatten)]
     pub fetch: FetchArgs,
 }

@@ -49,11 +49,19 @@ fn lock_check(args: &LockArgs) -> Result<()> {
 }
 
 /// Reads a definition and its lock and checks that they agree.
-pub fn definition_and_lock(def_path: &std::path::Path) -> Result<(definition::Definition, Lock)> {
+/// With `relock`, disagreements about go inputs are left for the build to repair.
+pub fn definition_and_lock(
+    def_path: &std::path::Path,
+    relock: bool,
+) -> Result<(definition::Definition, Lock)> {
     let def = definition::load(def_path)?;
     let path = lock_path(def_path);
     let lock = Lock::read(&path, def_path)?;
-    let m = lock.mismatches(&def);
+    let mut m = lock.mismatches(&def);
+    if relock {
+        let go = lock.go_mismatches(&def);
+        m.retain(|x| !go.contains(x));
+    }
     if !m.is_empty() {
         bail!(
             "{} is out of date ({}); run `kiln lock {}`",

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::digest::Digest;
+use crate::gobuild::GoInput;
 use crate::tree::TreePath;
 
 /// How deep `extends` chains may go before Kiln suspects a cycle.
@@ -27,6 +28,9 @@ pub struct DefinitionFile {
     /// Files or archives downloaded by URL and pinned by checksum.
     #[serde(default)]
     pub artifact: Vec<Artifact>,
+    /// Go programs built from pinned module versions with the host Go toolchain.
+    #[serde(default)]
+    pub go: Vec<GoInput>,
     /// Files taken from the project next to the definition.
     #[serde(default)]
     pub local: Vec<LocalFile>,
@@ -297,6 +301,7 @@ pub struct Definition {
     pub outputs: Vec<OutputFormat>,
     pub debian: Option<Debian>,
     pub artifacts: Vec<Artifact>,
+    pub go: Vec<GoInput>,
     /// Local files with `source` made absolute.
     pub locals: Vec<LocalFile>,
     pub files: Vec<FileSpec>,
@@ -447,6 +452,7 @@ pub fn merge(base: DefinitionFile, child: DefinitionFile) -> DefinitionFile {
         image,
         debian,
         artifact: merge_keyed(base.artifact, child.artifact, |a| a.name.clone()),
+        go: merge_keyed(base.go, child.go, |g| g.name.clone()),
         local: merge_keyed(base.local, child.local, |l| l.dest.clone()),
         file: merge_keyed(base.file, child.file, |f| f.path.clone()),
         directory: merge_keyed(base.directory, child.directory, |d| d.path.clone()),
@@ -609,6 +615,25 @@ fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError>
             check_path(&format!("artifact.{}.extract", a.name), to)?;
         }
     }
+    let mut names = std::collections::BTreeSet::new();
+    let mut installed = std::collections::BTreeMap::new();
+    for g in &f.go {
+        if !names.insert(g.name.clone()) {
+            return Err(invalid("go.name", format!("{:?} is defined twice", g.name)));
+        }
+        g.validate()
+            .map_err(|e| invalid(&format!("go.{}", g.name), e.to_string()))?;
+        check_path(&format!("go.{}.dest", g.name), g.dest())?;
+        for p in &g.packages {
+            let at = format!("{}/{}", g.dest().trim_end_matches('/'), p.binary());
+            if let Some(other) = installed.insert(at.clone(), g.name.clone()) {
+                return Err(invalid(
+                    &format!("go.{}", g.name),
+                    format!("{at} is also built by go input {other}"),
+                ));
+            }
+        }
+    }
     for l in &f.local {
         check_path("local.dest", &l.dest)?;
     }
@@ -658,6 +683,7 @@ fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError>
         outputs,
         debian,
         artifacts: f.artifact,
+        go: f.go,
         locals: f.local,
         files: f.file,
         directories: f.directory,
@@ -730,6 +756,66 @@ pod-cidr = "10.244.0.0/16"
         );
         let msg = load(&p).expect_err("unknown key").to_string();
         assert!(msg.contains("hostnme"), "{msg}");
+    }
+
+    #[test]
+    fn go_inputs_are_validated_and_merged_by_name() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let head = "[image]\nname = \"g\"\nversion = \"1\"\nepoch = 0\n";
+        let go = |name: &str, extra: &str| {
+            format!(
+                "[[go]]\nname = \"{name}\"\nmodule = \"example.com/m\"\nversion = \"v1.0.0\"\n\
+                 packages = [\"example.com/m/cmd/tool\"]\n{extra}"
+            )
+        };
+        let p = write(
+            dir.path(),
+            "a.toml",
+            &format!("{head}{}{}", go("a", ""), go("b", "")),
+        );
+        let msg = load(&p).expect_err("same binary twice").to_string();
+        assert!(
+            msg.contains("go.b") && msg.contains("/usr/bin/tool is also built by go input a"),
+            "{msg}"
+        );
+        let p = write(
+            dir.path(),
+            "b.toml",
+            &format!("{head}{}{}", go("a", ""), go("b", "dest = \"/opt/bin\"\n")),
+        );
+        let d = load(&p).expect("different dest");
+        assert_eq!(d.go[1].dest(), "/opt/bin");
+        let p = write(
+            dir.path(),
+            "c.toml",
+            &format!("{head}{}", go("a", "dest = \"bin\"\n")),
+        );
+        assert!(load(&p)
+            .expect_err("relative dest")
+            .to_string()
+            .contains("go.a"));
+        let p = write(
+            dir.path(),
+            "d.toml",
+            &format!("{head}{}", go("a", "").replace("v1.0.0", "latest")),
+        );
+        assert!(load(&p)
+            .expect_err("not a version")
+            .to_string()
+            .contains("v1.2.3"));
+        // A variant replaces the base's input of the same name.
+        write(dir.path(), "base.toml", &format!("{head}{}", go("a", "")));
+        let p = write(
+            dir.path(),
+            "v.toml",
+            &format!(
+                "extends = \"base.toml\"\n{}",
+                go("a", "").replace("v1.0.0", "v2.0.0")
+            ),
+        );
+        let d = load(&p).expect("variant");
+        assert_eq!(d.go.len(), 1);
+        assert_eq!(d.go[0].version, "v2.0.0");
     }
 
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

@@ -1,12 +1,14 @@
 //! The lock file: every input of a definition pinned by checksum. Written by
 //! `kiln lock`, read by `kiln build`. Sorted and stable under re-lock.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::definition::{Artifact, Definition};
 use crate::digest::{Algorithm, Digest};
+use crate::gobuild::{GoInput, GoLock};
 
 pub const LOCK_VERSION: u32 = 1;
 
@@ -19,6 +21,53 @@ pub struct Lock {
     pub debian: Option<DebianLock>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifact: Vec<ArtifactLock>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub go: Vec<GoInputLock>,
+}
+
+/// One `go` input: what was built (module, version, a digest of the whole recipe) and what
+/// came out (Go version, each binary's sha256). A fresh build must give the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GoInputLock {
+    pub name: String,
+    pub module: String,
+    pub version: String,
+    /// sha256 over the input's build recipe (packages, tags, ldflags, cgo, env, stamping).
+    pub recipe: Digest,
+    pub go_version: String,
+    /// Binary name -> sha256.
+    pub binaries: BTreeMap<String, Digest>,
+}
+
+impl GoInputLock {
+    pub fn new(input: &GoInput, built: &GoLock) -> GoInputLock {
+        GoInputLock {
+            name: input.name.clone(),
+            module: input.module.clone(),
+            version: input.version.clone(),
+            recipe: go_recipe(input),
+            go_version: built.go_version.clone(),
+            binaries: built.binaries.clone(),
+        }
+    }
+
+    /// The part `gobuild::build_locked` checks a fresh build against.
+    pub fn built(&self) -> GoLock {
+        GoLock {
+            go_version: self.go_version.clone(),
+            binaries: self.binaries.clone(),
+        }
+    }
+}
+
+/// Digest of everything in a go input that shapes its binaries (not where they go).
+pub fn go_recipe(input: &GoInput) -> Digest {
+    let mut i = input.clone();
+    i.dest = None;
+    // Serialising plain strings, lists and maps cannot fail.
+    let bytes = serde_json::to_vec(&i).unwrap_or_default();
+    Digest::of_bytes(Algorithm::Sha256, &bytes)
 }
 
 /// The Debian part: the request it was resolved for and the full closure.
@@ -120,6 +169,7 @@ impl Lock {
                 .sort_by(|a, b| (&a.name, &a.arch).cmp(&(&b.name, &b.arch)));
         }
         lock.artifact.sort_by(|a, b| a.name.cmp(&b.name));
+        lock.go.sort_by(|a, b| a.name.cmp(&b.name));
         let body = toml::to_string(&lock).unwrap_or_default();
         format!("{HEADER}{body}")
     }
@@ -209,6 +259,48 @@ impl Lock {
                 ));
             }
         }
+        out.extend(self.go_mismatches(def));
+        out
+    }
+
+    /// The mismatches of the go inputs alone (`kiln build --relock` repairs these).
+    pub fn go_mismatches(&self, def: &Definition) -> Vec<String> {
+        let mut out = Vec::new();
+        for g in &def.go {
+            match self.go.iter().find(|l| l.name == g.name) {
+                None => out.push(format!(
+                    "go input {} is in the definition but not in the lock",
+                    g.name
+                )),
+                Some(l) if l.module != g.module || l.version != g.version => out.push(format!(
+                    "go input {}: definition builds {}@{}, lock has {}@{}",
+                    g.name, g.module, g.version, l.module, l.version
+                )),
+                Some(l) if l.recipe != go_recipe(g) => out.push(format!(
+                    "go input {}: its build recipe (packages, tags, ldflags, env) changed",
+                    g.name
+                )),
+                Some(l) => {
+                    for p in &g.packages {
+                        if !l.binaries.contains_key(p.binary()) {
+                            out.push(format!(
+                                "go input {}: binary {} has no pinned sha256",
+                                g.name,
+                                p.binary()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for l in &self.go {
+            if !def.go.iter().any(|g| g.name == l.name) {
+                out.push(format!(
+                    "go input {} is in the lock but not in the definition",
+                    l.name
+                ));
+            }
+        }
         out
     }
 
@@ -283,6 +375,7 @@ dest = "/x"
             version: LOCK_VERSION,
             debian: Some(debian),
             artifact: Lock::artifacts_of(d),
+            go: Vec::new(),
         }
     }
 
@@ -332,6 +425,49 @@ dest = "/x"
             .mismatches(&d)
             .iter()
             .any(|s| s.contains("artifact x is in the definition")));
+    }
+
+    const GO: &str = r#"
+[[go]]
+name = "tool"
+module = "example.com/tool"
+version = "v1.2.3"
+packages = ["example.com/tool/cmd/tool"]
+"#;
+
+    #[test]
+    fn go_pins_are_checked_against_the_definition() {
+        let d = def(&format!("{DEF}{GO}"));
+        let mut lock = lock_for(&d);
+        let m = lock.mismatches(&d);
+        assert!(
+            m.iter()
+                .any(|s| s.contains("go input tool is in the definition")),
+            "{m:?}"
+        );
+        assert_eq!(lock.go_mismatches(&d), m);
+        let built = GoLock {
+            go_version: "go1.26.8".into(),
+            binaries: [("tool".to_string(), deb("t").sha256)].into(),
+        };
+        lock.go.push(GoInputLock::new(&d.go[0], &built));
+        assert!(lock.mismatches(&d).is_empty());
+        let text = lock.to_toml();
+        assert!(text.contains("[go.binaries]"), "{text}");
+        // A changed recipe (ldflags) makes the lock stale, and so does another version.
+        let d2 = def(&format!("{DEF}{GO}ldflags = [\"-X=main.v=1\"]\n"));
+        assert!(
+            lock.go_mismatches(&d2)[0].contains("recipe"),
+            "{:?}",
+            lock.go_mismatches(&d2)
+        );
+        let d3 = def(&format!("{DEF}{}", GO.replace("v1.2.3", "v1.2.4")));
+        assert!(lock.go_mismatches(&d3)[0].contains("example.com/tool@v1.2.4"));
+        // Where the binaries go is not part of the recipe.
+        let d4 = def(&format!("{DEF}{GO}dest = \"/opt/bin\"\n"));
+        assert!(lock.go_mismatches(&d4).is_empty());
+        // A lock entry the definition dropped.
+        assert!(lock.go_mismatches(&def(DEF))[0].contains("in the lock but not"));
     }
 
     #[test]

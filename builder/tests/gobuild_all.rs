@@ -1,4 +1,4 @@
-//! Builds every `[[go]]` input of images/go-inputs.toml into the Kiln cache, runs each
+//! Builds every `[[go]]` input of images/single-node.toml into the Kiln cache, runs each
 //! binary's version command and checks it reports the pinned version, then rebuilds warm
 //! (must be all cache hits, ≤ 5 s). Prints cold/warm times and binary sizes.
 //! Cold, this compiles Kubernetes: `cargo test -p kiln --test gobuild_all -- --ignored --nocapture`.
@@ -13,17 +13,11 @@ use kiln::gobuild::{self, GoInput};
 
 const EPOCH: u64 = 1_767_225_600;
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Fragment {
-    go: Vec<GoInput>,
-}
-
 fn inputs() -> Vec<GoInput> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/go-inputs.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let f: Fragment = toml::from_str(&text).unwrap();
-    f.go
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/single-node.toml");
+    let def = kiln::definition::load(&path).unwrap();
+    assert_eq!(def.epoch, EPOCH);
+    def.go
 }
 
 fn cache_root() -> PathBuf {
@@ -80,7 +74,7 @@ fn fragment_parses_and_validates() {
         "coredns",
         "crictl",
     ] {
-        assert!(bins.contains(want), "go-inputs.toml builds no {want}");
+        assert!(bins.contains(want), "single-node.toml builds no {want}");
     }
 }
 

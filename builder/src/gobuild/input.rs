@@ -58,7 +58,14 @@ pub struct GoInput {
     /// Version stamping scheme of the upstream build, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stamp: Option<Stamp>,
+    /// Directory in the image the binaries go to (default `/usr/bin`). Not part of the
+    /// build's cache key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dest: Option<String>,
 }
+
+/// Where built binaries go in the image unless the input says otherwise.
+pub const DEFAULT_DEST: &str = "/usr/bin";
 
 /// A main package to build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -158,6 +165,13 @@ impl GoInput {
                 return Err(bad(format!("env {k} is fixed by the builder")));
             }
         }
+        if let Some(d) = &self.dest {
+            if !d.starts_with('/') || d.split('/').any(|c| c == "..") {
+                return Err(bad(format!(
+                    "dest {d:?} must be an absolute path without `..`"
+                )));
+            }
+        }
         if self.stamp == Some(Stamp::Kubernetes) && kube_major_minor(&self.version).is_none() {
             return Err(bad(format!(
                 "kubernetes stamping needs a vMAJOR.MINOR.PATCH version, got {}",
@@ -165,6 +179,11 @@ impl GoInput {
             )));
         }
         Ok(())
+    }
+
+    /// The image directory the binaries go to.
+    pub fn dest(&self) -> &str {
+        self.dest.as_deref().unwrap_or(DEFAULT_DEST)
     }
 
     /// Whether the build output depends on the image epoch.

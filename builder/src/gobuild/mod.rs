@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Algorithm, Digest};
 
-pub use input::{GoInput, GoPackage, Stamp, FIXED_ENV};
+pub use input::{GoInput, GoPackage, Stamp, DEFAULT_DEST, FIXED_ENV};
 use run::GoCommand;
 
 /// Bumped when the build recipe changes, so old cache entries are not reused.
