@@ -31,6 +31,39 @@ pub enum Command {
     Schema,
     /// Show what is inside a built output: partitions, slots, boot entries, root, manifest.
     Inspect(InspectArgs),
+    /// Cluster secrets kept by the operator (CAs and the service-account key pair).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+    /// Mint an admin kubeconfig from a secrets file (group kiln:cluster-admins, revocable
+    /// through RBAC), for a node that was given those secrets.
+    Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Generate a secrets file (mode 0600): the cluster, etcd and front-proxy CAs and the
+    /// service-account key pair. `kiln kubeconfig` mints admin credentials from it.
+    Gen(SecretsGenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsGenArgs {
+    /// Where to write the secrets (TOML); refuses to replace an existing file.
+    #[arg(long, short, default_value = "secrets.toml", value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct KubeconfigArgs {
+    /// Secrets file from `kiln secrets gen`.
+    #[arg(long, value_name = "FILE")]
+    pub secrets: PathBuf,
+    /// API server URL, e.g. https://127.0.0.1:6443.
+    #[arg(long, value_name = "URL")]
+    pub server: String,
+    /// Write here (mode 0600) instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

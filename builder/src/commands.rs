@@ -2,7 +2,11 @@
 
 use anyhow::{bail, Result};
 
-use crate::cli::{Cli, Command, LockArgs};
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::cli::{Cli, Command, KubeconfigArgs, LockArgs, SecretsCommand, SecretsGenArgs};
 use crate::definition;
 use crate::lock::{lock_path, Lock};
 
@@ -16,6 +20,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Lock(args) if args.check => lock_check(&args),
         Command::Lock(args) => crate::build::lock(&args),
         Command::Build(args) => crate::build::build(&args),
+        Command::Secrets(SecretsCommand::Gen(args)) => secrets_gen(&args),
+        Command::Kubeconfig(args) => kubeconfig(&args),
         Command::Inspect(args) => {
             let r = crate::inspect::inspect(&args.output)?;
             if args.json {
@@ -23,6 +29,52 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 crate::inspect::print(&r);
             }
+            Ok(())
+        }
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Writes `data` to `path` with mode 0600 through a temp file and a rename.
+fn write_private(path: &Path, data: &str) -> Result<()> {
+    firstboot::pki::write_atomic(path, data.as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn secrets_gen(args: &SecretsGenArgs) -> Result<()> {
+    if args.out.exists() {
+        bail!(
+            "{} exists; not replacing cluster secrets (remove it first if you mean to)",
+            args.out.display()
+        );
+    }
+    let secrets = firstboot::pki::Secrets::generate(now())?;
+    write_private(&args.out, &secrets.to_toml()?)?;
+    eprintln!(
+        "{}: cluster CA, etcd CA, front-proxy CA and service-account key (keep it private)",
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn kubeconfig(args: &KubeconfigArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.secrets)
+        .with_context(|| format!("reading {}", args.secrets.display()))?;
+    let secrets = firstboot::pki::Secrets::from_toml(&text)
+        .with_context(|| format!("{}", args.secrets.display()))?;
+    if !(args.server.starts_with("https://")) {
+        bail!("--server {:?} must be an https:// URL", args.server);
+    }
+    let kc = firstboot::pki::admin_kubeconfig(&secrets, &args.server, now())?;
+    match &args.out {
+        Some(p) => write_private(p, &kc),
+        None => {
+            print!("{kc}");
             Ok(())
         }
     }
