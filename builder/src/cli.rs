@@ -96,7 +96,7 @@ pub struct FetchArgs {
 #[derive(Debug, Args)]
 pub struct BuildArgs {
     /// Image definition.
-    #[arg(default_value = "images/minimal.toml", value_name = "DEF")]
+    #[arg(default_value = "images/single-node.toml", value_name = "DEF")]
     pub definition: PathBuf,
     /// Outputs to write, comma-separated (tar, raw, qcow2, iso, pxe); default: the definition's.
     #[arg(long, value_delimiter = ',', value_parser = parse_format, value_name = "FORMATS")]

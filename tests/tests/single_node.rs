@@ -60,7 +60,12 @@ fn single_node_binaries_are_pinned_cached_and_report_their_versions() {
     assert_eq!(go.len(), def.go.len(), "{s}");
     for g in go {
         assert_eq!(g["cache-hit"], true, "{g}");
-        assert_eq!(g["commands"], serde_json::json!(["go version"]), "{g}");
+        // Only queries of the toolchain (`go version`, and `go env CC` for cgo inputs):
+        // no `go build`, no `go mod download`.
+        for c in g["commands"].as_array().unwrap() {
+            let c = c.as_str().unwrap();
+            assert!(c == "go version" || c.starts_with("go env "), "{g}");
+        }
     }
     assert!(
         s["seconds"]["go"].as_f64().unwrap() <= 5.0,
