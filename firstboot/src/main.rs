@@ -1,20 +1,25 @@
-//! `firstboot`: `init` (stage 1, also when run as PID 1), `agent` (stage 2), `status`.
+//! `firstboot`: `init` (stage 1, also when run as PID 1), `agent` (stage 2), `status`,
+//! `host` (the control plane on 127.0.0.1 under a directory, for tests).
 //! Arguments are parsed by hand to keep the initramfs binary small.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use firstboot::agent::{self, AgentPaths};
 use firstboot::cmdline::Cmdline;
 use firstboot::console::Console;
+use firstboot::k8s::host::HostOptions;
 use firstboot::notify::{self, Notifier};
 use firstboot::stage1::{self, Layout, OnFailure};
 use firstboot::status::Status;
 use firstboot::sys::{self, RealSys, Sys};
 use firstboot::{logging, network};
 
-const USAGE: &str = "usage: firstboot init | agent | status [--json]";
+const USAGE: &str = "usage: firstboot init | agent | status [--json]
+       firstboot host --root DIR --bin DIR [--apiserver-port PORT] [--json]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -29,6 +34,13 @@ fn main() -> ExitCode {
         }
         Some("agent") => report(run_agent()),
         Some("status") => report(status(args.get(2).map(String::as_str) == Some("--json"))),
+        Some("host") => match parse_host(&args[2..]) {
+            Ok(opts) => report(host(&opts)),
+            Err(e) => {
+                eprintln!("firstboot: {e}\n{USAGE}");
+                ExitCode::from(2)
+            }
+        },
         Some("--help" | "-h" | "help") => {
             println!("{USAGE}");
             ExitCode::SUCCESS
@@ -157,4 +169,57 @@ fn status(json: bool) -> anyhow::Result<()> {
         print!("{}", s.table());
     }
     Ok(())
+}
+
+/// Parses `host` arguments.
+fn parse_host(args: &[String]) -> Result<HostOptions, String> {
+    let mut root = None;
+    let mut bin = None;
+    let mut json = false;
+    let mut apiserver_port = firstboot::k8s::APISERVER_PORT;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match a.as_str() {
+            "--root" => root = Some(PathBuf::from(value("--root")?)),
+            "--bin" => bin = Some(PathBuf::from(value("--bin")?)),
+            "--apiserver-port" => {
+                let v = value("--apiserver-port")?;
+                apiserver_port = v
+                    .parse()
+                    .map_err(|_| format!("invalid --apiserver-port {v:?}"))?;
+            }
+            "--json" => json = true,
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok(HostOptions {
+        root: root.ok_or("--root is required")?,
+        bin: bin.ok_or("--bin is required")?,
+        json,
+        apiserver_port,
+    })
+}
+
+/// Host mode until SIGINT or SIGTERM.
+fn host(opts: &HostOptions) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .context("installing the SIGINT/SIGTERM handler")?;
+    let root = std::path::absolute(&opts.root)
+        .with_context(|| format!("resolving {}", opts.root.display()))?;
+    let bin = std::path::absolute(&opts.bin)
+        .with_context(|| format!("resolving {}", opts.bin.display()))?;
+    let opts = HostOptions {
+        root,
+        bin,
+        ..opts.clone()
+    };
+    firstboot::k8s::host::run(&opts, &stop, &mut std::io::stdout())
 }

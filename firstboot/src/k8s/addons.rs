@@ -1,0 +1,228 @@
+//! Objects applied once through the API after the apiserver is ready: the RBAC bindings from
+//! [`crate::pki::rbac_bindings_json`] (admin group → cluster-admin, apiserver → kubelet API)
+//! and CoreDNS (ServiceAccount, RBAC, ConfigMap, Deployment, Service at the cluster DNS IP).
+//! No control-plane taint is ever set, so workloads schedule on the single node.
+
+use serde_json::{json, Value};
+
+use super::{ClusterParams, K8sError, COREDNS_IMAGE};
+
+const NS: &str = "kube-system";
+
+/// CoreDNS's Corefile for `domain`.
+pub fn corefile(domain: &str) -> String {
+    format!(
+        ".:53 {{
+    errors
+    health {{
+       lameduck 5s
+    }}
+    ready
+    kubernetes {domain} in-addr.arpa ip6.arpa {{
+       pods insecure
+       fallthrough in-addr.arpa ip6.arpa
+       ttl 30
+    }}
+    prometheus :9153
+    forward . /etc/resolv.conf {{
+       max_concurrent 1000
+    }}
+    cache 30 {{
+       disable success {domain}
+       disable denial {domain}
+    }}
+    loop
+    reload
+    loadbalance
+}}
+"
+    )
+}
+
+/// CoreDNS objects, in apply order.
+pub fn coredns(p: &ClusterParams) -> Result<Vec<Value>, K8sError> {
+    let labels = json!({"k8s-app": "kube-dns"});
+    let dns_ip = p.dns_ip()?.to_string();
+    Ok(vec![
+        json!({
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "coredns", "namespace": NS},
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:coredns"},
+            "rules": [
+                {"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
+                 "verbs": ["list", "watch"]},
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
+                 "verbs": ["list", "watch"]},
+            ],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:coredns"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:coredns"},
+            "subjects": [{"kind": "ServiceAccount", "name": "coredns", "namespace": NS}],
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "coredns", "namespace": NS},
+            "data": {"Corefile": corefile(p.cluster_domain.as_str())},
+        }),
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "coredns", "namespace": NS, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "strategy": {"type": "RollingUpdate",
+                             "rollingUpdate": {"maxUnavailable": 1}},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "serviceAccountName": "coredns",
+                        "priorityClassName": "system-cluster-critical",
+                        "dnsPolicy": "Default",
+                        "tolerations": [
+                            {"key": "CriticalAddonsOnly", "operator": "Exists"},
+                            {"key": "node-role.kubernetes.io/control-plane",
+                             "effect": "NoSchedule"},
+                        ],
+                        "containers": [{
+                            "name": "coredns",
+                            "image": COREDNS_IMAGE,
+                            "imagePullPolicy": "IfNotPresent",
+                            "args": ["-conf", "/etc/coredns/Corefile"],
+                            "resources": {
+                                "limits": {"memory": "170Mi"},
+                                "requests": {"cpu": "100m", "memory": "70Mi"},
+                            },
+                            "volumeMounts": [{"name": "config-volume",
+                                              "mountPath": "/etc/coredns",
+                                              "readOnly": true}],
+                            "ports": [
+                                {"containerPort": 53, "name": "dns", "protocol": "UDP"},
+                                {"containerPort": 53, "name": "dns-tcp", "protocol": "TCP"},
+                                {"containerPort": 9153, "name": "metrics", "protocol": "TCP"},
+                            ],
+                            "securityContext": {
+                                "allowPrivilegeEscalation": false,
+                                "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
+                                "readOnlyRootFilesystem": true,
+                            },
+                            "livenessProbe": {
+                                "httpGet": {"path": "/health", "port": 8080, "scheme": "HTTP"},
+                                "initialDelaySeconds": 60,
+                                "timeoutSeconds": 5,
+                                "successThreshold": 1,
+                                "failureThreshold": 5,
+                            },
+                            "readinessProbe": {
+                                "httpGet": {"path": "/ready", "port": 8181, "scheme": "HTTP"},
+                            },
+                        }],
+                        "volumes": [{"name": "config-volume", "configMap": {
+                            "name": "coredns",
+                            "items": [{"key": "Corefile", "path": "Corefile"}],
+                        }}],
+                    },
+                },
+            },
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": NS, "labels": {
+                "k8s-app": "kube-dns",
+                "kubernetes.io/name": "CoreDNS",
+            }},
+            "spec": {
+                "selector": labels,
+                "clusterIP": dns_ip,
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                    {"name": "metrics", "port": 9153, "protocol": "TCP"},
+                ],
+            },
+        }),
+    ])
+}
+
+/// Every addon object, in apply order: RBAC bindings first, then CoreDNS.
+pub fn all(p: &ClusterParams) -> Result<Vec<Value>, K8sError> {
+    let mut out: Vec<Value> = match crate::pki::rbac_bindings_json()["items"].as_array() {
+        Some(items) => items.clone(),
+        None => Vec::new(),
+    };
+    out.extend(coredns(p)?);
+    Ok(out)
+}
+
+/// The addons as one `v1/List` document (JSON), e.g. for `kubectl apply --server-side -f`.
+pub fn list_json(p: &ClusterParams) -> Result<String, K8sError> {
+    let v = json!({"apiVersion": "v1", "kind": "List", "items": all(p)?});
+    Ok(format!("{v:#}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Kubernetes;
+    use crate::k8s::Paths;
+
+    #[test]
+    fn coredns_service_sits_at_the_dns_ip_and_the_image_is_pinned() {
+        let k = Kubernetes {
+            service_cidr: "10.100.0.0/16".parse().unwrap(),
+            cluster_domain: "kiln.test".parse().unwrap(),
+            ..Default::default()
+        };
+        let p = ClusterParams::new(
+            &k,
+            "node1".parse().unwrap(),
+            vec![],
+            "127.0.0.1".parse().unwrap(),
+            Paths::node(),
+        );
+        let text = list_json(&p).unwrap();
+        let list: Value = serde_json::from_str(&text).unwrap();
+        let items = list["items"].as_array().unwrap();
+        let find = |kind: &str, name: &str| {
+            items
+                .iter()
+                .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("no {kind} {name}"))
+        };
+        assert_eq!(
+            find("Service", "kube-dns")["spec"]["clusterIP"],
+            "10.100.0.10"
+        );
+        let c = &find("Deployment", "coredns")["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], "registry.k8s.io/coredns/coredns:v1.13.1");
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent");
+        let corefile = find("ConfigMap", "coredns")["data"]["Corefile"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(corefile.contains("kubernetes kiln.test in-addr.arpa ip6.arpa {"));
+        // Braces balance (the format! escapes are easy to get wrong).
+        assert_eq!(corefile.matches('{').count(), corefile.matches('}').count());
+        let admins = find("ClusterRoleBinding", "kiln:cluster-admins");
+        assert_eq!(admins["subjects"][0]["name"], crate::pki::ADMIN_GROUP);
+        assert_eq!(admins["roleRef"]["name"], "cluster-admin");
+        find("ClusterRoleBinding", "kiln:apiserver-kubelet-client");
+        find("ClusterRole", "system:coredns");
+        find("ServiceAccount", "coredns");
+        // Every object is namespaced in kube-system or cluster-scoped, and has a kind.
+        for o in items {
+            assert!(o["apiVersion"].is_string() && o["kind"].is_string(), "{o}");
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! The supervised components, kubeadm style: etcd → kube-apiserver → kube-controller-manager
+//! and kube-scheduler (the control plane), then on the node containerd → kubelet → kube-proxy.
+//! Every flag here was checked against the binary's own `--help` (see tests/host_mode.rs).
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use super::files::{
+    AUTHENTICATION_CONFIG, CONTAINERD_CONFIG, KUBELET_CONFIG, KUBE_PROXY_CONFIG, SCHEDULER_CONFIG,
+};
+use super::{
+    ClusterParams, K8sError, CONTROLLER_MANAGER_PORT, ETCD_CLIENT_PORT, ETCD_METRICS_PORT,
+    ETCD_PEER_PORT, KUBELET_HEALTHZ_PORT, KUBE_PROXY_HEALTHZ_PORT, SCHEDULER_PORT,
+};
+use crate::supervisor::machine::{ComponentSpec, Millis, ProbeSpec};
+use crate::supervisor::{CommandSpec, HttpProbe, Managed, TlsProbe};
+
+pub const ETCD: &str = "etcd";
+pub const APISERVER: &str = "kube-apiserver";
+pub const CONTROLLER_MANAGER: &str = "kube-controller-manager";
+pub const SCHEDULER: &str = "kube-scheduler";
+pub const CONTAINERD: &str = "containerd";
+pub const KUBELET: &str = "kubelet";
+pub const KUBE_PROXY: &str = "kube-proxy";
+
+/// Restart policy shared by every component: the first restart after 0.5 s, doubling up to
+/// 30 s, reset after a minute of readiness.
+fn spec(name: &str, deps: &[&str], probe: Option<ProbeSpec>, grace: Millis) -> ComponentSpec {
+    ComponentSpec {
+        name: name.to_string(),
+        depends_on: deps.iter().map(|d| d.to_string()).collect(),
+        probe,
+        grace,
+        backoff_base: 500,
+        backoff_max: 30_000,
+        stable_after: 60_000,
+    }
+}
+
+/// Probe timing. Failures before the first success count too (the machine has no separate
+/// startup window), so `initial_delay + period * failure_threshold` must cover a cold start
+/// on a loaded machine.
+fn probe(initial_delay: Millis, period: Millis, failure_threshold: u32) -> ProbeSpec {
+    ProbeSpec {
+        initial_delay,
+        period,
+        timeout: period,
+        failure_threshold,
+    }
+}
+
+fn flag(name: &str, value: impl std::fmt::Display) -> String {
+    format!("--{name}={value}")
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn url(scheme: &str, ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{scheme}://{a}:{port}"),
+        IpAddr::V6(a) => format!("{scheme}://[{a}]:{port}"),
+    }
+}
+
+fn http_probe(
+    component: &str,
+    url: &str,
+    tls: Option<TlsProbe>,
+) -> Result<Option<HttpProbe>, K8sError> {
+    HttpProbe::from_url(url, tls)
+        .map(Some)
+        .map_err(|source| K8sError::Probe {
+            component: component.to_string(),
+            source,
+        })
+}
+
+fn command(p: &ClusterParams, binary: &str, args: Vec<String>) -> CommandSpec {
+    CommandSpec {
+        program: path(&p.paths.binary(binary)),
+        args,
+        env: vec![],
+    }
+}
+
+const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// etcd arguments: mTLS for clients and peers, health and metrics on 127.0.0.1:2381.
+pub fn etcd_args(p: &ClusterParams) -> Vec<String> {
+    let pki = |rel: &str| path(&p.paths.pki_file(rel));
+    let client = url("https", LOOPBACK, ETCD_CLIENT_PORT);
+    let mut listen_client = vec![client.clone()];
+    if !p.listen.is_loopback() && !p.listen.is_unspecified() {
+        listen_client.push(url("https", p.listen, ETCD_CLIENT_PORT));
+    }
+    // A single member: peers on loopback, so a changed node address never changes the
+    // member's identity.
+    let peer = url("https", LOOPBACK, ETCD_PEER_PORT);
+    vec![
+        flag("name", &p.hostname),
+        flag("data-dir", path(&p.paths.etcd_data())),
+        flag("listen-client-urls", listen_client.join(",")),
+        flag("advertise-client-urls", &client),
+        flag("listen-peer-urls", &peer),
+        flag("initial-advertise-peer-urls", &peer),
+        flag("initial-cluster", format!("{}={peer}", p.hostname)),
+        flag("initial-cluster-state", "new"),
+        flag(
+            "listen-metrics-urls",
+            url("http", LOOPBACK, ETCD_METRICS_PORT),
+        ),
+        flag("cert-file", pki("etcd/server.crt")),
+        flag("key-file", pki("etcd/server.key")),
+        flag("trusted-ca-file", pki("etcd/ca.crt")),
+        flag("client-cert-auth", true),
+        flag("peer-cert-file", pki("etcd/peer.crt")),
+        flag("peer-key-file", pki("etcd/peer.key")),
+        flag("peer-trusted-ca-file", pki("etcd/ca.crt")),
+        flag("peer-client-cert-auth", true),
+        flag("snapshot-count", 10_000),
+        flag("feature-gates", "InitialCorruptCheck=true"),
+        flag("watch-progress-notify-interval", "5s"),
+    ]
+}
+
+/// kube-apiserver arguments.
+pub fn apiserver_args(p: &ClusterParams) -> Result<Vec<String>, K8sError> {
+    let pki = |rel: &str| path(&p.paths.pki_file(rel));
+    let _ = p.service_ip()?; // the range must hold the kubernetes Service
+    Ok(vec![
+        flag("advertise-address", p.local_apiserver_host()),
+        flag("bind-address", p.listen),
+        flag("secure-port", p.apiserver_port),
+        flag("allow-privileged", true),
+        flag("authorization-mode", "Node,RBAC"),
+        flag("enable-admission-plugins", "NodeRestriction"),
+        flag(
+            "authentication-config",
+            path(&p.paths.config_file(AUTHENTICATION_CONFIG)),
+        ),
+        flag("client-ca-file", pki("ca.crt")),
+        flag("tls-cert-file", pki("apiserver.crt")),
+        flag("tls-private-key-file", pki("apiserver.key")),
+        flag("etcd-servers", url("https", LOOPBACK, ETCD_CLIENT_PORT)),
+        flag("etcd-cafile", pki("etcd/ca.crt")),
+        flag("etcd-certfile", pki("apiserver-etcd-client.crt")),
+        flag("etcd-keyfile", pki("apiserver-etcd-client.key")),
+        flag(
+            "kubelet-client-certificate",
+            pki("apiserver-kubelet-client.crt"),
+        ),
+        flag("kubelet-client-key", pki("apiserver-kubelet-client.key")),
+        flag("kubelet-certificate-authority", pki("ca.crt")),
+        flag(
+            "kubelet-preferred-address-types",
+            "InternalIP,ExternalIP,Hostname",
+        ),
+        flag("proxy-client-cert-file", pki("front-proxy-client.crt")),
+        flag("proxy-client-key-file", pki("front-proxy-client.key")),
+        flag("requestheader-client-ca-file", pki("front-proxy-ca.crt")),
+        flag("requestheader-allowed-names", "front-proxy-client"),
+        flag("requestheader-extra-headers-prefix", "X-Remote-Extra-"),
+        flag("requestheader-group-headers", "X-Remote-Group"),
+        flag("requestheader-username-headers", "X-Remote-User"),
+        flag("service-account-issuer", p.service_account_issuer()),
+        flag("service-account-key-file", pki("sa.pub")),
+        flag("service-account-signing-key-file", pki("sa.key")),
+        flag("service-cluster-ip-range", p.service_cidr),
+        flag("encryption-provider-config", pki("encryption-config.json")),
+    ])
+}
+
+/// kube-controller-manager arguments.
+pub fn controller_manager_args(p: &ClusterParams) -> Vec<String> {
+    let pki = |rel: &str| path(&p.paths.pki_file(rel));
+    let kubeconfig = pki("controller-manager.conf");
+    vec![
+        flag("kubeconfig", &kubeconfig),
+        flag("authentication-kubeconfig", &kubeconfig),
+        flag("authorization-kubeconfig", &kubeconfig),
+        flag("bind-address", "127.0.0.1"),
+        flag("secure-port", CONTROLLER_MANAGER_PORT),
+        flag("cert-dir", path(&p.paths.controller_manager_certs())),
+        flag("client-ca-file", pki("ca.crt")),
+        flag("requestheader-client-ca-file", pki("front-proxy-ca.crt")),
+        flag("root-ca-file", pki("ca.crt")),
+        flag("service-account-private-key-file", pki("sa.key")),
+        flag("cluster-signing-cert-file", pki("ca.crt")),
+        flag("cluster-signing-key-file", pki("ca.key")),
+        flag("use-service-account-credentials", true),
+        flag("allocate-node-cidrs", true),
+        flag("cluster-cidr", p.pod_cidr),
+        flag("service-cluster-ip-range", p.service_cidr),
+        flag("cluster-name", "kubernetes"),
+        flag("leader-elect", true),
+        flag("controllers", "*,bootstrapsigner,tokencleaner"),
+    ]
+}
+
+/// kube-scheduler arguments (the rest is in its KubeSchedulerConfiguration).
+pub fn scheduler_args(p: &ClusterParams) -> Vec<String> {
+    let kubeconfig = path(&p.paths.pki_file("scheduler.conf"));
+    vec![
+        flag("config", path(&p.paths.config_file(SCHEDULER_CONFIG))),
+        flag("authentication-kubeconfig", &kubeconfig),
+        flag("authorization-kubeconfig", &kubeconfig),
+        flag("bind-address", "127.0.0.1"),
+        flag("secure-port", SCHEDULER_PORT),
+        flag("cert-dir", path(&p.paths.scheduler_certs())),
+    ]
+}
+
+/// The self-signed serving certificate (with its CA appended) a controller writes into its
+/// `--cert-dir` on first start; the probe trusts it.
+fn self_signed_probe(cert_dir: &Path, pair_name: &str) -> TlsProbe {
+    TlsProbe {
+        ca: cert_dir.join(format!("{pair_name}.crt")),
+        client: None,
+    }
+}
+
+/// etcd, kube-apiserver, kube-controller-manager and kube-scheduler, gated in that order.
+pub fn control_plane(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
+    let pki = |rel: &str| p.paths.pki_file(rel);
+    let etcd = Managed {
+        spec: spec(ETCD, &[], Some(probe(500, 1_000, 5)), 10_000),
+        command: command(p, "etcd", etcd_args(p)),
+        probe: http_probe(
+            ETCD,
+            &format!("{}/readyz", url("http", LOOPBACK, ETCD_METRICS_PORT)),
+            None,
+        )?,
+    };
+    let apiserver = Managed {
+        // Tolerates a 10 s etcd outage before restarting; a cold start gets 1 + 20 s.
+        spec: spec(APISERVER, &[ETCD], Some(probe(1_000, 2_000, 10)), 5_000),
+        command: command(p, "kube-apiserver", apiserver_args(p)?),
+        probe: http_probe(
+            APISERVER,
+            &format!(
+                "{}/readyz",
+                url("https", p.local_apiserver_host(), p.apiserver_port)
+            ),
+            Some(TlsProbe {
+                ca: pki("ca.crt"),
+                client: Some((
+                    pki("apiserver-kubelet-client.crt"),
+                    pki("apiserver-kubelet-client.key"),
+                )),
+            }),
+        )?,
+    };
+    let controller_manager = Managed {
+        spec: spec(
+            CONTROLLER_MANAGER,
+            &[APISERVER],
+            Some(probe(1_000, 2_000, 10)),
+            5_000,
+        ),
+        command: command(p, "kube-controller-manager", controller_manager_args(p)),
+        probe: http_probe(
+            CONTROLLER_MANAGER,
+            &format!(
+                "{}/healthz",
+                url("https", LOOPBACK, CONTROLLER_MANAGER_PORT)
+            ),
+            Some(self_signed_probe(
+                &p.paths.controller_manager_certs(),
+                CONTROLLER_MANAGER,
+            )),
+        )?,
+    };
+    let scheduler = Managed {
+        spec: spec(
+            SCHEDULER,
+            &[APISERVER],
+            Some(probe(1_000, 2_000, 10)),
+            5_000,
+        ),
+        command: command(p, "kube-scheduler", scheduler_args(p)),
+        probe: http_probe(
+            SCHEDULER,
+            &format!("{}/healthz", url("https", LOOPBACK, SCHEDULER_PORT)),
+            Some(self_signed_probe(&p.paths.scheduler_certs(), SCHEDULER)),
+        )?,
+    };
+    Ok(vec![etcd, apiserver, controller_manager, scheduler])
+}
+
+/// containerd, kubelet and kube-proxy (in the VM only), after the control plane.
+pub fn node(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
+    let path_env = format!(
+        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        p.paths.bin.display()
+    );
+    let containerd = Managed {
+        // containerd has no HTTP health endpoint: ready once spawned; the kubelet waits for
+        // its socket itself.
+        spec: spec(CONTAINERD, &[CONTROLLER_MANAGER, SCHEDULER], None, 10_000),
+        command: CommandSpec {
+            env: vec![("PATH".into(), path_env.clone())],
+            ..command(
+                p,
+                "containerd",
+                vec![flag(
+                    "config",
+                    path(&p.paths.config_file(CONTAINERD_CONFIG)),
+                )],
+            )
+        },
+        probe: None,
+    };
+    let mut kubelet_args = vec![
+        flag("config", path(&p.paths.config_file(KUBELET_CONFIG))),
+        flag("kubeconfig", path(&p.paths.pki_file("kubelet.conf"))),
+        flag("hostname-override", &p.hostname),
+        flag("root-dir", path(&p.paths.kubelet_data())),
+    ];
+    if let Some(ip) = p.node_ips.first() {
+        kubelet_args.push(flag("node-ip", ip));
+    }
+    let kubelet = Managed {
+        spec: spec(
+            KUBELET,
+            &[CONTAINERD],
+            Some(probe(2_000, 2_000, 15)),
+            10_000,
+        ),
+        command: CommandSpec {
+            env: vec![("PATH".into(), path_env.clone())],
+            ..command(p, "kubelet", kubelet_args)
+        },
+        probe: http_probe(
+            KUBELET,
+            &format!("{}/healthz", url("http", LOOPBACK, KUBELET_HEALTHZ_PORT)),
+            None,
+        )?,
+    };
+    let kube_proxy = Managed {
+        spec: spec(KUBE_PROXY, &[KUBELET], Some(probe(2_000, 2_000, 10)), 5_000),
+        command: CommandSpec {
+            env: vec![("PATH".into(), path_env)],
+            ..command(
+                p,
+                "kube-proxy",
+                vec![flag(
+                    "config",
+                    path(&p.paths.config_file(KUBE_PROXY_CONFIG)),
+                )],
+            )
+        },
+        probe: http_probe(
+            KUBE_PROXY,
+            &format!("{}/healthz", url("http", LOOPBACK, KUBE_PROXY_HEALTHZ_PORT)),
+            None,
+        )?,
+    };
+    Ok(vec![containerd, kubelet, kube_proxy])
+}
+
+/// The whole node: [`control_plane`] then [`node`].
+pub fn all(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
+    let mut v = control_plane(p)?;
+    v.extend(node(p)?);
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Kubernetes;
+    use crate::k8s::Paths;
+    use crate::supervisor::machine::State;
+
+    fn params() -> ClusterParams {
+        ClusterParams::new(
+            &Kubernetes::default(),
+            "node1".parse().unwrap(),
+            vec!["192.168.10.5".parse().unwrap()],
+            "192.168.10.5".parse().unwrap(),
+            Paths::node(),
+        )
+    }
+
+    fn has(args: &[String], want: &str) -> bool {
+        args.iter().any(|a| a == want)
+    }
+
+    #[test]
+    fn apiserver_flags_cover_the_issue() {
+        let a = apiserver_args(&params()).unwrap();
+        for want in [
+            "--service-cluster-ip-range=10.96.0.0/12",
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction",
+            "--encryption-provider-config=/var/lib/kiln/pki/encryption-config.json",
+            "--authentication-config=/var/lib/kiln/k8s/authentication-config.json",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            "--etcd-servers=https://127.0.0.1:2379",
+            "--bind-address=192.168.10.5",
+            "--advertise-address=192.168.10.5",
+        ] {
+            assert!(has(&a, want), "missing {want} in {a:?}");
+        }
+        // Anonymous access is configured in the AuthenticationConfiguration; the apiserver
+        // refuses both at once.
+        assert!(!a.iter().any(|f| f.starts_with("--anonymous-auth")));
+        let mut names: Vec<&str> = a.iter().map(|f| f.split('=').next().unwrap()).collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "a flag is repeated");
+    }
+
+    #[test]
+    fn controller_manager_and_etcd_flags() {
+        let p = params();
+        let c = controller_manager_args(&p);
+        for want in [
+            "--allocate-node-cidrs=true",
+            "--cluster-cidr=10.244.0.0/16",
+            "--service-cluster-ip-range=10.96.0.0/12",
+            "--use-service-account-credentials=true",
+            "--cluster-signing-cert-file=/var/lib/kiln/pki/ca.crt",
+            "--cluster-signing-key-file=/var/lib/kiln/pki/ca.key",
+            "--root-ca-file=/var/lib/kiln/pki/ca.crt",
+            "--service-account-private-key-file=/var/lib/kiln/pki/sa.key",
+            "--bind-address=127.0.0.1",
+        ] {
+            assert!(has(&c, want), "missing {want}");
+        }
+        let e = etcd_args(&p);
+        for want in [
+            "--client-cert-auth=true",
+            "--peer-client-cert-auth=true",
+            "--listen-metrics-urls=http://127.0.0.1:2381",
+            "--listen-client-urls=https://127.0.0.1:2379,https://192.168.10.5:2379",
+            "--initial-cluster=node1=https://127.0.0.1:2380",
+        ] {
+            assert!(has(&e, want), "missing {want}");
+        }
+        // No plain-HTTP client or peer listener.
+        for f in &e {
+            if f.starts_with("--listen-client") || f.starts_with("--listen-peer") {
+                assert!(!f.contains("http://"), "{f}");
+            }
+        }
+    }
+
+    #[test]
+    fn components_are_gated_in_the_issue_order() {
+        let p = params();
+        let all = all(&p).unwrap();
+        let names: Vec<&str> = all.iter().map(|m| m.spec.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                ETCD,
+                APISERVER,
+                CONTROLLER_MANAGER,
+                SCHEDULER,
+                CONTAINERD,
+                KUBELET,
+                KUBE_PROXY
+            ]
+        );
+        let deps = |n: &str| {
+            all.iter()
+                .find(|m| m.spec.name == n)
+                .unwrap()
+                .spec
+                .depends_on
+                .clone()
+        };
+        assert!(deps(ETCD).is_empty());
+        assert_eq!(deps(APISERVER), [ETCD]);
+        assert_eq!(deps(CONTROLLER_MANAGER), [APISERVER]);
+        assert_eq!(deps(SCHEDULER), [APISERVER]);
+        assert_eq!(deps(KUBELET), [CONTAINERD]);
+        assert_eq!(deps(KUBE_PROXY), [KUBELET]);
+        // The machine accepts the set (no cycles, probes consistent).
+        State::new(all.iter().map(|m| m.spec.clone()).collect()).unwrap();
+        for m in &all {
+            assert_eq!(m.spec.probe.is_some(), m.probe.is_some(), "{}", m.spec.name);
+        }
+        let api = all.iter().find(|m| m.spec.name == APISERVER).unwrap();
+        let probe = api.probe.as_ref().unwrap();
+        assert_eq!(
+            (probe.host.as_str(), probe.port, probe.path.as_str()),
+            ("192.168.10.5", 6443, "/readyz")
+        );
+        assert!(probe.tls.as_ref().unwrap().client.is_some());
+        let etcd = all[0].probe.as_ref().unwrap();
+        assert_eq!((etcd.port, etcd.tls.is_none()), (2381, true));
+    }
+}
