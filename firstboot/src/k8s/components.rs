@@ -225,7 +225,7 @@ fn self_signed_probe(cert_dir: &Path, pair_name: &str) -> TlsProbe {
 pub fn control_plane(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
     let pki = |rel: &str| p.paths.pki_file(rel);
     let etcd = Managed {
-        spec: spec(ETCD, &[], Some(probe(500, 1_000, 5)), 10_000),
+        spec: spec(ETCD, &[], Some(probe(500, 1_000, 10)), 10_000),
         command: command(p, "etcd", etcd_args(p)),
         probe: http_probe(
             ETCD,
@@ -234,8 +234,9 @@ pub fn control_plane(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
         )?,
     };
     let apiserver = Managed {
-        // Tolerates a 10 s etcd outage before restarting; a cold start gets 1 + 20 s.
-        spec: spec(APISERVER, &[ETCD], Some(probe(1_000, 2_000, 10)), 5_000),
+        // A cold start gets 5 + 24 s; an etcd outage of up to 24 s is tolerated; a hang is
+        // detected in about 24 s (+ 5 s grace before SIGKILL).
+        spec: spec(APISERVER, &[ETCD], Some(probe(5_000, 2_000, 12)), 5_000),
         command: command(p, "kube-apiserver", apiserver_args(p)?),
         probe: http_probe(
             APISERVER,

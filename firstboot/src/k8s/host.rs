@@ -5,7 +5,11 @@
 //! Layout under `DIR`: `pki/` (the whole PKI, admin kubeconfig `pki/admin.conf`), `config/`,
 //! `data/`, `logs/<component>.log` (each component's stdout and stderr), and `status.json`
 //! ([`HostStatus`], rewritten every half second). Runs until `stop` is set (SIGINT/SIGTERM in
-//! the binary), then stops every component.
+//! the binary), then stops every component. Once the control plane is ready the addons are
+//! applied with `kubectl` from the bin directory (the admin kubeconfig needs their RBAC).
+//!
+//! The apiserver advertises 127.0.0.1 here, which the Endpoints validation rejects: its log
+//! shows "unable to sync kubernetes service" every 10 s. Harmless without in-cluster clients.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -200,8 +204,12 @@ pub fn run(opts: &HostOptions, stop: &AtomicBool, out: &mut dyn Write) -> anyhow
         }
     };
 
+    let mut failed: Option<anyhow::Error> = None;
     while !stop.load(Ordering::SeqCst) {
-        sup.step()?;
+        if let Err(e) = sup.step() {
+            failed = Some(e.into());
+            break;
+        }
         let ready = sup.state().all_ready();
         if ready && ready_after_ms.is_none() {
             let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -263,6 +271,9 @@ pub fn run(opts: &HostOptions, stop: &AtomicBool, out: &mut dyn Write) -> anyhow
         serde_json::json!({"event": "stopped", "clean": clean}),
         format!("kiln: stopped (clean: {clean})"),
     );
+    if let Some(e) = failed {
+        return Err(e.context("supervising the control plane"));
+    }
     if !clean {
         anyhow::bail!("some components did not stop within 60 s");
     }

@@ -1,0 +1,435 @@
+//! `firstboot host` with the real Kubernetes and etcd binaries from the Go inputs of
+//! images/single-node.toml, located through Kiln's Go output cache (a cache hit is instant;
+//! a cold cache builds Kubernetes, hence `#[ignore]`).
+//!
+//! Checks every flag we pass against the binary's own `--help`, the scheduler and kube-proxy
+//! configs against the binaries' own config loaders, then runs the control plane: ready;
+//! `kubectl` with the admin kubeconfig gets /readyz and lists namespaces; anonymous requests
+//! reach only the health paths; a Secret is stored encrypted in etcd; kill -9 of each
+//! component and SIGSTOP of the apiserver are recovered from (times printed); SIGTERM stops
+//! everything. One test function: etcd's ports (2379-2381) and the controllers' (10257,
+//! 10259) are fixed, so this file must not run concurrently with itself.
+//! Run: `cargo test -p firstboot --test host_mode -- --ignored --nocapture`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use firstboot::k8s::components::{self, APISERVER, CONTROLLER_MANAGER, ETCD, SCHEDULER};
+use firstboot::k8s::host::{self, HostOptions, HostStatus};
+use firstboot::k8s::{files, ClusterParams};
+use firstboot::supervisor::{HttpProbe, TlsProbe};
+use kiln::gobuild::{self, GoInput};
+
+fn cache_root() -> PathBuf {
+    match std::env::var_os("KILN_CACHE") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/kiln"),
+    }
+}
+
+/// Builds (or finds in the cache) the named inputs; returns binary name → path.
+fn binaries(inputs: &[&str]) -> BTreeMap<String, PathBuf> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../images/single-node.toml");
+    let def = kiln::definition::load(&path).unwrap();
+    let go: Vec<GoInput> = def.go;
+    let mut out = BTreeMap::new();
+    for input in go.iter().filter(|i| inputs.contains(&i.name.as_str())) {
+        let t = Instant::now();
+        let built = gobuild::build(input, def.epoch, &cache_root(), false)
+            .unwrap_or_else(|e| panic!("{}: {e}", input.name));
+        eprintln!(
+            "{}: cache_hit={} in {:.1?}",
+            input.name,
+            built.report.cache_hit,
+            t.elapsed()
+        );
+        for b in built.binaries {
+            out.insert(b.name, b.path);
+        }
+    }
+    out
+}
+
+fn run(cmd: &mut Command) -> String {
+    let o = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "{cmd:?} failed: {text}");
+    text
+}
+
+/// Every `--flag` in `args` appears in `binary --help`.
+fn flags_exist(binary: &Path, args: &[String]) {
+    let o = Command::new(binary).arg("--help").output().unwrap();
+    let help = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    for a in args {
+        let name = a.split('=').next().unwrap();
+        assert!(name.starts_with("--"), "{a}");
+        let found = help
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+            .any(|w| w == name);
+        assert!(found, "{} has no flag {name}", binary.display());
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn read_status(root: &Path) -> Option<HostStatus> {
+    let text = std::fs::read_to_string(root.join("status.json")).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn pid_of(st: &HostStatus, name: &str) -> Option<i32> {
+    st.components
+        .iter()
+        .find(|c| c.component.name == name)
+        .and_then(|c| c.pid)
+}
+
+fn restarts_of(st: &HostStatus, name: &str) -> u32 {
+    st.components
+        .iter()
+        .find(|c| c.component.name == name)
+        .map_or(0, |c| c.component.restarts)
+}
+
+/// Waits until `cond(status)` holds; returns the status and the time it took.
+fn wait_for(
+    root: &Path,
+    child: &mut Child,
+    timeout: Duration,
+    what: &str,
+    cond: impl Fn(&HostStatus) -> bool,
+) -> (HostStatus, Duration) {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = read_status(root) {
+            if cond(&st) {
+                return (st, t.elapsed());
+            }
+        }
+        if let Some(code) = child.try_wait().unwrap() {
+            panic!("firstboot host exited ({code}) while waiting for {what}");
+        }
+        if t.elapsed() > timeout {
+            let st = read_status(root);
+            panic!("timed out after {timeout:?} waiting for {what}: {st:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops `firstboot host` (and so its components) if the test fails half-way.
+struct HostGuard {
+    child: Child,
+}
+
+impl Drop for HostGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Ok(pid) = i32::try_from(self.child.id()) {
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_raw(pid).unwrap(),
+                    rustix::process::Signal::Term,
+                );
+            }
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(90) {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn signal(pid: i32, sig: rustix::process::Signal) {
+    rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), sig).unwrap();
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+#[ignore = "needs the Kubernetes and etcd Go builds (a cold cache builds them)"]
+fn control_plane_in_host_mode() {
+    for port in [2379, 2380, 2381, 10257, 10259] {
+        assert!(
+            TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is in use: is another control plane running?"
+        );
+    }
+    let bins = binaries(&["kubernetes", "etcd", "etcdctl"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for (name, path) in &bins {
+        std::os::unix::fs::symlink(path, bin.join(name)).unwrap();
+    }
+    let root = tmp.path().join("root");
+    let opts = HostOptions {
+        root: root.clone(),
+        bin: bin.clone(),
+        json: true,
+        apiserver_port: free_port(),
+    };
+
+    // 1. Flags and config files against the binaries themselves.
+    let p: ClusterParams = host::params(&opts).unwrap();
+    for m in components::all(&p).unwrap() {
+        let program = PathBuf::from(&m.command.program);
+        if program.exists() {
+            flags_exist(&program, &m.command.args);
+        } else {
+            eprintln!("not checked (no binary): {}", m.spec.name);
+        }
+    }
+    let cfg = tmp.path().join("check");
+    let mut q = p.clone();
+    q.paths.config = cfg.clone();
+    q.paths.cni_conf = cfg.join("cni");
+    files::write_files(&files::control_plane_files(&q)).unwrap();
+    files::write_files(&files::node_files(&q).unwrap()).unwrap();
+    run(Command::new(bin.join("kube-proxy"))
+        .arg(format!(
+            "--config={}",
+            cfg.join(files::KUBE_PROXY_CONFIG).display()
+        ))
+        .arg(format!("--write-config-to={}", cfg.join("p.out").display())));
+    let p_out = std::fs::read_to_string(cfg.join("p.out")).unwrap();
+    assert!(p_out.contains("clusterCIDR: 10.244.0.0/16"), "{p_out}");
+    assert!(p_out.contains("mode: iptables"), "{p_out}");
+
+    // 2. Cold start.
+    let child = Command::new(env!("CARGO_BIN_EXE_firstboot"))
+        .arg("host")
+        .arg("--root")
+        .arg(&root)
+        .arg("--bin")
+        .arg(&bin)
+        .arg("--apiserver-port")
+        .arg(opts.apiserver_port.to_string())
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = HostGuard { child };
+    let child = &mut guard.child;
+    let (st, cold) = wait_for(
+        &root,
+        child,
+        Duration::from_secs(300),
+        "control plane ready and addons applied",
+        |s| s.ready && s.addons_applied,
+    );
+    eprintln!(
+        "cold start: ready after {} ms (addons applied {:.1?} after spawn)",
+        st.ready_after_ms.unwrap(),
+        cold
+    );
+    // The scheduler's own config loader (it needs the kubeconfig, which exists now).
+    let written = run(Command::new(bin.join("kube-scheduler"))
+        .arg(format!(
+            "--config={}",
+            cfg.join(files::SCHEDULER_CONFIG).display()
+        ))
+        .arg(format!("--write-config-to={}", cfg.join("s.out").display()))
+        .arg("--secure-port=0"));
+    assert!(written.contains("Wrote configuration"), "{written}");
+    let s_out = std::fs::read_to_string(cfg.join("s.out")).unwrap();
+    assert!(s_out.contains("scheduler.conf"), "{s_out}");
+    for name in [ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER] {
+        let log = std::fs::read_to_string(root.join(format!("logs/{name}.log"))).unwrap();
+        assert!(!log.is_empty(), "{name}.log is empty");
+    }
+
+    // 3. kubectl with the admin kubeconfig (group bound to cluster-admin by the addons).
+    let admin = root.join("pki/admin.conf");
+    let kubectl = |args: &[&str]| {
+        run(Command::new(bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&admin)
+            .args(args))
+    };
+    assert_eq!(kubectl(&["get", "--raw", "/readyz"]).trim(), "ok");
+    let ns = kubectl(&["get", "namespaces", "-o", "name"]);
+    for want in ["namespace/default", "namespace/kube-system"] {
+        assert!(ns.lines().any(|l| l == want), "{ns}");
+    }
+    let dns = kubectl(&[
+        "-n",
+        "kube-system",
+        "get",
+        "service",
+        "kube-dns",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
+    assert_eq!(dns.trim(), p.dns_ip().unwrap().to_string());
+
+    // 4. Anonymous access: health paths only.
+    let anon = |path: &str| {
+        HttpProbe::from_url(
+            &format!("https://127.0.0.1:{}{path}", opts.apiserver_port),
+            Some(TlsProbe {
+                ca: root.join("pki/ca.crt"),
+                client: None,
+            }),
+        )
+        .unwrap()
+        .check(Duration::from_secs(10))
+    };
+    for ok in ["/livez", "/readyz", "/healthz"] {
+        anon(ok).unwrap_or_else(|e| panic!("anonymous {ok}: {e}"));
+    }
+    for denied in ["/api/v1/namespaces", "/version", "/api"] {
+        let e = anon(denied).expect_err(denied).to_string();
+        assert!(e.contains("401"), "anonymous {denied}: {e}");
+    }
+
+    // 5. Secrets are encrypted at rest.
+    let plaintext = "kiln-plaintext-7f3a9c";
+    kubectl(&[
+        "-n",
+        "default",
+        "create",
+        "secret",
+        "generic",
+        "kiln-enc-test",
+        &format!("--from-literal=value={plaintext}"),
+    ]);
+    let pki = root.join("pki");
+    let raw = Command::new(bin.join("etcdctl"))
+        .arg("--endpoints=https://127.0.0.1:2379")
+        .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
+        .arg(format!(
+            "--cert={}",
+            pki.join("apiserver-etcd-client.crt").display()
+        ))
+        .arg(format!(
+            "--key={}",
+            pki.join("apiserver-etcd-client.key").display()
+        ))
+        .args(["get", "/registry/secrets/default/kiln-enc-test"])
+        .output()
+        .unwrap();
+    assert!(raw.status.success(), "{raw:?}");
+    let stored = String::from_utf8_lossy(&raw.stdout);
+    assert!(
+        stored.contains("k8s:enc:secretbox:v1:key1:"),
+        "not encrypted: {stored}"
+    );
+    assert!(!stored.contains(plaintext));
+    assert!(kubectl(&["-n", "default", "get", "secret", "kiln-enc-test"]).contains("Opaque"));
+
+    // 6. kill -9 of each component, one at a time.
+    for name in [ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER] {
+        let (before, _) = wait_for(&root, child, Duration::from_secs(120), "all ready", |s| {
+            s.ready
+        });
+        let old = pid_of(&before, name).unwrap();
+        let restarts = restarts_of(&before, name);
+        signal(old, rustix::process::Signal::Kill);
+        let (after, took) = wait_for(
+            &root,
+            child,
+            Duration::from_secs(180),
+            &format!("{name} back after kill -9"),
+            |s| s.ready && pid_of(s, name).is_some_and(|p| p != old),
+        );
+        assert!(restarts_of(&after, name) > restarts);
+        eprintln!("recovery after kill -9 of {name}: {took:.1?}");
+    }
+    assert_eq!(kubectl(&["get", "--raw", "/readyz"]).trim(), "ok");
+
+    // 7. A hung apiserver: SIGSTOP, detected by the probe, killed and restarted.
+    let (before, _) = wait_for(&root, child, Duration::from_secs(120), "all ready", |s| {
+        s.ready
+    });
+    let old = pid_of(&before, APISERVER).unwrap();
+    signal(old, rustix::process::Signal::Stop);
+    let (_, detected) = wait_for(
+        &root,
+        child,
+        Duration::from_secs(120),
+        "the stopped apiserver replaced",
+        |s| pid_of(s, APISERVER).is_some_and(|p| p != old),
+    );
+    assert!(!alive(old), "the stopped apiserver {old} is still there");
+    let (_, back) = wait_for(
+        &root,
+        child,
+        Duration::from_secs(180),
+        "the apiserver ready after SIGSTOP",
+        |s| s.ready && pid_of(s, APISERVER).is_some_and(|p| p != old),
+    );
+    eprintln!(
+        "SIGSTOP of {APISERVER}: replaced after {detected:.1?}, all ready {:.1?} after SIGSTOP",
+        detected + back
+    );
+    assert_eq!(kubectl(&["get", "--raw", "/readyz"]).trim(), "ok");
+
+    // 8. SIGTERM stops everything.
+    let last = read_status(&root).unwrap();
+    let pids: Vec<i32> = last.components.iter().filter_map(|c| c.pid).collect();
+    assert_eq!(pids.len(), 4);
+    signal(
+        i32::try_from(child.id()).unwrap(),
+        rustix::process::Signal::Term,
+    );
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "host mode did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "firstboot host exited with {status}");
+    eprintln!("shutdown: {:.1?}", t.elapsed());
+    for pid in pids {
+        assert!(!alive(pid), "component pid {pid} survived the shutdown");
+    }
+    let mut out = String::new();
+    use std::io::Read as _;
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["event"].as_str()).collect();
+    assert_eq!(kinds, ["ready", "addons-applied", "stopping", "stopped"]);
+}
