@@ -184,7 +184,7 @@ fn control_plane_in_host_mode() {
             "port {port} is in use: is another control plane running?"
         );
     }
-    let bins = binaries(&["kubernetes", "etcd", "etcdctl"]);
+    let bins = binaries(&["kubernetes", "etcd", "etcdctl", "containerd"]);
     let tmp = tempfile::tempdir().unwrap();
     let bin = tmp.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
@@ -224,6 +224,27 @@ fn control_plane_in_host_mode() {
     let p_out = std::fs::read_to_string(cfg.join("p.out")).unwrap();
     assert!(p_out.contains("clusterCIDR: 10.244.0.0/16"), "{p_out}");
     assert!(p_out.contains("mode: iptables"), "{p_out}");
+
+    // containerd's own loader: our settings replace its defaults (a misplaced key would
+    // leave the default in place next to ours).
+    let dump = run(Command::new(bin.join("containerd"))
+        .arg("--config")
+        .arg(cfg.join(files::CONTAINERD_CONFIG))
+        .args(["config", "dump"]));
+    for want in [
+        "SystemdCgroup = true".to_string(),
+        "sandbox = 'registry.k8s.io/pause:3.10.1'".to_string(),
+        format!("bin_dirs = ['{}']", bin.display()),
+        format!("conf_dir = '{}'", cfg.join("cni").display()),
+        format!("address = '{}'", q.paths.containerd_socket().display()),
+        "runtime_type = 'io.containerd.runc.v2'".to_string(),
+    ] {
+        assert!(
+            dump.contains(&want),
+            "containerd config dump lacks {want}:\n{dump}"
+        );
+    }
+    assert!(!dump.contains("/opt/cni/bin"), "{dump}");
 
     // 2. Cold start.
     let child = Command::new(env!("CARGO_BIN_EXE_firstboot"))
