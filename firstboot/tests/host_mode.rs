@@ -1,6 +1,6 @@
 //! `firstboot host` with the real Kubernetes and etcd binaries from the Go inputs of
 //! images/single-node.toml, located through Kiln's Go output cache (a cache hit is instant;
-//! a cold cache builds Kubernetes, hence `#[ignore]`).
+//! on a cold cache the first run builds Kubernetes).
 //!
 //! Checks every flag we pass against the binary's own `--help`, the scheduler and kube-proxy
 //! configs against the binaries' own config loaders, then runs the control plane: ready;
@@ -9,7 +9,7 @@
 //! component and SIGSTOP of the apiserver are recovered from (times printed); SIGTERM stops
 //! everything. One test function: etcd's ports (2379-2381) and the controllers' (10257,
 //! 10259) are fixed, so this file must not run concurrently with itself.
-//! Run: `cargo test -p firstboot --test host_mode -- --ignored --nocapture`.
+//! Run: `cargo test -p firstboot --test host_mode -- --nocapture`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -176,7 +176,6 @@ fn alive(pid: i32) -> bool {
 }
 
 #[test]
-#[ignore = "needs the Kubernetes and etcd Go builds (a cold cache builds them)"]
 fn control_plane_in_host_mode() {
     for port in [2379, 2380, 2381, 10257, 10259] {
         assert!(
