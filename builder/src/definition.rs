@@ -63,6 +63,9 @@ pub struct ImageSection {
     pub arch: Option<String>,
     /// SOURCE_DATE_EPOCH: every timestamp in every output is clamped to it.
     pub epoch: Option<u64>,
+    /// zstd level of the squashfs root, 1-22 (default 19). Lower builds much faster: the
+    /// Go binaries of a Kubernetes node make level 19 take many minutes on two cores.
+    pub compression_level: Option<u32>,
     /// Outputs `kiln build` writes when `--format` is not given.
     pub outputs: Option<Vec<OutputFormat>>,
 }
@@ -298,6 +301,8 @@ pub struct Definition {
     pub version: String,
     pub arch: String,
     pub epoch: u64,
+    /// zstd level of the squashfs root.
+    pub compression_level: u32,
     pub outputs: Vec<OutputFormat>,
     pub debian: Option<Debian>,
     pub artifacts: Vec<Artifact>,
@@ -328,6 +333,8 @@ pub struct Debian {
 }
 
 pub const DEFAULT_DISK_SIZE: u64 = 8 << 30;
+/// zstd level of the squashfs root unless the definition says otherwise.
+pub const DEFAULT_COMPRESSION_LEVEL: u32 = 19;
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -424,6 +431,7 @@ pub fn merge(base: DefinitionFile, child: DefinitionFile) -> DefinitionFile {
         version: pick(c.version, b.version),
         arch: pick(c.arch, b.arch),
         epoch: pick(c.epoch, b.epoch),
+        compression_level: pick(c.compression_level, b.compression_level),
         outputs: pick(c.outputs, b.outputs),
     });
     let debian = merge_opt(base.debian, child.debian, |b, c| DebianSection {
@@ -540,6 +548,13 @@ fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError>
         .epoch
         .ok_or_else(|| invalid("image.epoch", "is required (SOURCE_DATE_EPOCH)".into()))?;
     let outputs = image.outputs.unwrap_or_else(|| vec![OutputFormat::Tar]);
+    let compression_level = image.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
+    if !(1..=22).contains(&compression_level) {
+        return Err(invalid(
+            "image.compression-level",
+            format!("{compression_level} is not a zstd level (1-22)"),
+        ));
+    }
 
     let debian = match f.debian {
         None => None,
@@ -680,6 +695,7 @@ fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError>
         version,
         arch,
         epoch,
+        compression_level,
         outputs,
         debian,
         artifacts: f.artifact,

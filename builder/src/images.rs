@@ -83,7 +83,7 @@ pub fn write(
     copy_out(tree, &kpath, &kernel)?;
     let root = w("root.squashfs");
     let opts = squashfs::Options {
-        compression: squashfs::Compression::Zstd,
+        compression: squashfs::Compression::Zstd(def.compression_level),
     };
     tools.push(tool(
         squashfs::write(tree, &root, &opts).context("writing the root squashfs")?,

@@ -14,11 +14,17 @@ use super::command::{self, Tool, ToolVersion};
 use super::{io_err, persist, temp_dir_near, temp_sibling, BootError, Result};
 use crate::tree::{Kind, Tree, TreePath};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {
-    #[default]
-    Zstd,
+    /// zstd at the given level (1-22).
+    Zstd(u32),
     Xz,
+}
+
+impl Default for Compression {
+    fn default() -> Self {
+        Compression::Zstd(19)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -37,8 +43,13 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<ToolVersion> {
 
     let tmp = temp_sibling(out)?;
     let comp = match opts.compression {
-        Compression::Zstd => ["-comp", "zstd", "-Xcompression-level", "19"],
-        Compression::Xz => ["-comp", "xz", "-Xdict-size", "100%"],
+        Compression::Zstd(level) => vec![
+            "-comp".to_string(),
+            "zstd".into(),
+            "-Xcompression-level".into(),
+            level.to_string(),
+        ],
+        Compression::Xz => vec!["-comp".into(), "xz".into(), "-Xdict-size".into(), "100%".into()],
     };
     Tool::new("mksquashfs", tree.epoch())
         .arg(&root)
