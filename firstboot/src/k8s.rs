@@ -177,6 +177,8 @@ pub struct ClusterParams {
     pub proxy_mode: ProxyMode,
     /// The resolv.conf the kubelet hands to `dnsPolicy: Default` pods (CoreDNS forwards to it).
     pub resolv_conf: PathBuf,
+    /// `resolv_conf` names upstream resolvers; CoreDNS forwards other names to them.
+    pub upstream_dns: bool,
     pub paths: Paths,
 }
 
@@ -199,6 +201,7 @@ impl ClusterParams {
             apiserver_port: APISERVER_PORT,
             proxy_mode: ProxyMode::Iptables,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            upstream_dns: true,
             paths,
         }
     }

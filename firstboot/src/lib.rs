@@ -10,6 +10,7 @@ pub mod k8s;
 pub mod logging;
 pub mod markers;
 pub mod network;
+pub mod node;
 pub mod notify;
 pub mod pki;
 pub mod probe;

@@ -135,7 +135,31 @@ fn run_agent() -> anyhow::Result<()> {
         reload_network: &network::reload_networkd,
         network_timeout_ms: agent::NETWORK_TIMEOUT_MS,
     };
-    let st = agent::run(&sys, &AgentPaths::new("/"), &env)?;
+    let paths = AgentPaths::new("/");
+    let mut st = agent::run(&sys, &paths, &env)?;
+    if firstboot::node::available(Path::new("/usr/bin")) {
+        // The effective config, as stage 2 just persisted it.
+        let text = std::fs::read_to_string(paths.last_good())
+            .with_context(|| format!("reading {}", paths.last_good().display()))?;
+        let cfg = firstboot::config::MachineConfig::from_toml(&text)
+            .with_context(|| format!("parsing {}", paths.last_good().display()))?;
+        let _ = notifier.status("starting the node");
+        let now = || firstboot::status::Now {
+            monotonic_ms: sys.monotonic_ms(),
+            unix_ms: firstboot::status::unix_ms(),
+        };
+        let node_env = firstboot::node::NodeEnv {
+            say: &say,
+            notify: &notifier,
+            status_path: paths.status_json(),
+            now: &now,
+        };
+        let r = firstboot::node::run(&mut st, &cfg, &node_env);
+        if let Err(e) = &r {
+            say(&format!("kiln: node failed: {e:#}"));
+        }
+        return r;
+    }
     let line = st.summary().swap_remove(0);
     notifier
         .ready(line.trim_start_matches("kiln: "))

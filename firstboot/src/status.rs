@@ -45,6 +45,9 @@ pub struct Status {
     pub phases: Vec<Phase>,
     /// Stage 1's record, as written to /run/kiln/stage1.json.
     pub stage1: Option<Timings>,
+    /// Node mode: each supervised component (state, restarts, last probe).
+    #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+    pub components: serde_json::Value,
 }
 
 /// A clock reading: monotonic and wall milliseconds taken together.

@@ -43,6 +43,7 @@ fn web(port: u16) -> Managed {
                 period: 250,
                 timeout: 500,
                 failure_threshold: 3,
+                startup_timeout: 0,
             }),
             grace: 1_000,
             backoff_base: 200,

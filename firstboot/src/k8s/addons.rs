@@ -9,8 +9,15 @@ use super::{ClusterParams, K8sError, COREDNS_IMAGE};
 
 const NS: &str = "kube-system";
 
-/// CoreDNS's Corefile for `domain`.
-pub fn corefile(domain: &str) -> String {
+/// CoreDNS's Corefile for `domain`; names outside the cluster are forwarded to the
+/// resolvers in the pod's /etc/resolv.conf only when the node has upstream DNS (an
+/// air-gapped node has none, and CoreDNS refuses to start with an empty forward list).
+pub fn corefile(domain: &str, forward: bool) -> String {
+    let forward = if forward {
+        "    forward . /etc/resolv.conf {\n       max_concurrent 1000\n    }\n"
+    } else {
+        ""
+    };
     format!(
         ".:53 {{
     errors
@@ -24,10 +31,7 @@ pub fn corefile(domain: &str) -> String {
        ttl 30
     }}
     prometheus :9153
-    forward . /etc/resolv.conf {{
-       max_concurrent 1000
-    }}
-    cache 30 {{
+{forward}    cache 30 {{
        disable success {domain}
        disable denial {domain}
     }}
@@ -72,7 +76,7 @@ pub fn coredns(p: &ClusterParams) -> Result<Vec<Value>, K8sError> {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": {"name": "coredns", "namespace": NS},
-            "data": {"Corefile": corefile(p.cluster_domain.as_str())},
+            "data": {"Corefile": corefile(p.cluster_domain.as_str(), p.upstream_dns)},
         }),
         json!({
             "apiVersion": "apps/v1",

@@ -37,15 +37,22 @@ fn spec(name: &str, deps: &[&str], probe: Option<ProbeSpec>, grace: Millis) -> C
     }
 }
 
-/// Probe timing. Failures before the first success count too (the machine has no separate
-/// startup window), so `initial_delay + period * failure_threshold` must cover a cold start
-/// on a loaded machine.
+/// How long a component may take to become ready before failed probes stop it: a cold start
+/// under software emulation takes minutes; a crash is seen at once (the process exits).
+const STARTUP_TIMEOUT: Millis = 300_000;
+/// One probe's timeout: a hung (e.g. SIGSTOPped) server accepts the connection and never
+/// answers, so hang detection takes about `failure_threshold` times this.
+const PROBE_TIMEOUT: Millis = 5_000;
+
+/// Probe timing: after the first good probe, `failure_threshold` consecutive failures stop
+/// the component.
 fn probe(initial_delay: Millis, period: Millis, failure_threshold: u32) -> ProbeSpec {
     ProbeSpec {
         initial_delay,
         period,
-        timeout: period,
+        timeout: PROBE_TIMEOUT,
         failure_threshold,
+        startup_timeout: STARTUP_TIMEOUT,
     }
 }
 
@@ -234,9 +241,9 @@ pub fn control_plane(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
         )?,
     };
     let apiserver = Managed {
-        // A cold start gets 5 + 24 s; an etcd outage of up to 24 s is tolerated; a hang is
-        // detected in about 24 s (+ 5 s grace before SIGKILL).
-        spec: spec(APISERVER, &[ETCD], Some(probe(5_000, 2_000, 12)), 5_000),
+        // An etcd outage of about 8 s is tolerated; a hang is detected in about 4 probe
+        // timeouts (+ 5 s grace before SIGKILL).
+        spec: spec(APISERVER, &[ETCD], Some(probe(2_000, 2_000, 4)), 5_000),
         command: command(p, "kube-apiserver", apiserver_args(p)?),
         probe: http_probe(
             APISERVER,

@@ -25,6 +25,19 @@ pub struct ProbeSpec {
     pub period: Millis,
     pub timeout: Millis,
     pub failure_threshold: u32,
+    /// Before the first good probe, failures stop the component only once it has been
+    /// running this long (a slow cold start is not a hang). 0: they count from the start.
+    #[serde(default)]
+    pub startup_timeout: Millis,
+}
+
+impl ProbeSpec {
+    /// Whether `failures` consecutive failed probes stop a component that started at
+    /// `since` and is `ready` (or not yet).
+    pub fn gives_up(&self, failures: u32, ready: bool, since: Millis, now: Millis) -> bool {
+        failures >= self.failure_threshold
+            && (ready || now.saturating_sub(since) >= self.startup_timeout)
+    }
 }
 
 /// What to run and how to judge it; the command itself lives in the shell.
@@ -386,8 +399,9 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
         Event::ProbeResult { name, id, ok } => {
             if let Some(i) = state.index(&name) {
                 let c = &mut state.components[i];
-                let threshold = c.spec.probe.as_ref().map_or(1, |p| p.failure_threshold);
+                let probe = c.spec.probe.clone();
                 if let Phase::Running {
+                    since,
                     ready,
                     ready_since,
                     failures,
@@ -407,7 +421,10 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                             }
                         } else {
                             *failures += 1;
-                            if *failures >= threshold {
+                            let gives_up = probe
+                                .as_ref()
+                                .is_none_or(|p| p.gives_up(*failures, *ready, *since, now));
+                            if gives_up {
                                 let why = format!("{failures} consecutive failed probes");
                                 stop(c, now, After::Backoff, &why, &mut out);
                             }
@@ -474,11 +491,12 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
         }
         match &mut c.phase {
             Phase::Running {
+                since,
+                ready,
                 ready_since,
                 failures,
                 next_probe,
                 in_flight,
-                ..
             } => {
                 if let Some(since) = *ready_since {
                     if c.crashes > 0 && now.saturating_sub(since) >= c.spec.stable_after {
@@ -495,7 +513,7 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
                         *in_flight = None;
                         *failures += 1;
                         c.last_probe = Some(false);
-                        if *failures >= p.failure_threshold {
+                        if p.gives_up(*failures, *ready, *since, now) {
                             let why = format!("{failures} consecutive failed probes");
                             stop(c, now, After::Backoff, &why, out);
                         }
@@ -543,6 +561,7 @@ mod tests {
                 period: 1_000,
                 timeout: 500,
                 failure_threshold: 3,
+                startup_timeout: 0,
             }),
             grace: 5_000,
             backoff_base: 1_000,
@@ -692,6 +711,42 @@ mod tests {
         );
         assert_eq!(s.get("etcd").unwrap().restarts, 1);
         assert_eq!(s.get("etcd").unwrap().last_exit, Some(137));
+    }
+
+    #[test]
+    fn a_slow_cold_start_is_not_a_hang_until_the_startup_timeout() {
+        let mut sp = spec("apiserver", &[]);
+        if let Some(p) = &mut sp.probe {
+            p.startup_timeout = 10_000;
+        }
+        let mut s = State::new(vec![sp]).unwrap();
+        next(&mut s, Event::Tick, 0);
+        // Failing probes from 1 s to 9 s: no signal while starting up.
+        let mut t = 0;
+        for _ in 0..9 {
+            t += 1_000;
+            let a = next(&mut s, Event::Tick, t);
+            let b = answer(&mut s, &a, "apiserver", false, t);
+            assert!(signals(&b, "apiserver").is_empty(), "at {t}");
+        }
+        // Past the startup timeout, the failures so far count: stopped.
+        t += 1_000;
+        let a = next(&mut s, Event::Tick, t);
+        let b = answer(&mut s, &a, "apiserver", false, t);
+        assert_eq!(signals(&b, "apiserver"), vec![Signal::Term], "at {t}");
+        // Once ready, the threshold applies at once, startup timeout or not.
+        let mut s = State::new(vec![spec("etcd", &[])]).unwrap();
+        let mut t = start_ready(&mut s, "etcd", 0);
+        let mut stopped_at = None;
+        for _ in 0..3 {
+            t += 1_000;
+            let a = next(&mut s, Event::Tick, t);
+            let b = answer(&mut s, &a, "etcd", false, t);
+            if !signals(&b, "etcd").is_empty() {
+                stopped_at = Some(t);
+            }
+        }
+        assert!(stopped_at.is_some());
     }
 
     #[test]

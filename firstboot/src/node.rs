@@ -1,0 +1,350 @@
+//! Node mode of the agent: once stage 2 has named the machine and brought up the network,
+//! the whole single-node cluster runs under the supervisor: etcd → kube-apiserver →
+//! controller-manager and scheduler → containerd → kubelet → kube-proxy, then the addons
+//! once through the API. Progress goes to the console (`kiln: <component> ready`, `kiln:
+//! node <name> Ready`), the journal and /run/kiln/status.json; READY=1 is sent when the node
+//! is Ready, and the watchdog is pinged only while the supervision loop runs.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::config::{Hostname, MachineConfig};
+use crate::k8s::{self, addons, components, files, ClusterParams, Paths};
+use crate::notify::Notifier;
+use crate::pki::Pki;
+use crate::status::{Now, Status};
+use crate::supervisor::shell::Supervisor;
+
+/// Status phases of node mode, besides `<component>-ready`.
+pub const ADDONS_APPLIED: &str = "addons-applied";
+pub const IMAGES_IMPORTED: &str = "images-imported";
+pub const NODE_READY: &str = "node-ready";
+pub const COREDNS_READY: &str = "coredns-ready";
+
+/// Where a node without upstream DNS gets its (empty) resolv.conf for pods.
+const AIRGAP_RESOLV: &str = "/run/kiln/resolv.conf";
+
+/// Whether the image carries the node's binaries (minimal images do not).
+pub fn available(bin: &Path) -> bool {
+    ["etcd", "kube-apiserver", "kubelet", "containerd", "kubectl"]
+        .iter()
+        .all(|b| bin.join(b).is_file())
+}
+
+/// The IPs of `ifname addr/len` strings, in order.
+pub fn node_ips(addresses: &[String]) -> Vec<IpAddr> {
+    addresses
+        .iter()
+        .filter_map(|a| a.split_whitespace().nth(1))
+        .filter_map(|a| a.split('/').next())
+        .filter_map(|a| a.parse().ok())
+        .collect()
+}
+
+/// Whether a resolv.conf names at least one nameserver.
+pub fn has_nameserver(resolv_conf: &str) -> bool {
+    resolv_conf
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some("nameserver"))
+}
+
+/// What the agent hands to node mode.
+pub struct NodeEnv<'a> {
+    pub say: &'a dyn Fn(&str),
+    pub notify: &'a Notifier,
+    pub status_path: PathBuf,
+    pub now: &'a dyn Fn() -> Now,
+}
+
+/// Results of the slow cluster checks (kubectl runs), made off the supervision loop.
+#[derive(Debug, Default, Clone)]
+struct Checks {
+    addons_applied: bool,
+    images_imported: bool,
+    node_ready: bool,
+    coredns_ready: bool,
+}
+
+/// The node's cluster parameters from the effective machine config and stage 2's status.
+pub fn params(cfg: &MachineConfig, st: &Status) -> anyhow::Result<ClusterParams> {
+    let hostname: Hostname = st
+        .hostname
+        .parse()
+        .with_context(|| format!("hostname {:?}", st.hostname))?;
+    let ips = node_ips(&st.addresses);
+    let mut p = ClusterParams::new(
+        &cfg.kubernetes,
+        hostname,
+        ips,
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        Paths::node(),
+    );
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    if !has_nameserver(&resolv) {
+        let path = PathBuf::from(AIRGAP_RESOLV);
+        crate::pki::write_atomic(&path, b"# no upstream DNS: air-gapped node\n", 0o644)
+            .with_context(|| format!("writing {}", path.display()))?;
+        p.resolv_conf = path;
+        p.upstream_dns = false;
+    }
+    Ok(p)
+}
+
+fn load_modules_and_sysctls(say: &dyn Fn(&str)) {
+    for m in files::MODULES {
+        match Command::new("modprobe").arg(m).status() {
+            Ok(s) if s.success() => {}
+            Ok(s) => say(&format!("kiln: problem: modprobe {m}: {s}")),
+            Err(e) => say(&format!("kiln: problem: modprobe {m}: {e}")),
+        }
+    }
+    for (key, value) in files::SYSCTLS {
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        if let Err(e) = std::fs::write(&path, value) {
+            say(&format!("kiln: problem: sysctl {key}={value}: {e}"));
+        }
+    }
+}
+
+fn kubectl(p: &ClusterParams, kubeconfig: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(p.paths.binary("kubectl"))
+        .arg("--kubeconfig")
+        .arg(p.paths.pki_file(kubeconfig))
+        .arg("--request-timeout=10s")
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs the slow checks every few seconds until `stop`: addons applied once the apiserver
+/// is ready, baked images imported once containerd runs, node Ready, CoreDNS ready.
+fn checker(
+    p: ClusterParams,
+    addons_path: PathBuf,
+    apiserver_ready: Arc<AtomicBool>,
+    containerd_ready: Arc<AtomicBool>,
+    checks: Arc<Mutex<Checks>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut c = Checks::default();
+    while !stop.load(Ordering::SeqCst) {
+        if apiserver_ready.load(Ordering::SeqCst) {
+            if !c.addons_applied {
+                match k8s::host::apply_with_kubectl(
+                    &p.paths.binary("kubectl"),
+                    &p.paths.pki_file("super-admin.conf"),
+                    &addons_path,
+                ) {
+                    Ok(()) => c.addons_applied = true,
+                    Err(e) => log::warn!("applying addons: {e:#}"),
+                }
+            }
+            let ready = kubectl(
+                &p,
+                "admin.conf",
+                &[
+                    "get",
+                    "node",
+                    p.hostname.as_str(),
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+                ],
+            );
+            c.node_ready = ready.as_deref() == Some("True");
+            let dns = kubectl(
+                &p,
+                "admin.conf",
+                &[
+                    "-n",
+                    "kube-system",
+                    "get",
+                    "deployment",
+                    "coredns",
+                    "-o",
+                    "jsonpath={.status.readyReplicas}",
+                ],
+            );
+            c.coredns_ready = dns
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n > 0);
+        }
+        if containerd_ready.load(Ordering::SeqCst) && !c.images_imported {
+            c.images_imported = import_images(&p);
+        }
+        if let Ok(mut shared) = checks.lock() {
+            *shared = c.clone();
+        }
+        std::thread::sleep(Duration::from_secs(3));
+    }
+}
+
+/// Imports the images baked into /usr/lib/kiln/images into containerd; true when done.
+fn import_images(_p: &ClusterParams) -> bool {
+    true
+}
+
+/// Runs the node until the process is stopped. Never returns Ok.
+pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Result<()> {
+    let say = env.say;
+    let save = |st: &Status| {
+        if let Err(e) = st.write(&env.status_path) {
+            log::warn!("writing {}: {e}", env.status_path.display());
+        }
+    };
+    let p = params(cfg, st)?;
+    load_modules_and_sysctls(say);
+    let now_s = i64::try_from((env.now)().unix_ms / 1000).unwrap_or(0);
+    let report = Pki::ensure(&p.paths.pki, &p.pki_params(now_s)?, None)
+        .with_context(|| format!("creating the PKI under {}", p.paths.pki.display()))?;
+    say(&format!(
+        "kiln: pki ready ({} new files) in {}",
+        report.written.len(),
+        p.paths.pki.display()
+    ));
+    files::prepare_dirs(&p)?;
+    let mut generated = files::control_plane_files(&p);
+    generated.extend(files::node_files(&p)?);
+    let addons_path = p.paths.config_file("addons.json");
+    generated.push(files::GeneratedFile {
+        path: addons_path.clone(),
+        contents: addons::list_json(&p)?,
+        mode: 0o644,
+    });
+    files::write_files(&generated)?;
+    st.phase("configured", (env.now)());
+    save(st);
+
+    let mut sup = Supervisor::new(components::all(&p)?).context("setting up the supervisor")?;
+    let names: Vec<String> = sup
+        .status()
+        .iter()
+        .map(|c| c.component.name.clone())
+        .collect();
+    let apiserver_ready = Arc::new(AtomicBool::new(false));
+    let containerd_ready = Arc::new(AtomicBool::new(false));
+    let checks = Arc::new(Mutex::new(Checks::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let (p, a, c, ch, s) = (
+            p.clone(),
+            Arc::clone(&apiserver_ready),
+            Arc::clone(&containerd_ready),
+            Arc::clone(&checks),
+            Arc::clone(&stop),
+        );
+        std::thread::spawn(move || checker(p, addons_path, a, c, ch, s));
+    }
+
+    let mut seen_ready: Vec<String> = Vec::new();
+    let mut told = Checks::default();
+    let mut sent_ready = false;
+    let mut next_status = Instant::now();
+    let watchdog = crate::notify::watchdog_interval_from_env();
+    let mut next_ping = Instant::now();
+    loop {
+        sup.step().context("supervising the node")?;
+        for name in &names {
+            let ready = sup.state().get(name).is_some_and(|c| c.ready());
+            if ready && !seen_ready.contains(name) {
+                seen_ready.push(name.clone());
+                st.phase(&format!("{name}-ready"), (env.now)());
+                say(&format!("kiln: {name} ready"));
+                save(st);
+            }
+            match name.as_str() {
+                components::APISERVER => apiserver_ready.store(ready, Ordering::SeqCst),
+                components::CONTAINERD => containerd_ready.store(ready, Ordering::SeqCst),
+                _ => {}
+            }
+        }
+        let c = checks.lock().map(|c| c.clone()).unwrap_or_default();
+        let mut newly = |flag: bool, was: &mut bool, phase: &str, line: String| {
+            if flag && !*was {
+                *was = true;
+                st.phase(phase, (env.now)());
+                say(&line);
+            }
+        };
+        newly(
+            c.addons_applied,
+            &mut told.addons_applied,
+            ADDONS_APPLIED,
+            "kiln: addons applied".into(),
+        );
+        newly(
+            c.images_imported,
+            &mut told.images_imported,
+            IMAGES_IMPORTED,
+            "kiln: images imported".into(),
+        );
+        newly(
+            c.node_ready,
+            &mut told.node_ready,
+            NODE_READY,
+            format!("kiln: node {} Ready", p.hostname),
+        );
+        newly(
+            c.coredns_ready,
+            &mut told.coredns_ready,
+            COREDNS_READY,
+            "kiln: coredns ready".into(),
+        );
+        if told.node_ready && !sent_ready {
+            sent_ready = true;
+            if let Err(e) = env.notify.ready(&format!("node {} Ready", p.hostname)) {
+                log::warn!("sd_notify READY=1: {e}");
+            }
+        }
+        if Instant::now() >= next_status {
+            st.components = serde_json::to_value(sup.status()).unwrap_or_default();
+            save(st);
+            next_status = Instant::now() + Duration::from_secs(2);
+        }
+        if let Some(every) = watchdog {
+            if Instant::now() >= next_ping && sup.loop_healthy(every) {
+                if let Err(e) = env.notify.watchdog() {
+                    log::warn!("sd_notify WATCHDOG=1: {e}");
+                }
+                next_ping = Instant::now() + every;
+            }
+        }
+        std::thread::sleep(sup.tick);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ips_come_from_the_status_addresses() {
+        let a = vec![
+            "eth0 10.0.2.15/24".to_string(),
+            "eth0 fec0::5054:ff:fe12:3456/64".to_string(),
+            "garbage".to_string(),
+        ];
+        assert_eq!(
+            node_ips(&a),
+            vec![
+                "10.0.2.15".parse::<IpAddr>().unwrap(),
+                "fec0::5054:ff:fe12:3456".parse::<IpAddr>().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn nameserver_lines_are_recognised() {
+        assert!(has_nameserver("# x\nsearch example\nnameserver 10.0.2.3\n"));
+        assert!(!has_nameserver("# nameserver 1.2.3.4\nsearch x\n"));
+        assert!(!has_nameserver(""));
+    }
+}
