@@ -28,6 +28,11 @@ pub struct MachineConfig {
     pub network: Network,
     /// Kubernetes cluster parameters.
     pub kubernetes: Kubernetes,
+    /// Cluster CAs and service-account key from `kiln secrets gen`: the node issues its
+    /// certificates from these instead of generating its own CAs (first boot only; an
+    /// existing PKI on /var is kept).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<crate::pki::Secrets>,
 }
 
 impl MachineConfig {
@@ -424,5 +429,21 @@ pod-cidr = "10.42.0.0/16"
         ] {
             assert!(s.contains(key), "{key} missing from schema");
         }
+    }
+
+    #[test]
+    fn operator_secrets_ride_in_the_machine_config() {
+        let secrets = crate::pki::Secrets::generate(1_700_000_000).unwrap();
+        let text = format!(
+            "hostname = \"n1\"\n\n{}",
+            format!("\n{}", secrets.to_toml().unwrap()).replace("\n[", "\n[secrets.")
+        );
+        let c = MachineConfig::from_toml(&text).unwrap();
+        assert_eq!(c.secrets.as_ref(), Some(&secrets));
+        // Round trip through the persisted (last good) form.
+        let again = MachineConfig::from_toml(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(again, c);
+        let bad = text.replace("[secrets.ca]", "[secrets.cx]");
+        assert!(MachineConfig::from_toml(&bad).is_err());
     }
 }

@@ -203,7 +203,7 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
     let p = params(cfg, st)?;
     load_modules_and_sysctls(say);
     let now_s = i64::try_from((env.now)().unix_ms / 1000).unwrap_or(0);
-    let report = Pki::ensure(&p.paths.pki, &p.pki_params(now_s)?, None)
+    let report = Pki::ensure(&p.paths.pki, &p.pki_params(now_s)?, cfg.secrets.as_ref())
         .with_context(|| format!("creating the PKI under {}", p.paths.pki.display()))?;
     say(&format!(
         "kiln: pki ready ({} new files) in {}",

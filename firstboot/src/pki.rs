@@ -89,7 +89,7 @@ pub struct PkiParams {
 }
 
 /// A CA (or any) certificate with its private key, both PEM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct CertKeyPem {
     pub cert: String,
@@ -97,7 +97,7 @@ pub struct CertKeyPem {
 }
 
 /// The service-account signing key pair, PEM (PKCS#8 private, SPKI public).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct KeyPairPem {
     pub private: String,
@@ -105,7 +105,7 @@ pub struct KeyPairPem {
 }
 
 /// Cluster secrets an operator can generate (`kiln secrets gen`) and hand to the node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Secrets {
     pub ca: CertKeyPem,
