@@ -62,6 +62,9 @@ impl AgentPaths {
     pub fn network_dir(&self) -> PathBuf {
         self.p(network::NETWORK_DIR.trim_start_matches('/'))
     }
+    pub fn proc_self_status(&self) -> PathBuf {
+        self.p("proc/self/status")
+    }
     pub fn markers(&self) -> PathBuf {
         self.p(crate::markers::MARKERS_DIR.trim_start_matches('/'))
     }
@@ -257,10 +260,12 @@ pub fn run(sys: &dyn Sys, p: &AgentPaths, env: &Env) -> anyhow::Result<Status> {
             st.problems.push(e.to_string());
         }
     }
+    st.rss_hwm_kib = status::read_vm_hwm_kib(&p.proc_self_status());
     save(&st)?;
     for line in st.summary() {
         say(&line);
     }
+    say(&st.timings_line());
     let id = std::fs::read_to_string(p.etc().join("machine-id")).unwrap_or_default();
     let id = id.trim();
     say(&format!(
@@ -303,6 +308,8 @@ mod tests {
             p.stage1_json(),
             serde_json::to_string(&Timings {
                 start: 5,
+                switch_root: 905,
+                rss_hwm_kib: Some(1_800),
                 ..Timings::default()
             })
             .unwrap(),
@@ -343,8 +350,15 @@ mod tests {
             reload_network: &reload,
             network_timeout_ms: NETWORK_TIMEOUT_MS,
         };
+        std::fs::create_dir_all(p.proc_self_status().parent().unwrap()).unwrap();
+        std::fs::write(
+            p.proc_self_status(),
+            "VmPeak:\t 9000 kB\nVmHWM:\t 4100 kB\n",
+        )
+        .unwrap();
         let st = run(&sys, &p, &env).unwrap();
         assert_eq!(st.hostname, "from-fw");
+        assert_eq!(st.rss_hwm_kib, Some(4_100));
         assert_eq!(st.sources, vec!["default", "fw_cfg"]);
         assert_eq!(st.problems.len(), 1);
         assert!(
@@ -376,6 +390,12 @@ mod tests {
             [
                 "kiln: hostname from-fw, addresses eth0 10.0.2.15/24, sources default, fw_cfg, 1 problem",
                 &format!("kiln: problem: {}", st.problems[0]),
+                &format!(
+                    "kiln: timings stage1-ms=900 stage2-to-hostname-ms={} stage2-to-network-ms={} boot-to-hostname-ms={} stage1-rss-hwm-kib=1800 rss-hwm-kib=4100",
+                    st.phases[5].monotonic_ms - st.phases[3].monotonic_ms,
+                    up - st.phases[3].monotonic_ms,
+                    st.phases[5].monotonic_ms,
+                ),
                 "kiln: machine-id 0123456789abcdef0123456789abcdef, first boot yes"
             ]
         );

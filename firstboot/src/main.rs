@@ -76,10 +76,7 @@ fn init() -> ExitCode {
     let err = match stage1::prepare(&sys, &layout, &say) {
         Ok(t) => {
             say(&format!("kiln: stage 1: root {}, /var {}", t.root, t.var));
-            say(&format!(
-                "kiln: stage 1 done in {} ms, switching root",
-                t.switch_root.saturating_sub(t.start)
-            ));
+            say(&stage1::done_line(&t));
             sys.reap();
             stage1::switch_root(&sys, &layout)
         }

@@ -166,6 +166,20 @@ pub struct Timings {
     /// Modules loaded / failed.
     pub modules_ok: u32,
     pub modules_failed: u32,
+    /// Stage 1's peak resident set (VmHWM, KiB) just before switch_root.
+    #[serde(default)]
+    pub rss_hwm_kib: Option<u64>,
+}
+
+/// The console line at the end of stage 1:
+/// `kiln: stage 1 done in <ms> ms, rss-hwm-kib=<KiB|->, switching root`.
+pub fn done_line(t: &Timings) -> String {
+    format!(
+        "kiln: stage 1 done in {} ms, rss-hwm-kib={}, switching root",
+        t.switch_root.saturating_sub(t.start),
+        t.rss_hwm_kib
+            .map_or_else(|| "-".to_string(), |v| v.to_string())
+    )
 }
 
 /// Mounts /proc, /sys, /dev and /run (an already-mounted one is fine).
@@ -610,6 +624,7 @@ pub fn prepare(sys: &dyn Sys, l: &Layout, say: &dyn Fn(&str)) -> Result<Timings,
     t.var = mount_root_and_var(sys, l, &source, &mut t, say)?;
     overlay_etc(sys, l)?;
     machine_id(sys, &l.sysroot())?;
+    t.rss_hwm_kib = crate::status::read_vm_hwm_kib(&l.proc().join("self/status"));
     t.switch_root = sys.monotonic_ms();
     let json = serde_json::to_string_pretty(&t).map_err(|e| fail("writing stage1.json", e))?;
     let path = l.stage1_json();
@@ -957,9 +972,23 @@ mod tests {
     #[test]
     fn embedded_root_loops_the_initramfs_squashfs_and_uses_tmpfs_var() {
         let (_t, l) = layout_with_disk("kiln.root=embedded");
+        std::fs::create_dir_all(l.proc().join("self")).unwrap();
+        std::fs::write(l.proc().join("self/status"), "VmHWM:\t    1536 kB\n").unwrap();
         let sys = RecordingSys::new();
         let t = prepare(&sys, &l, &|_| {}).unwrap();
         assert_eq!((t.root.as_str(), t.var.as_str()), ("embedded", "tmpfs"));
+        // Stage 1's own peak goes into stage1.json and its done line.
+        assert_eq!(t.rss_hwm_kib, Some(1536));
+        let on_disk: Timings =
+            serde_json::from_str(&std::fs::read_to_string(l.stage1_json()).unwrap()).unwrap();
+        assert_eq!(on_disk, t);
+        assert_eq!(
+            done_line(&t),
+            format!(
+                "kiln: stage 1 done in {} ms, rss-hwm-kib=1536, switching root",
+                t.switch_root - t.start
+            )
+        );
         let calls = sys.calls();
         assert!(calls.contains(&Call::LoopAttach(l.embedded_squashfs())));
         assert!(calls.iter().any(|c| matches!(c, Call::Mount { source, fstype, .. } if fstype == "squashfs" && source.ends_with("dev/loop0"))));

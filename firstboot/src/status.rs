@@ -45,6 +45,8 @@ pub struct Status {
     pub phases: Vec<Phase>,
     /// Stage 1's record, as written to /run/kiln/stage1.json.
     pub stage1: Option<Timings>,
+    /// The agent's peak resident set (VmHWM, KiB) when it printed its summary.
+    pub rss_hwm_kib: Option<u64>,
     /// Node mode: each supervised component (state, restarts, last probe).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub components: serde_json::Value,
@@ -135,6 +137,35 @@ impl Status {
         out
     }
 
+    /// Milliseconds from phase `from` to phase `to`, if both were reached in that order.
+    pub fn between(&self, from: &str, to: &str) -> Option<u64> {
+        let at = |n: &str| {
+            self.phases
+                .iter()
+                .find(|p| p.name == n)
+                .map(|p| p.monotonic_ms)
+        };
+        at(to)?.checked_sub(at(from)?)
+    }
+
+    /// The timings line on the console, for hosts that have no shell on the machine:
+    /// `kiln: timings stage1-ms=N stage2-to-hostname-ms=N stage2-to-network-ms=N
+    /// boot-to-hostname-ms=N stage1-rss-hwm-kib=N rss-hwm-kib=N`, `-` for a figure not
+    /// known. `boot-to-hostname-ms` is the monotonic clock (since the kernel started) at
+    /// hostname-set.
+    pub fn timings_line(&self) -> String {
+        let f = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+        format!(
+            "kiln: timings stage1-ms={} stage2-to-hostname-ms={} stage2-to-network-ms={} boot-to-hostname-ms={} stage1-rss-hwm-kib={} rss-hwm-kib={}",
+            f(self.between(STAGE1_START, SWITCH_ROOT)),
+            f(self.between(STAGE2_START, HOSTNAME_SET)),
+            f(self.between(STAGE2_START, NETWORK_UP)),
+            f(self.phases.iter().find(|p| p.name == HOSTNAME_SET).map(|p| p.monotonic_ms)),
+            f(self.stage1.as_ref().and_then(|t| t.rss_hwm_kib)),
+            f(self.rss_hwm_kib),
+        )
+    }
+
     /// The table `firstboot status` prints.
     pub fn table(&self) -> String {
         let mut s = String::new();
@@ -173,6 +204,21 @@ impl Status {
         }
         s
     }
+}
+
+/// The `VmHWM:` (peak resident set, KiB) of a `/proc/<pid>/status` text.
+pub fn vm_hwm_kib(proc_status: &str) -> Option<u64> {
+    let rest = proc_status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim();
+    rest.strip_suffix("kB")?.trim().parse().ok()
+}
+
+/// This process's peak resident set in KiB, from `proc_self_status`
+/// (`/proc/self/status` on a machine).
+pub fn read_vm_hwm_kib(proc_self_status: &Path) -> Option<u64> {
+    vm_hwm_kib(&std::fs::read_to_string(proc_self_status).ok()?)
 }
 
 /// Reads stage 1's record, if it is there and parses.
@@ -304,6 +350,67 @@ mod tests {
             table.contains("network-up           4321 ms  2023-11-14T22:13:20.123Z"),
             "{table}"
         );
+    }
+
+    fn at(monotonic_ms: u64) -> Now {
+        Now {
+            monotonic_ms,
+            unix_ms: 1_700_000_000_000 + monotonic_ms,
+        }
+    }
+
+    #[test]
+    fn timings_line_from_phases_and_peaks() {
+        let t = Timings {
+            start: 1_200,
+            root_mounted: 1_900,
+            switch_root: 2_450,
+            rss_hwm_kib: Some(2_112),
+            ..Timings::default()
+        };
+        let mut s = Status::new(Some(t), at(9_000));
+        s.phase(STAGE2_START, at(9_000));
+        s.phase(CONFIG_LOADED, at(9_040));
+        s.phase(HOSTNAME_SET, at(9_047));
+        s.phase(NETWORK_UP, at(12_500));
+        s.rss_hwm_kib = Some(3_968);
+        assert_eq!(s.between(STAGE1_START, SWITCH_ROOT), Some(1_250));
+        assert_eq!(
+            s.timings_line(),
+            "kiln: timings stage1-ms=1250 stage2-to-hostname-ms=47 stage2-to-network-ms=3500 boot-to-hostname-ms=9047 stage1-rss-hwm-kib=2112 rss-hwm-kib=3968"
+        );
+        // No network, no stage 1 record, no peak: the figures not known are `-`.
+        let mut s = Status::new(None, at(500));
+        s.phase(STAGE2_START, at(500));
+        s.phase(HOSTNAME_SET, at(530));
+        assert_eq!(s.between(STAGE2_START, NETWORK_UP), None);
+        assert_eq!(
+            s.timings_line(),
+            "kiln: timings stage1-ms=- stage2-to-hostname-ms=30 stage2-to-network-ms=- boot-to-hostname-ms=530 stage1-rss-hwm-kib=- rss-hwm-kib=-"
+        );
+        // A phase recorded before the one it is measured from (agent restarted) is no figure.
+        s.phase(STAGE2_START, at(800));
+        assert_eq!(s.between(STAGE2_START, HOSTNAME_SET), None);
+    }
+
+    #[test]
+    fn vm_hwm_is_read_from_proc_status() {
+        let text =
+            "Name:\tfirstboot\nVmPeak:\t   12000 kB\nVmHWM:\t    3968 kB\nVmRSS:\t    3900 kB\n";
+        assert_eq!(vm_hwm_kib(text), Some(3968));
+        assert_eq!(vm_hwm_kib("VmRSS:\t 10 kB\n"), None);
+        assert_eq!(vm_hwm_kib("VmHWM:\t lots kB\n"), None);
+        assert_eq!(vm_hwm_kib("VmHWM:\t 12 MB\n"), None);
+        // This test process: a real peak, at least its current resident set.
+        let real = read_vm_hwm_kib(Path::new("/proc/self/status")).unwrap();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let rss: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        assert!(real >= rss && rss > 0, "VmHWM {real} < VmRSS {rss}");
+        assert_eq!(read_vm_hwm_kib(Path::new("/nonexistent/status")), None);
     }
 
     #[test]

@@ -49,7 +49,12 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<ToolVersion> {
             "-Xcompression-level".into(),
             level.to_string(),
         ],
-        Compression::Xz => vec!["-comp".into(), "xz".into(), "-Xdict-size".into(), "100%".into()],
+        Compression::Xz => vec![
+            "-comp".into(),
+            "xz".into(),
+            "-Xdict-size".into(),
+            "100%".into(),
+        ],
     };
     Tool::new("mksquashfs", tree.epoch())
         .arg(&root)
