@@ -268,6 +268,11 @@ pub fn assemble(
     }
     add_firstboot(&mut tree, def, firstboot)?;
     crate::assemble::apply(&mut tree, def)?;
+    if let Ok((kver, _)) = crate::images::kernel_of(&tree) {
+        let n = crate::boot::depmod::add_indexes(&mut tree, &kver)
+            .with_context(|| format!("generating the module indexes of kernel {kver}"))?;
+        log::info!("depmod: {n} module index files for {kver}");
+    }
     Ok(tree)
 }
 

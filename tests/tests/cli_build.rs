@@ -91,6 +91,26 @@ fn minimal_tar_is_reproducible_across_dirs_times_and_umask() {
             .any(|l| l.contains("2026-01-01 00:00:01") || l.contains(" 2027-")),
         "an mtime is later than the epoch"
     );
+    // The module indexes depmod makes (Debian's kernel package ships none): modprobe and
+    // the kernel's module autoloading need them. Read modules.dep with tar as the oracle.
+    let dep_path = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .find(|p| p.ends_with("/modules.dep"))
+        .expect("modules.dep in the tar")
+        .to_string();
+    let dep = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(a.join("minimal.tar"))
+        .arg(&dep_path)
+        .output()
+        .expect("tar runs");
+    let dep = String::from_utf8_lossy(&dep.stdout);
+    let line = dep
+        .lines()
+        .find(|l| l.contains("/br_netfilter.ko"))
+        .unwrap_or_else(|| panic!("no br_netfilter in {dep_path}"));
+    assert!(line.contains("bridge.ko"), "{line}");
     // SHA256SUMS verifies with the real tool.
     let st = std::process::Command::new("sha256sum")
         .args(["--check", "--strict", "SHA256SUMS"])

@@ -5,6 +5,7 @@
 
 pub mod command;
 pub mod cpio;
+pub mod depmod;
 pub mod disk;
 pub mod esp;
 pub mod gpt;
