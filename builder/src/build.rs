@@ -465,9 +465,9 @@ pub fn build(args: &BuildArgs) -> Result<()> {
         .context("creating a scratch directory in the cache")?;
     let mut self_bins = BTreeMap::new();
     for name in def.container_images.iter().flat_map(|i| i.self_binaries()) {
-        if !self_bins.contains_key(&name) {
-            let path = crate::selfbuild::by_name(&name)?;
-            self_bins.insert(name, path);
+        if let std::collections::btree_map::Entry::Vacant(v) = self_bins.entry(name) {
+            let path = crate::selfbuild::by_name(v.key())?;
+            v.insert(path);
         }
     }
     let baked = crate::container_image::bake(

@@ -163,7 +163,7 @@ pub fn validate(images: &[ContainerImage], go: &[GoInput]) -> Result<(), (String
             return Err((key(".files"), "an image needs at least one file".into()));
         }
         for e in &img.env {
-            if !e.split_once('=').is_some_and(|(k, _)| !k.is_empty()) {
+            if matches!(e.split_once('='), None | Some(("", _))) {
                 return Err((key(".env"), format!("{e:?} is not KEY=value")));
             }
         }
@@ -234,7 +234,7 @@ pub enum ContainerImageError {
     Tree {
         image: String,
         #[source]
-        source: TreeError,
+        source: Box<TreeError>,
     },
     #[error("container image {image}: running {binary} --list to find busybox applets")]
     Applets {
@@ -319,7 +319,7 @@ pub fn fragment(
     };
     let tree_err = |source| ContainerImageError::Tree {
         image: img.name.clone(),
-        source,
+        source: Box::new(source),
     };
     for f in &img.files {
         let source = f.source().map_err(|r| src_err(f, r))?;
@@ -499,7 +499,7 @@ pub fn bake(
         root.replace(&at, Entry::file(content, 0o644, &img.name).at(epoch))
             .map_err(|source| ContainerImageError::Tree {
                 image: img.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         baked.push(BakedImage {
             written,
