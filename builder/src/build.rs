@@ -454,7 +454,7 @@ pub fn build(args: &BuildArgs) -> Result<()> {
         })
         .collect();
     let firstboot = crate::selfbuild::firstboot()?;
-    let tree = assemble(
+    let mut tree = assemble(
         &def,
         &deb_inputs,
         &fetched.artifacts,
@@ -463,6 +463,29 @@ pub fn build(args: &BuildArgs) -> Result<()> {
         &firstboot,
     )?;
     seconds.insert("assemble".to_string(), t.elapsed().as_secs_f64());
+
+    // Container images: their archives live in `scratch` until the outputs are written.
+    let t = Instant::now();
+    let scratch = tempfile::tempdir_in(fetcher.cache().tmp_dir()?)
+        .context("creating a scratch directory in the cache")?;
+    let mut self_bins = BTreeMap::new();
+    for name in def.container_images.iter().flat_map(|i| i.self_binaries()) {
+        if let std::collections::btree_map::Entry::Vacant(v) = self_bins.entry(name) {
+            let path = crate::selfbuild::by_name(v.key())?;
+            v.insert(path);
+        }
+    }
+    let baked = crate::container_image::bake(
+        &def.container_images,
+        def.epoch,
+        &mut tree,
+        &go,
+        &self_bins,
+        scratch.path(),
+    )?;
+    if !baked.is_empty() {
+        seconds.insert("container-images".to_string(), t.elapsed().as_secs_f64());
+    }
 
     let staging = Staging::new(&args.out)?;
     let mut tools: Vec<Tool> = Vec::new();
@@ -513,6 +536,19 @@ pub fn build(args: &BuildArgs) -> Result<()> {
             std::fs::File::open(&firstboot)?,
         )?,
     });
+    for (name, path) in &self_bins {
+        inputs.push(Input {
+            kind: "local".into(),
+            name: name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            source: "firstboot/ (this workspace)".into(),
+            checksum: Digest::of_reader(
+                crate::digest::Algorithm::Sha256,
+                std::fs::File::open(path)?,
+            )?,
+        });
+    }
+    inputs.extend(baked.iter().map(|b| b.input()));
     let lock_digest: Digest = lock.digest();
     let manifest = Manifest {
         image: def.name.clone(),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::container_image::ContainerImage;
 use crate::digest::Digest;
 use crate::gobuild::GoInput;
 use crate::tree::TreePath;
@@ -31,6 +32,9 @@ pub struct DefinitionFile {
     /// Go programs built from pinned module versions with the host Go toolchain.
     #[serde(default)]
     pub go: Vec<GoInput>,
+    /// OCI container images baked into the image (imported into containerd at first boot).
+    #[serde(default)]
+    pub container_image: Vec<ContainerImage>,
     /// Files taken from the project next to the definition.
     #[serde(default)]
     pub local: Vec<LocalFile>,
@@ -307,6 +311,7 @@ pub struct Definition {
     pub debian: Option<Debian>,
     pub artifacts: Vec<Artifact>,
     pub go: Vec<GoInput>,
+    pub container_images: Vec<ContainerImage>,
     /// Local files with `source` made absolute.
     pub locals: Vec<LocalFile>,
     pub files: Vec<FileSpec>,
@@ -461,6 +466,9 @@ pub fn merge(base: DefinitionFile, child: DefinitionFile) -> DefinitionFile {
         debian,
         artifact: merge_keyed(base.artifact, child.artifact, |a| a.name.clone()),
         go: merge_keyed(base.go, child.go, |g| g.name.clone()),
+        container_image: merge_keyed(base.container_image, child.container_image, |c| {
+            c.name.clone()
+        }),
         local: merge_keyed(base.local, child.local, |l| l.dest.clone()),
         file: merge_keyed(base.file, child.file, |f| f.path.clone()),
         directory: merge_keyed(base.directory, child.directory, |d| d.path.clone()),
@@ -649,6 +657,8 @@ fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError>
             }
         }
     }
+    crate::container_image::validate(&f.container_image, &f.go)
+        .map_err(|(key, message)| invalid(&key, message))?;
     for l in &f.local {
         check_path("local.dest", &l.dest)?;
     }
@@ -700,6 +710,7 @@ fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError>
         debian,
         artifacts: f.artifact,
         go: f.go,
+        container_images: f.container_image,
         locals: f.local,
         files: f.file,
         directories: f.directory,

@@ -1,4 +1,4 @@
-//! The project's own programs that go into every image (firstboot), built from this
+//! The project's own programs that go into images (firstboot, kiln-pause), built from this
 //! workspace as static binaries: glibc with `+crt-static`, an explicit target so build
 //! scripts stay dynamic, and source paths remapped so the bytes do not depend on
 //! where the checkout lives.
@@ -11,14 +11,24 @@ pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SelfBuildError {
-    #[error("KILN_FIRSTBOOT={0} does not exist")]
-    Missing(PathBuf),
-    #[error("running cargo to build firstboot: {0}")]
-    Spawn(#[source] std::io::Error),
-    #[error("building firstboot failed (cargo exited with {status}); stderr tail:\n{tail}")]
-    Failed { status: String, tail: String },
-    #[error("no Cargo workspace at {0}: set KILN_FIRSTBOOT to a static firstboot binary")]
-    NoWorkspace(PathBuf),
+    #[error("{var}={path} does not exist")]
+    Missing { var: String, path: PathBuf },
+    #[error("running cargo to build {bin}")]
+    Spawn {
+        bin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building {bin} failed (cargo exited with {status}); stderr tail:\n{tail}")]
+    Failed {
+        bin: String,
+        status: String,
+        tail: String,
+    },
+    #[error("no Cargo workspace at {path}: set {var} to a static binary")]
+    NoWorkspace { path: PathBuf, var: String },
+    #[error("Kiln has no program named {0:?}")]
+    Unknown(String),
 }
 
 /// The workspace kiln was built from.
@@ -32,17 +42,43 @@ pub fn workspace() -> PathBuf {
 /// The firstboot binary for the image: `$KILN_FIRSTBOOT` when set, else built (or
 /// reused, cargo decides) from the workspace.
 pub fn firstboot() -> Result<PathBuf, SelfBuildError> {
-    if let Some(p) = std::env::var_os("KILN_FIRSTBOOT") {
+    binary("firstboot", "firstboot", "KILN_FIRSTBOOT")
+}
+
+/// The sandbox image's program (`self:kiln-pause`): `$KILN_PAUSE` when set, else built.
+pub fn kiln_pause() -> Result<PathBuf, SelfBuildError> {
+    binary("firstboot", "kiln-pause", "KILN_PAUSE")
+}
+
+/// One of Kiln's own programs by name (`self:<name>` in a container image).
+pub fn by_name(name: &str) -> Result<PathBuf, SelfBuildError> {
+    match name {
+        "kiln-pause" => kiln_pause(),
+        "firstboot" => firstboot(),
+        other => Err(SelfBuildError::Unknown(other.to_string())),
+    }
+}
+
+/// A bin target `bin` of workspace package `package`, built static: the file named by
+/// the environment variable `env` when set, else built (or reused, cargo decides).
+pub fn binary(package: &str, bin: &str, env: &str) -> Result<PathBuf, SelfBuildError> {
+    if let Some(p) = std::env::var_os(env) {
         let p = PathBuf::from(p);
         return if p.is_file() {
             Ok(p)
         } else {
-            Err(SelfBuildError::Missing(p))
+            Err(SelfBuildError::Missing {
+                var: env.to_string(),
+                path: p,
+            })
         };
     }
     let ws = workspace();
     if !ws.join("Cargo.toml").is_file() {
-        return Err(SelfBuildError::NoWorkspace(ws));
+        return Err(SelfBuildError::NoWorkspace {
+            path: ws,
+            var: env.to_string(),
+        });
     }
     let home = std::env::var("CARGO_HOME")
         .unwrap_or_else(|_| format!("{}/.cargo", std::env::var("HOME").unwrap_or_default()));
@@ -51,16 +87,16 @@ pub fn firstboot() -> Result<PathBuf, SelfBuildError> {
         ws.display()
     );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    log::info!("building firstboot (static, {TARGET})");
+    log::info!("building {bin} (static, {TARGET})");
     let out = Command::new(cargo)
         .args([
             "build",
             "--release",
             "--locked",
             "-p",
-            "firstboot",
+            package,
             "--bin",
-            "firstboot",
+            bin,
             "--target",
             TARGET,
         ])
@@ -69,11 +105,15 @@ pub fn firstboot() -> Result<PathBuf, SelfBuildError> {
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("SOURCE_DATE_EPOCH", "0")
         .output()
-        .map_err(SelfBuildError::Spawn)?;
+        .map_err(|source| SelfBuildError::Spawn {
+            bin: bin.to_string(),
+            source,
+        })?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(20).collect();
         return Err(SelfBuildError::Failed {
+            bin: bin.to_string(),
             status: out.status.to_string(),
             tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
         });
@@ -81,5 +121,5 @@ pub fn firstboot() -> Result<PathBuf, SelfBuildError> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| ws.join("target"));
-    Ok(target_dir.join(TARGET).join("release").join("firstboot"))
+    Ok(target_dir.join(TARGET).join("release").join(bin))
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod console;
 pub mod gpt;
 pub mod hostname;
+pub mod images;
 pub mod k8s;
 pub mod logging;
 pub mod markers;
