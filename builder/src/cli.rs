@@ -31,12 +31,63 @@ pub enum Command {
     Schema,
     /// Show what is inside a built output: partitions, slots, boot entries, root, manifest.
     Inspect(InspectArgs),
+    /// Boot a built image under QEMU: API server and a NodePort forwarded to 127.0.0.1,
+    /// operator secrets and an admin kubeconfig, boot phases from the console. Ctrl-C or
+    /// SIGTERM shuts the guest down through ACPI.
+    Run(RunArgs),
     /// Cluster secrets kept by the operator (CAs and the service-account key pair).
     #[command(subcommand)]
     Secrets(SecretsCommand),
     /// Mint an admin kubeconfig from a secrets file (group kiln:cluster-admins, revocable
     /// through RBAC), for a node that was given those secrets.
     Kubeconfig(KubeconfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// A built .qcow2, .raw or .iso, or a PXE bundle directory.
+    #[arg(value_name = "IMAGE")]
+    pub image: PathBuf,
+    /// The machine's hostname (passed through fw_cfg).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Machine config (TOML) to pass through fw_cfg.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where to write the admin kubeconfig (default: in the state directory).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Operator secrets to give the node (default: generated into the state directory).
+    #[arg(long, value_name = "FILE")]
+    pub secrets: Option<PathBuf>,
+    /// Boot with SeaBIOS instead of UEFI (OVMF).
+    #[arg(long)]
+    pub bios: bool,
+    /// Guest memory, MiB.
+    #[arg(long, default_value_t = 4096, value_name = "MIB")]
+    pub memory: u32,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub cpus: u32,
+    /// Boot the image itself instead of a throwaway overlay (its /var persists).
+    #[arg(long)]
+    pub persist: bool,
+    /// Host port on 127.0.0.1 for the API server (default: a free one).
+    #[arg(long, value_name = "PORT")]
+    pub api_port: Option<u16>,
+    /// A NodePort of the guest to forward to a free port on 127.0.0.1.
+    #[arg(long, value_name = "PORT")]
+    pub node_port: Option<u16>,
+    /// Directory for the console log, overlay, secrets and kubeconfig (default: a new one
+    /// under the temp directory).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Where to keep the full serial console log (default: in the state directory).
+    #[arg(long, value_name = "FILE")]
+    pub console_log: Option<PathBuf>,
+    /// Seconds to wait for an ACPI shutdown before killing the guest.
+    #[arg(long, default_value_t = 120, value_name = "SECONDS")]
+    pub shutdown_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]

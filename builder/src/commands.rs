@@ -22,6 +22,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Build(args) => crate::build::build(&args),
         Command::Secrets(SecretsCommand::Gen(args)) => secrets_gen(&args),
         Command::Kubeconfig(args) => kubeconfig(&args),
+        Command::Run(args) => crate::run::run(&args),
         Command::Inspect(args) => {
             let r = crate::inspect::inspect(&args.output)?;
             if args.json {

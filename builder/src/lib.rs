@@ -20,6 +20,7 @@ pub mod lock;
 pub mod manifest;
 pub mod oci;
 pub mod output;
+pub mod run;
 pub mod sbom;
 pub mod selfbuild;
 pub mod staging;

@@ -187,9 +187,24 @@ fn checker(
     }
 }
 
-/// Imports the images baked into /usr/lib/kiln/images into containerd; true when done.
-fn import_images(_p: &ClusterParams) -> bool {
-    true
+/// Imports the images baked into /usr/lib/kiln/images into containerd and pins them; true
+/// when done (containerd may still be coming up: then it is tried again).
+fn import_images(p: &ClusterParams) -> bool {
+    let ctr = crate::images::Ctr::new(p.paths.binary("ctr")).at(p.paths.containerd_socket());
+    match crate::images::import_all(
+        Path::new(crate::images::IMAGES_DIR),
+        &ctr,
+        &crate::images::HostRun,
+    ) {
+        Ok(r) => {
+            log::info!("images: imported {:?}, pinned {:?}", r.imported, r.pinned);
+            true
+        }
+        Err(e) => {
+            log::warn!("importing the baked images: {e}");
+            false
+        }
+    }
 }
 
 /// Runs the node until the process is stopped. Never returns Ok.

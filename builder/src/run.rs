@@ -1,0 +1,444 @@
+//! `kiln run`: boot a built image under QEMU on this machine, hand it a hostname, machine
+//! config and operator-side cluster secrets through fw_cfg, forward the Kubernetes API (and
+//! a NodePort) to 127.0.0.1, show the boot's phases from the serial console, write an admin
+//! kubeconfig, and shut the guest down through ACPI on Ctrl-C or SIGTERM.
+
+use std::io::{IsTerminal, Write as _};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::RunArgs;
+
+/// OVMF firmware (Debian's `ovmf` package).
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+
+/// What kind of output is booted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    Disk {
+        path: PathBuf,
+        format: &'static str,
+    },
+    Iso(PathBuf),
+    /// A PXE bundle directory, booted directly (kernel + initramfs).
+    Pxe {
+        kernel: PathBuf,
+        initramfs: PathBuf,
+    },
+}
+
+impl Boot {
+    pub fn of(image: &Path) -> Result<Boot> {
+        if image.is_dir() {
+            let kernel = image.join("vmlinuz");
+            let initramfs = image.join("initramfs");
+            if !(kernel.is_file() && initramfs.is_file()) {
+                bail!(
+                    "{} is not a PXE bundle (no vmlinuz and initramfs)",
+                    image.display()
+                );
+            }
+            return Ok(Boot::Pxe { kernel, initramfs });
+        }
+        if !image.is_file() {
+            bail!("{}: no such image", image.display());
+        }
+        match image.extension().and_then(|e| e.to_str()) {
+            Some("qcow2") => Ok(Boot::Disk {
+                path: image.to_path_buf(),
+                format: "qcow2",
+            }),
+            Some("raw" | "img") => Ok(Boot::Disk {
+                path: image.to_path_buf(),
+                format: "raw",
+            }),
+            Some("iso") => Ok(Boot::Iso(image.to_path_buf())),
+            _ => bail!(
+                "{}: not a .qcow2, .raw, .iso or PXE bundle directory",
+                image.display()
+            ),
+        }
+    }
+}
+
+/// Boot phases recognised on the serial console, in order: (console text, phase name).
+pub const PHASES: &[(&str, &str)] = &[
+    ("Linux version", "kernel"),
+    ("kiln: stage 1 start", "stage 1"),
+    ("switching root", "switch_root"),
+    ("systemd[1]", "systemd"),
+    ("kiln: hostname ", "stage 2 (hostname, network)"),
+    ("kiln: etcd ready", "etcd ready"),
+    ("kiln: kube-apiserver ready", "apiserver ready"),
+    ("kiln: kubelet ready", "kubelet ready"),
+    ("Ready", "node Ready"),
+    ("kiln: coredns ready", "CoreDNS ready"),
+];
+
+/// The phases newly reached in `console` (the whole log so far), given how many were
+/// already seen. Phases are matched in order; "node Ready" needs `kiln: node ` too.
+pub fn phases_reached(console: &str, seen: usize) -> usize {
+    let mut n = seen;
+    while let Some((needle, _)) = PHASES.get(n) {
+        let hit = if *needle == "Ready" {
+            console
+                .lines()
+                .any(|l| l.contains("kiln: node ") && l.trim_end().ends_with(" Ready"))
+        } else {
+            console.contains(needle)
+        };
+        if !hit {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Whether /dev/kvm can be opened for reading and writing (KVM that actually works).
+fn kvm_works() -> bool {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok()
+}
+
+/// A free TCP port on 127.0.0.1.
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The machine config handed to the guest: the user's file, then `--hostname`, then the
+/// operator secrets.
+fn machine_config(args: &RunArgs, secrets: &firstboot::pki::Secrets) -> Result<String> {
+    let mut table = match &args.config {
+        Some(f) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            firstboot::config::MachineConfig::from_toml(&text)
+                .with_context(|| format!("{}", f.display()))?;
+            text.parse::<toml::Table>()
+                .with_context(|| format!("{}", f.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    if let Some(h) = &args.hostname {
+        table.insert("hostname".into(), toml::Value::String(h.clone()));
+    }
+    table.insert(
+        "secrets".into(),
+        toml::Value::try_from(secrets).context("encoding the secrets")?,
+    );
+    let text = toml::to_string(&table)?;
+    firstboot::config::MachineConfig::from_toml(&text).context("the machine config")?;
+    Ok(text)
+}
+
+/// The guest; killed if still running when dropped.
+struct Guest {
+    child: Child,
+    monitor: PathBuf,
+}
+
+impl Guest {
+    fn powerdown(&self) {
+        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.monitor) {
+            let _ = s.write_all(b"system_powerdown\n");
+        }
+    }
+
+    fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if !self.exited() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn run(args: &RunArgs) -> Result<()> {
+    let boot = Boot::of(&args.image)?;
+    let name = args
+        .image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "kiln".into());
+    let state = match &args.state_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("kiln-run-{name}-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+
+    // Operator side: the cluster's CAs stay here; the guest gets them through fw_cfg.
+    let secrets_path = args
+        .secrets
+        .clone()
+        .unwrap_or_else(|| state.join("secrets.toml"));
+    let secrets = if secrets_path.is_file() {
+        let text = std::fs::read_to_string(&secrets_path)
+            .with_context(|| format!("reading {}", secrets_path.display()))?;
+        firstboot::pki::Secrets::from_toml(&text)
+            .with_context(|| format!("{}", secrets_path.display()))?
+    } else {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+        let s = firstboot::pki::Secrets::generate(now)?;
+        firstboot::pki::write_atomic(&secrets_path, s.to_toml()?.as_bytes(), 0o600)?;
+        s
+    };
+    let config_path = state.join("machine-config.toml");
+    firstboot::pki::write_atomic(
+        &config_path,
+        machine_config(args, &secrets)?.as_bytes(),
+        0o600,
+    )?;
+
+    let api_port = match args.api_port {
+        Some(p) => p,
+        None => free_port()?,
+    };
+    let node_port_host = match args.node_port {
+        Some(_) => Some(free_port()?),
+        None => None,
+    };
+    let server = format!("https://127.0.0.1:{api_port}");
+    let kubeconfig = args
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| state.join("admin.kubeconfig"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
+    firstboot::pki::write_atomic(
+        &kubeconfig,
+        firstboot::pki::admin_kubeconfig(&secrets, &server, now)?.as_bytes(),
+        0o600,
+    )?;
+
+    // The disk: an overlay unless --persist, so the built image stays pristine.
+    let console = args
+        .console_log
+        .clone()
+        .unwrap_or_else(|| state.join("console.log"));
+    let monitor = state.join("monitor.sock");
+    let mut c = Command::new("qemu-system-x86_64");
+    let accel = if kvm_works() { "kvm" } else { "tcg" };
+    c.args(["-accel", accel, "-display", "none", "-nodefaults"])
+        .args(["-smp", &args.cpus.to_string()])
+        .args(["-m", &args.memory.to_string()])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-monitor")
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+        .args(["-device", "virtio-rng-pci"])
+        .arg("-fw_cfg")
+        .arg(format!(
+            "name=opt/kiln/config,file={}",
+            config_path.display()
+        ));
+    if !args.bios {
+        let vars = state.join("OVMF_VARS.fd");
+        std::fs::copy(OVMF_VARS, &vars)
+            .with_context(|| format!("copying {OVMF_VARS} (is the ovmf package installed?)"))?;
+        c.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+    }
+    match &boot {
+        Boot::Disk { path, format } => {
+            let disk = if args.persist {
+                path.clone()
+            } else {
+                let overlay = state.join("overlay.qcow2");
+                let st = Command::new("qemu-img")
+                    .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+                    .arg(std::fs::canonicalize(path)?)
+                    .arg(&overlay)
+                    .status()
+                    .context("running qemu-img")?;
+                if !st.success() {
+                    bail!("qemu-img create of the overlay failed ({st})");
+                }
+                overlay
+            };
+            let fmt = if args.persist { *format } else { "qcow2" };
+            c.arg("-drive")
+                .arg(format!("file={},format={fmt},if=virtio", disk.display()));
+        }
+        Boot::Iso(iso) => {
+            c.arg("-drive")
+                .arg(format!(
+                    "file={},format=raw,media=cdrom,readonly=on",
+                    iso.display()
+                ))
+                .args(["-boot", "d"]);
+        }
+        Boot::Pxe { kernel, initramfs } => {
+            c.arg("-kernel")
+                .arg(kernel)
+                .arg("-initrd")
+                .arg(initramfs)
+                .args(["-append", "console=ttyS0 kiln.boot=pxe"]);
+        }
+    }
+    let mut net = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:6443");
+    if let (Some(host), Some(guest)) = (node_port_host, args.node_port) {
+        net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+    }
+    c.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"]);
+    let qemu_err = state.join("qemu.err");
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(&qemu_err)
+                .with_context(|| format!("creating {}", qemu_err.display()))?,
+        ));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = Arc::clone(&stop);
+        ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
+            .context("installing the Ctrl-C/SIGTERM handler")?;
+    }
+    let started = Instant::now();
+    let child = c.spawn().context("starting qemu-system-x86_64")?;
+    let mut guest = Guest { child, monitor };
+    eprintln!(
+        "kiln: booting {} ({accel}, {} MiB, {} CPUs, {}); console log {}",
+        args.image.display(),
+        args.memory,
+        args.cpus,
+        if args.bios { "BIOS" } else { "UEFI" },
+        console.display()
+    );
+    eprintln!(
+        "kiln: API server at {server}; admin kubeconfig {}",
+        kubeconfig.display()
+    );
+    if let (Some(host), Some(guest_port)) = (node_port_host, args.node_port) {
+        eprintln!("kiln: NodePort {guest_port} at http://127.0.0.1:{host}");
+    }
+
+    let tty = std::io::stderr().is_terminal();
+    let mut seen = 0;
+    let mut times: Vec<(String, Duration)> = Vec::new();
+    let mut powering_down: Option<Instant> = None;
+    loop {
+        if guest.exited() {
+            break;
+        }
+        if stop.load(Ordering::SeqCst) && powering_down.is_none() {
+            eprintln!("kiln: shutting the guest down (ACPI power button)");
+            guest.powerdown();
+            powering_down = Some(Instant::now());
+        }
+        if let Some(t) = powering_down {
+            if t.elapsed() > Duration::from_secs(args.shutdown_timeout) {
+                eprintln!(
+                    "kiln: the guest did not power off within {} s; killing it",
+                    args.shutdown_timeout
+                );
+                let _ = guest.child.kill();
+                let _ = guest.child.wait();
+                break;
+            }
+        }
+        let log = std::fs::read(&console).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        let reached = phases_reached(&log, seen);
+        for (_, phase) in &PHASES[seen..reached] {
+            let at = started.elapsed();
+            times.push((phase.to_string(), at));
+            eprintln!("kiln: {:>7.1} s  {phase}", at.as_secs_f64());
+            if *phase == "node Ready" {
+                eprintln!(
+                    "kiln: try: kubectl --kubeconfig {} get nodes",
+                    kubeconfig.display()
+                );
+            }
+        }
+        seen = reached;
+        if tty && powering_down.is_none() {
+            if let Some((_, next)) = PHASES.get(seen) {
+                eprint!(
+                    "\r\x1b[2Kkiln: {:>7.1} s  waiting for {next}",
+                    started.elapsed().as_secs_f64()
+                );
+                let _ = std::io::stderr().flush();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    eprintln!(
+        "kiln: guest stopped after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for (phase, at) in &times {
+        eprintln!("  {:>8.1} s  {phase}", at.as_secs_f64());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_are_matched_in_order() {
+        let log =
+            "Linux version 6.1\nkiln: stage 1 start\nkiln: stage 1 done in 1 ms, switching root\n";
+        assert_eq!(phases_reached(log, 0), 3);
+        // A later phase's text before an earlier one's does not skip ahead.
+        assert_eq!(phases_reached("kiln: etcd ready\n", 0), 0);
+        let more = format!(
+            "{log}systemd[1]: x\nkiln: hostname n1, ...\nkiln: etcd ready\nkiln: kube-apiserver ready\nkiln: kubelet ready\nkiln: node n1 Ready\n"
+        );
+        assert_eq!(phases_reached(&more, 3), 9);
+        assert_eq!(PHASES[8].1, "node Ready");
+    }
+
+    #[test]
+    fn images_are_recognised_by_kind() {
+        let d = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let q = d.path().join("x.qcow2");
+        std::fs::write(&q, b"").unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            Boot::of(&q),
+            Ok(Boot::Disk {
+                format: "qcow2",
+                ..
+            })
+        ));
+        let bad = d.path().join("x.txt");
+        std::fs::write(&bad, b"").unwrap_or_else(|e| panic!("{e}"));
+        assert!(Boot::of(&bad).is_err());
+        assert!(Boot::of(d.path())
+            .unwrap_err()
+            .to_string()
+            .contains("PXE bundle"));
+    }
+}
