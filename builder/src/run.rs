@@ -31,7 +31,18 @@ pub enum Boot {
     Pxe {
         kernel: PathBuf,
         initramfs: PathBuf,
+        cmdline: String,
     },
+}
+
+/// The kernel command line of a PXE bundle's `boot.ipxe` (`kernel vmlinuz ARGS`).
+pub fn ipxe_cmdline(script: &str) -> Option<String> {
+    script.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("kernel ")?;
+        let mut words = rest.split_whitespace();
+        words.next()?;
+        Some(words.collect::<Vec<_>>().join(" "))
+    })
 }
 
 impl Boot {
@@ -45,7 +56,16 @@ impl Boot {
                     image.display()
                 );
             }
-            return Ok(Boot::Pxe { kernel, initramfs });
+            let script = image.join("boot.ipxe");
+            let text = std::fs::read_to_string(&script)
+                .with_context(|| format!("reading {}", script.display()))?;
+            let cmdline = ipxe_cmdline(&text)
+                .with_context(|| format!("{}: no `kernel` line", script.display()))?;
+            return Ok(Boot::Pxe {
+                kernel,
+                initramfs,
+                cmdline,
+            });
         }
         if !image.is_file() {
             bail!("{}: no such image", image.display());
@@ -102,13 +122,65 @@ pub fn phases_reached(console: &str, seen: usize) -> usize {
     n
 }
 
-/// Whether /dev/kvm can be opened for reading and writing (KVM that actually works).
-fn kvm_works() -> bool {
+/// Whether /dev/kvm can be opened for reading and writing.
+fn kvm_present() -> bool {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm")
         .is_ok()
+}
+
+/// How long a KVM guest gets to show it really runs before falling back to emulation.
+const KVM_TRIAL: Duration = Duration::from_secs(8);
+
+/// Starts the guest with KVM when it actually works (tried: a KVM that fails stops the
+/// guest with an internal error in its first seconds), else with software emulation.
+fn start_guest(
+    qemu: &dyn Fn(&str) -> Result<Command>,
+    monitor: &Path,
+    qemu_err: &Path,
+) -> Result<(Guest, &'static str, Instant)> {
+    if kvm_present() {
+        let started = Instant::now();
+        let child = qemu("kvm")?
+            .spawn()
+            .context("starting qemu-system-x86_64")?;
+        let mut guest = Guest {
+            child,
+            monitor: monitor.to_path_buf(),
+        };
+        let failed = loop {
+            let err = std::fs::read_to_string(qemu_err).unwrap_or_default();
+            if err.contains("KVM internal error") || err.contains("failed to initialize kvm") {
+                break true;
+            }
+            if guest.exited() {
+                break true;
+            }
+            if started.elapsed() >= KVM_TRIAL {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        if !failed {
+            return Ok((guest, "kvm", started));
+        }
+        drop(guest);
+        log::info!("KVM does not work here; using software emulation");
+    }
+    let started = Instant::now();
+    let child = qemu("tcg")?
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    Ok((
+        Guest {
+            child,
+            monitor: monitor.to_path_buf(),
+        },
+        "tcg",
+        started,
+    ))
 }
 
 /// A free TCP port on 127.0.0.1.
@@ -230,90 +302,99 @@ pub fn run(args: &RunArgs) -> Result<()> {
         0o600,
     )?;
 
-    // The disk: an overlay unless --persist, so the built image stays pristine.
     let console = args
         .console_log
         .clone()
         .unwrap_or_else(|| state.join("console.log"));
     let monitor = state.join("monitor.sock");
-    let mut c = Command::new("qemu-system-x86_64");
-    let accel = if kvm_works() { "kvm" } else { "tcg" };
-    c.args(["-accel", accel, "-display", "none", "-nodefaults"])
-        .args(["-smp", &args.cpus.to_string()])
-        .args(["-m", &args.memory.to_string()])
-        .arg("-serial")
-        .arg(format!("file:{}", console.display()))
-        .arg("-monitor")
-        .arg(format!("unix:{},server=on,wait=off", monitor.display()))
-        .args(["-device", "virtio-rng-pci"])
-        .arg("-fw_cfg")
-        .arg(format!(
-            "name=opt/kiln/config,file={}",
-            config_path.display()
-        ));
-    if !args.bios {
-        let vars = state.join("OVMF_VARS.fd");
-        std::fs::copy(OVMF_VARS, &vars)
-            .with_context(|| format!("copying {OVMF_VARS} (is the ovmf package installed?)"))?;
-        c.arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-            ))
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ));
-    }
-    match &boot {
+    // The disk: an overlay unless --persist, so the built image stays pristine.
+    let disk: Option<(PathBuf, &str)> = match &boot {
+        Boot::Disk { path, format } if args.persist => Some((path.clone(), *format)),
         Boot::Disk { path, format } => {
-            let disk = if args.persist {
-                path.clone()
-            } else {
-                let overlay = state.join("overlay.qcow2");
-                let st = Command::new("qemu-img")
-                    .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
-                    .arg(std::fs::canonicalize(path)?)
-                    .arg(&overlay)
-                    .status()
-                    .context("running qemu-img")?;
-                if !st.success() {
-                    bail!("qemu-img create of the overlay failed ({st})");
-                }
-                overlay
-            };
-            let fmt = if args.persist { *format } else { "qcow2" };
-            c.arg("-drive")
-                .arg(format!("file={},format={fmt},if=virtio", disk.display()));
+            let overlay = state.join("overlay.qcow2");
+            let _ = std::fs::remove_file(&overlay);
+            let st = Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
+                .arg(std::fs::canonicalize(path)?)
+                .arg(&overlay)
+                .status()
+                .context("running qemu-img")?;
+            if !st.success() {
+                bail!("qemu-img create of the overlay failed ({st})");
+            }
+            Some((overlay, "qcow2"))
         }
-        Boot::Iso(iso) => {
+        _ => None,
+    };
+    let qemu_err = state.join("qemu.err");
+    let qemu = |accel: &str| -> Result<Command> {
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args(["-accel", accel, "-display", "none", "-nodefaults"])
+            .args(["-smp", &args.cpus.to_string()])
+            .args(["-m", &args.memory.to_string()])
+            .arg("-serial")
+            .arg(format!("file:{}", console.display()))
+            .arg("-monitor")
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
+            .args(["-device", "virtio-rng-pci"])
+            .arg("-fw_cfg")
+            .arg(format!(
+                "name=opt/kiln/config,file={}",
+                config_path.display()
+            ));
+        if !args.bios {
+            let vars = state.join("OVMF_VARS.fd");
+            std::fs::copy(OVMF_VARS, &vars)
+                .with_context(|| format!("copying {OVMF_VARS} (is the ovmf package installed?)"))?;
             c.arg("-drive")
                 .arg(format!(
-                    "file={},format=raw,media=cdrom,readonly=on",
-                    iso.display()
+                    "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
                 ))
-                .args(["-boot", "d"]);
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ));
         }
-        Boot::Pxe { kernel, initramfs } => {
-            c.arg("-kernel")
-                .arg(kernel)
-                .arg("-initrd")
-                .arg(initramfs)
-                .args(["-append", "console=ttyS0 kiln.boot=pxe"]);
+        match &boot {
+            Boot::Disk { .. } => {
+                let (disk, fmt) = disk.clone().unwrap_or_default();
+                c.arg("-drive")
+                    .arg(format!("file={},format={fmt},if=virtio", disk.display()));
+            }
+            Boot::Iso(iso) => {
+                c.arg("-drive")
+                    .arg(format!(
+                        "file={},format=raw,media=cdrom,readonly=on",
+                        iso.display()
+                    ))
+                    .args(["-boot", "d"]);
+            }
+            Boot::Pxe {
+                kernel,
+                initramfs,
+                cmdline,
+            } => {
+                c.arg("-kernel")
+                    .arg(kernel)
+                    .arg("-initrd")
+                    .arg(initramfs)
+                    .args(["-append", cmdline]);
+            }
         }
-    }
-    let mut net = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:6443");
-    if let (Some(host), Some(guest)) = (node_port_host, args.node_port) {
-        net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
-    }
-    c.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"]);
-    let qemu_err = state.join("qemu.err");
-    c.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(&qemu_err)
-                .with_context(|| format!("creating {}", qemu_err.display()))?,
-        ));
+        let mut net = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:6443");
+        if let (Some(host), Some(guest)) = (node_port_host, args.node_port) {
+            net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        c.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"]);
+        c.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(&qemu_err)
+                    .with_context(|| format!("creating {}", qemu_err.display()))?,
+            ));
+        Ok(c)
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -321,9 +402,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C/SIGTERM handler")?;
     }
-    let started = Instant::now();
-    let child = c.spawn().context("starting qemu-system-x86_64")?;
-    let mut guest = Guest { child, monitor };
+    let (mut guest, accel, started) = start_guest(&qemu, &monitor, &qemu_err)?;
     eprintln!(
         "kiln: booting {} ({accel}, {} MiB, {} CPUs, {}); console log {}",
         args.image.display(),
@@ -419,6 +498,16 @@ mod tests {
         );
         assert_eq!(phases_reached(&more, 3), 9);
         assert_eq!(PHASES[8].1, "node Ready");
+    }
+
+    #[test]
+    fn pxe_command_line_comes_from_boot_ipxe() {
+        let s = "#!ipxe\nkernel vmlinuz initrd=initramfs console=ttyS0 kiln.root=embedded\ninitrd initramfs\nboot\n";
+        assert_eq!(
+            ipxe_cmdline(s).as_deref(),
+            Some("initrd=initramfs console=ttyS0 kiln.root=embedded")
+        );
+        assert_eq!(ipxe_cmdline("#!ipxe\nboot\n"), None);
     }
 
     #[test]
