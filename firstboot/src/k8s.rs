@@ -216,6 +216,18 @@ impl ClusterParams {
         nth_address(&self.service_cidr, 10)
     }
 
+    /// The address the apiserver advertises (the `kubernetes` Service's endpoint): the
+    /// node's first non-loopback IP of the service range's family; the local address
+    /// otherwise (host mode).
+    pub fn advertise_address(&self) -> IpAddr {
+        let v4 = matches!(self.service_cidr.addr(), IpAddr::V4(_));
+        self.node_ips
+            .iter()
+            .find(|ip| !ip.is_loopback() && ip.is_ipv4() == v4)
+            .copied()
+            .unwrap_or_else(|| self.local_apiserver_host())
+    }
+
     /// The address local clients use to reach the apiserver.
     pub fn local_apiserver_host(&self) -> IpAddr {
         if self.listen.is_unspecified() {

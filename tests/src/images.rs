@@ -59,6 +59,8 @@ fn key(definition: &str) -> String {
     ] {
         h.update(std::fs::read(root.join(&f)).unwrap_or_default());
     }
+    // Bases a definition extends, and their locks.
+    hash_tree(&mut h, &root.join("images"));
     hash_tree(&mut h, &root.join("firstboot/src"));
     hash_tree(&mut h, &root.join("firstboot/units"));
     hex::encode(h.finalize())[..16].to_string()

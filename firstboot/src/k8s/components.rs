@@ -137,7 +137,7 @@ pub fn apiserver_args(p: &ClusterParams) -> Result<Vec<String>, K8sError> {
     let pki = |rel: &str| path(&p.paths.pki_file(rel));
     let _ = p.service_ip()?; // the range must hold the kubernetes Service
     Ok(vec![
-        flag("advertise-address", p.local_apiserver_host()),
+        flag("advertise-address", p.advertise_address()),
         flag("bind-address", p.listen),
         flag("secure-port", p.apiserver_port),
         flag("allow-privileged", true),
@@ -394,6 +394,19 @@ mod tests {
 
     fn has(args: &[String], want: &str) -> bool {
         args.iter().any(|a| a == want)
+    }
+
+    #[test]
+    fn apiserver_listening_everywhere_advertises_the_node_ip() {
+        let mut p = params();
+        p.listen = "0.0.0.0".parse().unwrap();
+        p.node_ips = vec!["fec0::1".parse().unwrap(), "10.0.2.15".parse().unwrap()];
+        let a = apiserver_args(&p).unwrap();
+        assert!(has(&a, "--advertise-address=10.0.2.15"), "{a:?}");
+        assert!(has(&a, "--bind-address=0.0.0.0"), "{a:?}");
+        p.node_ips.clear();
+        let a = apiserver_args(&p).unwrap();
+        assert!(has(&a, "--advertise-address=127.0.0.1"), "{a:?}");
     }
 
     #[test]
