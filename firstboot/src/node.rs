@@ -207,8 +207,19 @@ fn import_images(p: &ClusterParams) -> bool {
     }
 }
 
-/// Runs the node until the process is stopped. Never returns Ok.
+/// How long the components get to stop when systemd stops the agent (shutdown, reboot).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Runs the node until SIGTERM or SIGINT, then stops every component: SIGTERM, then
+/// SIGKILL after its grace.
 pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Result<()> {
+    let stopping = Arc::new(AtomicBool::new(false));
+    {
+        let flag = Arc::clone(&stopping);
+        if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+            log::warn!("installing the SIGTERM handler: {e}");
+        }
+    }
     let say = env.say;
     let save = |st: &Status| {
         if let Err(e) = st.write(&env.status_path) {
@@ -265,7 +276,7 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
     let mut next_status = Instant::now();
     let watchdog = crate::notify::watchdog_interval_from_env();
     let mut next_ping = Instant::now();
-    loop {
+    while !stopping.load(Ordering::SeqCst) {
         sup.step().context("supervising the node")?;
         for name in &names {
             let ready = sup.state().get(name).is_some_and(|c| c.ready());
@@ -334,6 +345,12 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
         }
         std::thread::sleep(sup.tick);
     }
+    say("kiln: stopping the node");
+    let _ = env.notify.send("STOPPING=1");
+    stop.store(true, Ordering::SeqCst);
+    let clean = sup.shutdown(SHUTDOWN_GRACE)?;
+    say(&format!("kiln: node stopped (clean: {clean})"));
+    Ok(())
 }
 
 #[cfg(test)]
