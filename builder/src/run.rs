@@ -222,10 +222,25 @@ struct Guest {
 }
 
 impl Guest {
+    /// Presses the ACPI power button through the human monitor: wait for its prompt, send
+    /// the command, read the echo (closing at once can drop the command unread).
     fn powerdown(&self) {
-        if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.monitor) {
-            let _ = s.write_all(b"system_powerdown\n");
+        use std::io::Read as _;
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.monitor) else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut buf = [0u8; 4096];
+        let mut seen = Vec::new();
+        while !String::from_utf8_lossy(&seen).contains("(qemu)") {
+            match s.read(&mut buf) {
+                Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
         }
+        let _ = s.write_all(b"system_powerdown\n");
+        let _ = s.read(&mut buf);
+        std::thread::sleep(Duration::from_millis(300));
     }
 
     fn exited(&mut self) -> bool {
@@ -423,6 +438,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut seen = 0;
     let mut times: Vec<(String, Duration)> = Vec::new();
     let mut powering_down: Option<Instant> = None;
+    let mut last_press = Instant::now();
     loop {
         if guest.exited() {
             break;
@@ -431,8 +447,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
             eprintln!("kiln: shutting the guest down (ACPI power button)");
             guest.powerdown();
             powering_down = Some(Instant::now());
+            last_press = Instant::now();
         }
         if let Some(t) = powering_down {
+            // A guest still booting may miss a press (no logind yet): press again.
+            if last_press.elapsed() >= Duration::from_secs(20) {
+                guest.powerdown();
+                last_press = Instant::now();
+            }
             if t.elapsed() > Duration::from_secs(args.shutdown_timeout) {
                 eprintln!(
                     "kiln: the guest did not power off within {} s; killing it",
