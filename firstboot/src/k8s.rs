@@ -297,6 +297,19 @@ pub fn nth_address(cidr: &Cidr, n: u128) -> Result<IpAddr, K8sError> {
     })
 }
 
+/// Node `node1` at 192.168.10.5 with the default cluster parameters, listening on `listen`
+/// (unit tests of the k8s modules).
+#[cfg(test)]
+pub(crate) fn test_params(listen: &str) -> ClusterParams {
+    ClusterParams::new(
+        &Kubernetes::default(),
+        "node1".parse().unwrap_or_else(|e| panic!("{e}")),
+        vec!["192.168.10.5".parse().unwrap_or_else(|e| panic!("{e}"))],
+        listen.parse().unwrap_or_else(|e| panic!("{e}")),
+        Paths::node(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,6 +42,14 @@ pub fn kiln_bin() -> PathBuf {
     bin
 }
 
+/// Kiln's cache directory as `kiln` sees it: `$KILN_CACHE`, else `~/.cache/kiln`.
+pub fn kiln_cache() -> PathBuf {
+    match std::env::var_os("KILN_CACHE") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln"),
+    }
+}
+
 /// Runs `kiln` with `args` in the workspace root; `env` adds variables.
 pub fn kiln(args: &[&str], env: &[(&str, &Path)]) -> Output {
     let mut c = Command::new(kiln_bin());

@@ -21,10 +21,7 @@ const NODE_PORT: u16 = 30080;
 
 fn kubectl_bin() -> PathBuf {
     let def = kiln::definition::load(&workspace_root().join("images/single-node.toml")).unwrap();
-    let cache = match std::env::var_os("KILN_CACHE") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/kiln"),
-    };
+    let cache = kiln_tests::kiln_cache();
     let k8s = def.go.iter().find(|g| g.name == "kubernetes").unwrap();
     let out = kiln::gobuild::build(k8s, def.epoch, &cache, false).unwrap();
     out.binaries

@@ -11,10 +11,7 @@ use kiln_tests::mirror::{Behaviour, Mirror};
 use kiln_tests::{kiln, text, workspace_root};
 
 fn cache_root() -> PathBuf {
-    match std::env::var_os("KILN_CACHE") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/kiln"),
-    }
+    kiln_tests::kiln_cache()
 }
 
 /// How each binary reports its version.

@@ -378,18 +378,10 @@ pub fn all(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Kubernetes;
-    use crate::k8s::Paths;
     use crate::supervisor::machine::State;
 
     fn params() -> ClusterParams {
-        ClusterParams::new(
-            &Kubernetes::default(),
-            "node1".parse().unwrap(),
-            vec!["192.168.10.5".parse().unwrap()],
-            "192.168.10.5".parse().unwrap(),
-            Paths::node(),
-        )
+        crate::k8s::test_params("192.168.10.5")
     }
 
     fn has(args: &[String], want: &str) -> bool {

@@ -282,17 +282,10 @@ pub fn write_files(files: &[GeneratedFile]) -> Result<Vec<PathBuf>, K8sError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Kubernetes;
-    use crate::k8s::{ClusterParams, Paths, ProxyMode};
+    use crate::k8s::{ClusterParams, ProxyMode};
 
     fn params() -> ClusterParams {
-        ClusterParams::new(
-            &Kubernetes::default(),
-            "node1".parse().unwrap(),
-            vec!["192.168.10.5".parse().unwrap()],
-            "0.0.0.0".parse().unwrap(),
-            Paths::node(),
-        )
+        crate::k8s::test_params("0.0.0.0")
     }
 
     /// Re-parses generated text (what a component would read) and returns it.
