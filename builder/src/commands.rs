@@ -35,14 +35,15 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn now() -> i64 {
+/// Unix seconds now (certificates are valid from here).
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Writes `data` to `path` with mode 0600 through a temp file and a rename.
-fn write_private(path: &Path, data: &str) -> Result<()> {
+pub(crate) fn write_private(path: &Path, data: &str) -> Result<()> {
     firstboot::pki::write_atomic(path, data.as_bytes(), 0o600)
         .with_context(|| format!("writing {}", path.display()))
 }
@@ -63,11 +64,15 @@ fn secrets_gen(args: &SecretsGenArgs) -> Result<()> {
     Ok(())
 }
 
+/// Reads and checks a secrets file from `kiln secrets gen`; errors name the file.
+pub(crate) fn read_secrets(path: &Path) -> Result<firstboot::pki::Secrets> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    firstboot::pki::Secrets::from_toml(&text).with_context(|| format!("{}", path.display()))
+}
+
 fn kubeconfig(args: &KubeconfigArgs) -> Result<()> {
-    let text = std::fs::read_to_string(&args.secrets)
-        .with_context(|| format!("reading {}", args.secrets.display()))?;
-    let secrets = firstboot::pki::Secrets::from_toml(&text)
-        .with_context(|| format!("{}", args.secrets.display()))?;
+    let secrets = read_secrets(&args.secrets)?;
     if !(args.server.starts_with("https://")) {
         bail!("--server {:?} must be an https:// URL", args.server);
     }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::cli::RunArgs;
+use crate::commands::{now, read_secrets, write_private};
 
 /// OVMF firmware (Debian's `ovmf` package).
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
@@ -276,24 +277,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| state.join("secrets.toml"));
     let secrets = if secrets_path.is_file() {
-        let text = std::fs::read_to_string(&secrets_path)
-            .with_context(|| format!("reading {}", secrets_path.display()))?;
-        firstboot::pki::Secrets::from_toml(&text)
-            .with_context(|| format!("{}", secrets_path.display()))?
+        read_secrets(&secrets_path)?
     } else {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
-        let s = firstboot::pki::Secrets::generate(now)?;
-        firstboot::pki::write_atomic(&secrets_path, s.to_toml()?.as_bytes(), 0o600)?;
+        let s = firstboot::pki::Secrets::generate(now())?;
+        write_private(&secrets_path, &s.to_toml()?)?;
         s
     };
     let config_path = state.join("machine-config.toml");
-    firstboot::pki::write_atomic(
-        &config_path,
-        machine_config(args, &secrets)?.as_bytes(),
-        0o600,
-    )?;
+    write_private(&config_path, &machine_config(args, &secrets)?)?;
 
     let api_port = match args.api_port {
         Some(p) => p,
@@ -308,13 +299,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .kubeconfig
         .clone()
         .unwrap_or_else(|| state.join("admin.kubeconfig"));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0));
-    firstboot::pki::write_atomic(
+    write_private(
         &kubeconfig,
-        firstboot::pki::admin_kubeconfig(&secrets, &server, now)?.as_bytes(),
-        0o600,
+        &firstboot::pki::admin_kubeconfig(&secrets, &server, now())?,
     )?;
 
     let console = args

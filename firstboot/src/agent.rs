@@ -162,7 +162,8 @@ pub struct Env<'a> {
     pub network_timeout_ms: u64,
 }
 
-fn now(sys: &dyn Sys) -> Now {
+/// A clock reading from `sys` (monotonic) and the wall clock.
+pub fn now(sys: &dyn Sys) -> Now {
     Now {
         monotonic_ms: sys.monotonic_ms(),
         unix_ms: status::unix_ms(),

@@ -141,10 +141,7 @@ fn run_agent() -> anyhow::Result<()> {
         let cfg = firstboot::config::MachineConfig::from_toml(&text)
             .with_context(|| format!("parsing {}", paths.last_good().display()))?;
         let _ = notifier.status("starting the node");
-        let now = || firstboot::status::Now {
-            monotonic_ms: sys.monotonic_ms(),
-            unix_ms: firstboot::status::unix_ms(),
-        };
+        let now = || agent::now(&sys);
         let node_env = firstboot::node::NodeEnv {
             say: &say,
             notify: &notifier,
