@@ -171,15 +171,45 @@ fn upstream_artifacts_through_a_mirror_are_verified() {
     .unwrap();
     let o = kiln(&["lock", def.to_str().unwrap()], &[]);
     assert!(o.status.success(), "{}", text(&o));
-    let fake_kubelet = b"not the kubelet".to_vec();
-    let mirror = Mirror::start([
-        (
-            "/k8s/release/v1.35.4/bin/linux/amd64/kubelet",
-            Behaviour::WrongBytes(fake_kubelet),
-        ),
-        ("/k8s/kiln-test/probe", Behaviour::Serve(probe.clone())),
-    ])
+    // Every release file of the variant answers with wrong bytes, slowly: the fetcher starts
+    // no new download after a failure, so a fast failure could leave the probe unattempted
+    // on a loaded machine. With every failure seconds away, all of them and the probe are
+    // in flight before the first one fails.
+    let upstream: toml::Value = toml::from_str(
+        &std::fs::read_to_string(workspace_root().join("images/single-node-upstream.toml"))
+            .unwrap(),
+    )
     .unwrap();
+    let mut routes: Vec<(String, Behaviour)> = upstream["artifact"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            let url = a["url"].as_str().unwrap();
+            let path = url
+                .strip_prefix("https://dl.k8s.io")
+                .map(|p| format!("/k8s{p}"))
+                .or_else(|| {
+                    url.strip_prefix("https://github.com")
+                        .map(|p| format!("/gh{p}"))
+                })
+                .unwrap_or_else(|| panic!("{url} is not rewritten by this test"));
+            let wrong = format!("not {}", a["name"].as_str().unwrap()).into_bytes();
+            let slow = Behaviour::Slow {
+                bytes: wrong,
+                delay: std::time::Duration::from_secs(5),
+            };
+            (path, slow)
+        })
+        .collect();
+    assert!(routes
+        .iter()
+        .any(|(p, _)| p == "/k8s/release/v1.35.4/bin/linux/amd64/kubelet"));
+    routes.push((
+        "/k8s/kiln-test/probe".into(),
+        Behaviour::Serve(probe.clone()),
+    ));
+    let mirror = Mirror::start(routes).unwrap();
     let probe_blob = cache_root().join("blobs/sha256").join(&probe_sha);
     let _ = std::fs::remove_file(&probe_blob);
     let out = dir.path().join("out");
