@@ -339,6 +339,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
             .arg("-monitor")
             .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .args(["-device", "virtio-rng-pci"])
+            // A hardware watchdog for systemd's RuntimeWatchdogSec: a hung guest is reset.
+            .args(["-device", "i6300esb"])
             .arg("-fw_cfg")
             .arg(format!(
                 "name=opt/kiln/config,file={}",

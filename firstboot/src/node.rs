@@ -250,6 +250,8 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
     save(st);
 
     let mut sup = Supervisor::new(components::all(&p)?).context("setting up the supervisor")?;
+    // Each component's output under its own name in the journal (`journalctl -t etcd`).
+    sup.journal = true;
     let names: Vec<String> = sup
         .status()
         .iter()

@@ -1,8 +1,9 @@
 //! The thin IO shell around [`machine`](super::machine): spawns children in their own
 //! process group, reaps with `waitpid(-1, WNOHANG)` until nothing is left, runs probes on
-//! short-lived threads, signals process groups, and forwards each child's stdout/stderr line
-//! by line to the `log` crate with the component name as target (the journald logger maps
-//! the target to SYSLOG_IDENTIFIER).
+//! short-lived threads, and signals process groups. Each child's stdout and stderr go to
+//! journald as a stream with the component name as SYSLOG_IDENTIFIER (`journalctl -t
+//! kube-apiserver`) when [`Supervisor::journal`] is set and journald answers; otherwise they
+//! are forwarded line by line to the `log` crate with the component name as target.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -64,6 +65,8 @@ pub struct Supervisor {
     last_step: Option<Instant>,
     /// Loop period.
     pub tick: Duration,
+    /// Connect children's stdout/stderr to journald streams named after the component.
+    pub journal: bool,
 }
 
 impl Supervisor {
@@ -87,6 +90,7 @@ impl Supervisor {
             origin: Instant::now(),
             last_step: None,
             tick: Duration::from_millis(100),
+            journal: false,
         })
     }
 
@@ -257,9 +261,20 @@ impl Supervisor {
         cmd.args(&m.command.args)
             .envs(m.command.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .process_group(0);
+        let stream = if self.journal {
+            crate::logging::journal_stream(name)
+        } else {
+            None
+        };
+        match stream {
+            Some((out, err)) => {
+                cmd.stdout(out).stderr(err);
+            }
+            None => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+        }
         let mut child = cmd.spawn()?;
         let raw = i32::try_from(child.id()).map_err(|_| std::io::ErrorKind::InvalidData)?;
         let pid = Pid::from_raw(raw).ok_or(std::io::ErrorKind::InvalidData)?;
