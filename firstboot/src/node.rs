@@ -5,6 +5,7 @@
 //! node <name> Ready`), the journal and /run/kiln/status.json; READY=1 is sent when the node
 //! is Ready, and the watchdog is pinged only while the supervision loop runs.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +20,7 @@ use crate::k8s::{self, addons, components, files, ClusterParams, Paths};
 use crate::notify::Notifier;
 use crate::pki::Pki;
 use crate::status::{Now, Status};
+use crate::supervisor::machine::Phase;
 use crate::supervisor::shell::Supervisor;
 
 /// Status phases of node mode, besides `<component>-ready`.
@@ -26,6 +28,44 @@ pub const ADDONS_APPLIED: &str = "addons-applied";
 pub const IMAGES_IMPORTED: &str = "images-imported";
 pub const NODE_READY: &str = "node-ready";
 pub const COREDNS_READY: &str = "coredns-ready";
+
+/// When a component was first spawned and first ready, on the supervisor's clock (ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FirstStart {
+    pub spawned: Option<u64>,
+    pub ready: Option<u64>,
+}
+
+/// firstboot's own wait at the readiness gates: for each component, the time from its last
+/// dependency becoming ready (or the supervisor starting, for one without dependencies) to
+/// its spawn, summed. Components not spawned yet count nothing.
+pub fn gate_delay_ms(deps: &[(String, Vec<String>)], first: &BTreeMap<String, FirstStart>) -> u64 {
+    deps.iter()
+        .filter_map(|(name, on)| {
+            let spawned = first.get(name)?.spawned?;
+            let mut open = 0;
+            for d in on {
+                open = open.max(first.get(d)?.ready?);
+            }
+            Some(spawned.saturating_sub(open))
+        })
+        .sum()
+}
+
+/// The console line with firstboot's own share of boot to node Ready: its setup (modules,
+/// sysctls, PKI, configuration files) and its gate delays, next to the time since the
+/// kernel started.
+pub fn share_line(setup_ms: u64, gates_ms: u64, ready_ms: u64) -> String {
+    let pct = if ready_ms == 0 {
+        0.0
+    } else {
+        (setup_ms + gates_ms) as f64 * 100.0 / ready_ms as f64
+    };
+    format!(
+        "kiln: firstboot share setup-ms={setup_ms} gates-ms={gates_ms} ready-ms={ready_ms} \
+         share-pct={pct:.2}"
+    )
+}
 
 /// Where a node without upstream DNS gets its (empty) resolv.conf for pods.
 const AIRGAP_RESOLV: &str = "/run/kiln/resolv.conf";
@@ -221,6 +261,7 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
         }
     }
     let say = env.say;
+    let entered = (env.now)();
     let save = |st: &Status| {
         if let Err(e) = st.write(&env.status_path) {
             log::warn!("writing {}: {e}", env.status_path.display());
@@ -246,8 +287,10 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
         mode: 0o644,
     });
     files::write_files(&generated)?;
-    st.phase("configured", (env.now)());
+    let configured = (env.now)();
+    st.phase("configured", configured);
     save(st);
+    let setup_ms = configured.monotonic_ms.saturating_sub(entered.monotonic_ms);
 
     let mut sup = Supervisor::new(components::all(&p)?).context("setting up the supervisor")?;
     // Each component's output under its own name in the journal (`journalctl -t etcd`).
@@ -272,6 +315,13 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
         std::thread::spawn(move || checker(p, addons_path, a, c, ch, s));
     }
 
+    let deps: Vec<(String, Vec<String>)> = sup
+        .state()
+        .components
+        .iter()
+        .map(|c| (c.spec.name.clone(), c.spec.depends_on.clone()))
+        .collect();
+    let mut first: BTreeMap<String, FirstStart> = BTreeMap::new();
     let mut seen_ready: Vec<String> = Vec::new();
     let mut told = Checks::default();
     let mut sent_ready = false;
@@ -280,6 +330,16 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
     let mut next_ping = Instant::now();
     while !stopping.load(Ordering::SeqCst) {
         sup.step().context("supervising the node")?;
+        for c in &sup.state().components {
+            if let Phase::Running {
+                since, ready_since, ..
+            } = c.phase
+            {
+                let f = first.entry(c.spec.name.clone()).or_default();
+                f.spawned = f.spawned.or(Some(since));
+                f.ready = f.ready.or(ready_since);
+            }
+        }
         for name in &names {
             let ready = sup.state().get(name).is_some_and(|c| c.ready());
             if ready && !seen_ready.contains(name) {
@@ -328,6 +388,13 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
         );
         if told.node_ready && !sent_ready {
             sent_ready = true;
+            let line = share_line(
+                setup_ms,
+                gate_delay_ms(&deps, &first),
+                (env.now)().monotonic_ms,
+            );
+            say(&line);
+            st.notes.push(line);
             if let Err(e) = env.notify.ready(&format!("node {} Ready", p.hostname)) {
                 log::warn!("sd_notify READY=1: {e}");
             }
@@ -373,6 +440,40 @@ mod tests {
                 "fec0::5054:ff:fe12:3456".parse::<IpAddr>().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn gate_delays_count_from_the_last_dependency_ready_to_the_spawn() {
+        let deps = vec![
+            ("etcd".to_string(), vec![]),
+            ("api".to_string(), vec!["etcd".to_string()]),
+            (
+                "cm".to_string(),
+                vec!["api".to_string(), "etcd".to_string()],
+            ),
+            ("later".to_string(), vec!["cm".to_string()]),
+        ];
+        let at = |spawned, ready| FirstStart { spawned, ready };
+        let first: BTreeMap<String, FirstStart> = [
+            ("etcd".to_string(), at(Some(40), Some(3000))),
+            ("api".to_string(), at(Some(3100), Some(40_000))),
+            ("cm".to_string(), at(Some(40_250), None)),
+        ]
+        .into_iter()
+        .collect();
+        // etcd 40 after the start, api 100 after etcd's ready, cm 250 after api's (the
+        // later of its two gates); "later" is not spawned and adds nothing.
+        assert_eq!(gate_delay_ms(&deps, &first), 40 + 100 + 250);
+        assert_eq!(gate_delay_ms(&deps, &BTreeMap::new()), 0);
+    }
+
+    #[test]
+    fn the_share_line_carries_its_parts_and_percentage() {
+        assert_eq!(
+            share_line(1500, 500, 200_000),
+            "kiln: firstboot share setup-ms=1500 gates-ms=500 ready-ms=200000 share-pct=1.00"
+        );
+        assert!(share_line(1, 1, 0).ends_with("share-pct=0.00"));
     }
 
     #[test]
