@@ -22,6 +22,7 @@ use crate::pki::Pki;
 use crate::status::{Now, Status};
 use crate::supervisor::machine::Phase;
 use crate::supervisor::shell::Supervisor;
+use crate::timeline::{Mark, Span, Timeline};
 
 /// Status phases of node mode, besides `<component>-ready`.
 pub const ADDONS_APPLIED: &str = "addons-applied";
@@ -97,6 +98,37 @@ pub fn ready_since(reply: &str, since: u64) -> bool {
             .next()
             .and_then(parse_k8s_time)
             .is_some_and(|t| t + 5 >= since)
+}
+
+/// The timeline so far: the status phases and each component's first start and readiness,
+/// in ms since the kernel started (`origin_ms`: the supervisor clock's zero on that scale).
+pub fn timeline(
+    st: &Status,
+    deps: &[(String, Vec<String>)],
+    first: &BTreeMap<String, FirstStart>,
+    origin_ms: u64,
+) -> Timeline {
+    Timeline {
+        phases: st
+            .phases
+            .iter()
+            .map(|p| Mark {
+                name: p.name.clone(),
+                at_ms: p.monotonic_ms,
+            })
+            .collect(),
+        components: deps
+            .iter()
+            .filter_map(|(name, _)| {
+                let f = first.get(name)?;
+                Some(Span {
+                    name: name.clone(),
+                    start_ms: origin_ms + f.spawned?,
+                    ready_ms: f.ready.map(|r| origin_ms + r),
+                })
+            })
+            .collect(),
+    }
 }
 
 /// Where a node without upstream DNS gets its (empty) resolv.conf for pods.
@@ -334,6 +366,8 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
     let setup_ms = configured.monotonic_ms.saturating_sub(entered.monotonic_ms);
 
     let mut sup = Supervisor::new(components::all(&p)?).context("setting up the supervisor")?;
+    // The supervisor's clock starts now: its times plus this are monotonic ms since boot.
+    let sup_origin_ms = (env.now)().monotonic_ms;
     // Each component's output under its own name in the journal (`journalctl -t etcd`).
     sup.journal = true;
     let names: Vec<String> = sup
@@ -436,6 +470,7 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
             );
             say(&line);
             st.notes.push(line);
+            say(&timeline(st, &deps, &first, sup_origin_ms).line());
             if let Err(e) = env.notify.ready(&format!("node {} Ready", p.hostname)) {
                 log::warn!("sd_notify READY=1: {e}");
             }
@@ -506,6 +541,64 @@ mod tests {
         // later of its two gates); "later" is not spawned and adds nothing.
         assert_eq!(gate_delay_ms(&deps, &first), 40 + 100 + 250);
         assert_eq!(gate_delay_ms(&deps, &BTreeMap::new()), 0);
+    }
+
+    #[test]
+    fn the_timeline_puts_component_times_on_the_boot_clock() {
+        let mut st = Status::default();
+        st.phase(
+            "configured",
+            Now {
+                monotonic_ms: 30_000,
+                unix_ms: 0,
+            },
+        );
+        let deps = vec![
+            ("etcd".to_string(), vec![]),
+            ("api".to_string(), vec!["etcd".to_string()]),
+            ("never".to_string(), vec!["api".to_string()]),
+        ];
+        let first: BTreeMap<String, FirstStart> = [
+            (
+                "etcd".to_string(),
+                FirstStart {
+                    spawned: Some(10),
+                    ready: Some(2_000),
+                },
+            ),
+            (
+                "api".to_string(),
+                FirstStart {
+                    spawned: Some(2_100),
+                    ready: None,
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let t = timeline(&st, &deps, &first, 31_000);
+        assert_eq!(
+            t.phases,
+            vec![Mark {
+                name: "configured".into(),
+                at_ms: 30_000
+            }]
+        );
+        assert_eq!(
+            t.components,
+            vec![
+                Span {
+                    name: "etcd".into(),
+                    start_ms: 31_010,
+                    ready_ms: Some(33_000)
+                },
+                Span {
+                    name: "api".into(),
+                    start_ms: 33_100,
+                    ready_ms: None
+                },
+            ]
+        );
     }
 
     #[test]
