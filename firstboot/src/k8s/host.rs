@@ -51,6 +51,10 @@ pub struct HostStatus {
     pub ready_after_ms: Option<u64>,
     /// The addon objects were applied (needs `kubectl` in the bin directory).
     pub addons_applied: bool,
+    /// The supervisor's clock (CLOCK_MONOTONIC ms) when this was written: the components'
+    /// `*_at_ms` times are on it.
+    #[serde(default)]
+    pub monotonic_ms: u64,
     pub components: Vec<SupervisedStatus>,
 }
 
@@ -196,6 +200,7 @@ pub fn run(opts: &HostOptions, stop: &AtomicBool, out: &mut dyn Write) -> anyhow
             ready: sup.state().all_ready(),
             ready_after_ms,
             addons_applied,
+            monotonic_ms: sup.now(),
             components: sup.status(),
         };
         let text = serde_json::to_string_pretty(&st).unwrap_or_default();
