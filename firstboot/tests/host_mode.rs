@@ -225,11 +225,13 @@ fn corrupted_config_backs_off(root: &Path, child: &mut Child, p: &ClusterParams)
         .find(|m| m.spec.name == SCHEDULER)
         .unwrap()
         .spec;
-    let config = p.paths.config_file(files::SCHEDULER_CONFIG);
-    let good = std::fs::read(&config).unwrap();
     let (before, _) = wait_for(root, child, Duration::from_secs(120), "all ready", |s| {
         s.ready
     });
+    // The status carries the specs the supervisor runs with.
+    assert!(before.specs.contains(&spec), "{:?}", before.specs);
+    let config = p.paths.config_file(files::SCHEDULER_CONFIG);
+    let good = std::fs::read(&config).unwrap();
     let old = pid_of(&before, SCHEDULER).unwrap();
     let restarts0 = restarts_of(&before, SCHEDULER);
     let failures0 = component(&before, SCHEDULER).component.consecutive_failures;

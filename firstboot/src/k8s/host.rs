@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::{addons, components, files, ClusterParams, Paths};
 use crate::config::Kubernetes;
 use crate::pki::Pki;
-use crate::supervisor::{SupervisedStatus, Supervisor};
+use crate::supervisor::{ComponentSpec, SupervisedStatus, Supervisor};
 
 /// The node name used in host mode.
 pub const HOST_NAME: &str = "kiln-host";
@@ -56,6 +56,9 @@ pub struct HostStatus {
     #[serde(default)]
     pub monotonic_ms: u64,
     pub components: Vec<SupervisedStatus>,
+    /// Each component's probe timing, grace period and backoff (what bounds its recovery).
+    #[serde(default)]
+    pub specs: Vec<ComponentSpec>,
 }
 
 /// The cluster parameters of host mode under `opts.root`.
@@ -202,6 +205,12 @@ pub fn run(opts: &HostOptions, stop: &AtomicBool, out: &mut dyn Write) -> anyhow
             addons_applied,
             monotonic_ms: sup.now(),
             components: sup.status(),
+            specs: sup
+                .state()
+                .components
+                .iter()
+                .map(|c| c.spec.clone())
+                .collect(),
         };
         let text = serde_json::to_string_pretty(&st).unwrap_or_default();
         if let Err(e) = crate::pki::write_atomic(&status_path, text.as_bytes(), 0o644) {
