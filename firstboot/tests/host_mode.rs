@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use firstboot::k8s::components::{self, APISERVER, CONTROLLER_MANAGER, ETCD, SCHEDULER};
 use firstboot::k8s::host::{self, HostOptions, HostStatus};
 use firstboot::k8s::{files, ClusterParams};
+use firstboot::supervisor::shell::monotonic_ms;
 use firstboot::supervisor::{ComponentSpec, HttpProbe, SupervisedStatus, TlsProbe};
 use kiln::gobuild::{self, GoInput};
 
@@ -541,8 +542,9 @@ fn control_plane_in_host_mode() {
         s.ready
     });
     let old = pid_of(&before, APISERVER).unwrap();
+    let stopped_at = monotonic_ms();
     signal(old, rustix::process::Signal::Stop);
-    let (_, detected) = wait_for(
+    let (replaced, detected) = wait_for(
         &root,
         child,
         Duration::from_secs(120),
@@ -557,9 +559,31 @@ fn control_plane_in_host_mode() {
         "the apiserver ready after SIGSTOP",
         |s| s.ready && pid_of(s, APISERVER).is_some_and(|p| p != old),
     );
+    // Killed and reaped within the bound of its specs: the next probe within a period, then
+    // `failure_threshold` probes that each wait the whole timeout (failure seen at the next
+    // tick), the grace period, the SIGKILL and the reaping at the next ticks.
+    let spec = before.specs.iter().find(|s| s.name == APISERVER).unwrap();
+    let probe = spec.probe.clone().unwrap();
+    let tick = before.tick_ms;
+    let bound = probe.period
+        + u64::from(probe.failure_threshold) * (probe.period.max(probe.timeout) + tick)
+        + spec.grace
+        + 2 * tick;
+    let killed = component(&replaced, APISERVER)
+        .component
+        .exited_at_ms
+        .unwrap()
+        - stopped_at;
     eprintln!(
-        "SIGSTOP of {APISERVER}: replaced after {detected:.1?}, all ready {:.1?} after SIGSTOP",
+        "SIGSTOP of {APISERVER}: killed after {killed} ms (bound {bound} ms), replaced after \
+         {detected:.1?}, all ready {:.1?} after SIGSTOP",
         detected + back
+    );
+    // 3 s for a loaded machine (threads scheduled late); a missed timeout or an extra probe
+    // would be 5 s more.
+    assert!(
+        killed <= bound + 3_000,
+        "killed after {killed} ms, bound {bound} ms"
     );
     assert_eq!(kubectl(&["get", "--raw", "/readyz"]).trim(), "ok");
 

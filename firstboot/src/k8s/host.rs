@@ -59,6 +59,10 @@ pub struct HostStatus {
     /// Each component's probe timing, grace period and backoff (what bounds its recovery).
     #[serde(default)]
     pub specs: Vec<ComponentSpec>,
+    /// The supervisor's loop period: probe results, exits and deadlines are acted on at the
+    /// next step.
+    #[serde(default)]
+    pub tick_ms: u64,
 }
 
 /// The cluster parameters of host mode under `opts.root`.
@@ -211,6 +215,7 @@ pub fn run(opts: &HostOptions, stop: &AtomicBool, out: &mut dyn Write) -> anyhow
                 .iter()
                 .map(|c| c.spec.clone())
                 .collect(),
+            tick_ms: u64::try_from(sup.tick.as_millis()).unwrap_or(u64::MAX),
         };
         let text = serde_json::to_string_pretty(&st).unwrap_or_default();
         if let Err(e) = crate::pki::write_atomic(&status_path, text.as_bytes(), 0o644) {
