@@ -164,6 +164,12 @@ pub struct Component {
     pub crashes: u32,
     pub last_probe: Option<bool>,
     pub last_exit: Option<i32>,
+    /// Why it last stopped unexpectedly (exit status or failed probes).
+    pub last_failure: Option<String>,
+    /// When it was last spawned, became ready, exited (reaped).
+    pub started_at: Option<Millis>,
+    pub ready_at: Option<Millis>,
+    pub exited_at: Option<Millis>,
     spawned_once: bool,
 }
 
@@ -173,7 +179,8 @@ impl Component {
     }
 }
 
-/// Snapshot for `firstboot status`.
+/// Snapshot for `firstboot status`. Times are on the supervisor's clock (the shell uses
+/// CLOCK_MONOTONIC milliseconds, i.e. time since boot).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentStatus {
     pub name: String,
@@ -182,6 +189,24 @@ pub struct ComponentStatus {
     pub restarts: u32,
     pub last_probe_ok: Option<bool>,
     pub last_exit: Option<i32>,
+    /// Consecutive failed runs: the backoff exponent, 0 after a stable run.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// Why it last stopped unexpectedly, e.g. `exited with status 1`.
+    #[serde(default)]
+    pub last_failure: Option<String>,
+    /// In backoff: when it is respawned.
+    #[serde(default)]
+    pub restart_at_ms: Option<Millis>,
+    /// Its last spawn.
+    #[serde(default)]
+    pub started_at_ms: Option<Millis>,
+    /// The last time it became ready (kept after it stops).
+    #[serde(default)]
+    pub ready_at_ms: Option<Millis>,
+    /// Its last exit (reaped).
+    #[serde(default)]
+    pub exited_at_ms: Option<Millis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +267,10 @@ impl State {
                     crashes: 0,
                     last_probe: None,
                     last_exit: None,
+                    last_failure: None,
+                    started_at: None,
+                    ready_at: None,
+                    exited_at: None,
                     spawned_once: false,
                 })
                 .collect(),
@@ -287,6 +316,15 @@ impl State {
                 restarts: c.restarts,
                 last_probe_ok: c.last_probe,
                 last_exit: c.last_exit,
+                consecutive_failures: c.crashes,
+                last_failure: c.last_failure.clone(),
+                restart_at_ms: match c.phase {
+                    Phase::Backoff { until } => Some(until),
+                    _ => None,
+                },
+                started_at_ms: c.started_at,
+                ready_at_ms: c.ready_at,
+                exited_at_ms: c.exited_at,
             })
             .collect()
     }
@@ -375,11 +413,18 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                             &name,
                             format!("exited unexpectedly, status {status:?}"),
                         ));
+                        c.last_failure = Some(match status {
+                            Some(code) => format!("exited with status {code}"),
+                            None => "could not be spawned".to_string(),
+                        });
                         Some(After::Backoff)
                     }
                     Phase::Stopping { after, .. } => Some(after),
                     _ => None, // stale
                 };
+                if after.is_some() {
+                    c.exited_at = Some(now);
+                }
                 match after {
                     Some(After::Backoff) => {
                         c.crashes = c.crashes.saturating_add(1);
@@ -417,6 +462,7 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                             if !*ready {
                                 *ready = true;
                                 *ready_since = Some(now);
+                                c.ready_at = Some(now);
                                 out.push(log(&name, "ready".into()));
                             }
                         } else {
@@ -426,6 +472,7 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                                 .is_none_or(|p| p.gives_up(*failures, *ready, *since, now));
                             if gives_up {
                                 let why = format!("{failures} consecutive failed probes");
+                                c.last_failure = Some(why.clone());
                                 stop(c, now, After::Backoff, &why, &mut out);
                             }
                         }
@@ -471,11 +518,15 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
                     c.restarts += 1;
                 }
                 c.spawned_once = true;
+                c.started_at = Some(now);
                 out.push(Action::Spawn { name: name.clone() });
                 let (ready, delay) = match &c.spec.probe {
                     Some(p) => (false, p.initial_delay),
                     None => (true, 0),
                 };
+                if ready {
+                    c.ready_at = Some(now);
+                }
                 c.phase = Phase::Running {
                     since: now,
                     ready,
@@ -515,6 +566,7 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
                         c.last_probe = Some(false);
                         if p.gives_up(*failures, *ready, *since, now) {
                             let why = format!("{failures} consecutive failed probes");
+                            c.last_failure = Some(why.clone());
                             stop(c, now, After::Backoff, &why, out);
                         }
                     }
@@ -747,6 +799,70 @@ mod tests {
             }
         }
         assert!(stopped_at.is_some());
+    }
+
+    #[test]
+    fn status_says_why_it_failed_and_when_it_started_and_was_ready() {
+        let mut s = State::new(vec![spec("scheduler", &[])]).unwrap();
+        let t = start_ready(&mut s, "scheduler", 10_000);
+        let st = &s.status()[0];
+        assert_eq!(
+            (st.started_at_ms, st.ready_at_ms, st.exited_at_ms),
+            (Some(10_000), Some(t), None)
+        );
+        assert_eq!(
+            (st.consecutive_failures, st.last_failure.as_deref()),
+            (0, None)
+        );
+        // Two quick crashes: the status shows the failure, its count and the restart time.
+        let mut at = t;
+        for (n, code) in [(1u32, 137), (2, 1)] {
+            let a = next(
+                &mut s,
+                Event::Exited {
+                    name: "scheduler".into(),
+                    status: Some(code),
+                },
+                at + 100,
+            );
+            let st = &s.status()[0];
+            assert_eq!(st.state, "backoff");
+            assert_eq!(st.consecutive_failures, n);
+            assert_eq!(st.last_exit, Some(code));
+            assert_eq!(st.exited_at_ms, Some(at + 100));
+            assert_eq!(
+                st.last_failure.as_deref(),
+                Some(format!("exited with status {code}").as_str())
+            );
+            let restart = a.iter().find_map(|a| match a {
+                Action::RestartAt { at, .. } => Some(*at),
+                _ => None,
+            });
+            assert_eq!(st.restart_at_ms, restart);
+            at = restart.unwrap();
+            assert_eq!(spawned(&next(&mut s, Event::Tick, at)).len(), 1);
+            let st = &s.status()[0];
+            assert_eq!(
+                (st.state.as_str(), st.started_at_ms),
+                ("starting", Some(at))
+            );
+            // The last ready time is kept until it is ready again.
+            assert_eq!(st.ready_at_ms, Some(t));
+        }
+        // Failed probes are a failure too, once ready.
+        let a = next(&mut s, Event::Tick, at + 1_000);
+        answer(&mut s, &a, "scheduler", true, at + 1_000);
+        assert_eq!(s.status()[0].ready_at_ms, Some(at + 1_000));
+        let mut t = at + 1_000;
+        for _ in 0..3 {
+            t += 1_000;
+            let a = next(&mut s, Event::Tick, t);
+            answer(&mut s, &a, "scheduler", false, t);
+        }
+        assert_eq!(
+            s.status()[0].last_failure.as_deref(),
+            Some("3 consecutive failed probes")
+        );
     }
 
     #[test]
