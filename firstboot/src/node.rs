@@ -101,12 +101,12 @@ pub fn ready_since(reply: &str, since: u64) -> bool {
 }
 
 /// The timeline so far: the status phases and each component's first start and readiness,
-/// in ms since the kernel started (`origin_ms`: the supervisor clock's zero on that scale).
+/// in ms since the kernel started (the supervisor's clock is CLOCK_MONOTONIC, like the
+/// status phases').
 pub fn timeline(
     st: &Status,
     deps: &[(String, Vec<String>)],
     first: &BTreeMap<String, FirstStart>,
-    origin_ms: u64,
 ) -> Timeline {
     Timeline {
         phases: st
@@ -123,8 +123,8 @@ pub fn timeline(
                 let f = first.get(name)?;
                 Some(Span {
                     name: name.clone(),
-                    start_ms: origin_ms + f.spawned?,
-                    ready_ms: f.ready.map(|r| origin_ms + r),
+                    start_ms: f.spawned?,
+                    ready_ms: f.ready,
                 })
             })
             .collect(),
@@ -366,8 +366,6 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
     let setup_ms = configured.monotonic_ms.saturating_sub(entered.monotonic_ms);
 
     let mut sup = Supervisor::new(components::all(&p)?).context("setting up the supervisor")?;
-    // The supervisor's clock starts now: its times plus this are monotonic ms since boot.
-    let sup_origin_ms = (env.now)().monotonic_ms;
     // Each component's output under its own name in the journal (`journalctl -t etcd`).
     sup.journal = true;
     let names: Vec<String> = sup
@@ -470,7 +468,7 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
             );
             say(&line);
             st.notes.push(line);
-            say(&timeline(st, &deps, &first, sup_origin_ms).line());
+            say(&timeline(st, &deps, &first).line());
             if let Err(e) = env.notify.ready(&format!("node {} Ready", p.hostname)) {
                 log::warn!("sd_notify READY=1: {e}");
             }
@@ -544,7 +542,7 @@ mod tests {
     }
 
     #[test]
-    fn the_timeline_puts_component_times_on_the_boot_clock() {
+    fn the_timeline_has_the_phases_and_the_spawned_components() {
         let mut st = Status::default();
         st.phase(
             "configured",
@@ -562,21 +560,21 @@ mod tests {
             (
                 "etcd".to_string(),
                 FirstStart {
-                    spawned: Some(10),
-                    ready: Some(2_000),
+                    spawned: Some(31_010),
+                    ready: Some(33_000),
                 },
             ),
             (
                 "api".to_string(),
                 FirstStart {
-                    spawned: Some(2_100),
+                    spawned: Some(33_100),
                     ready: None,
                 },
             ),
         ]
         .into_iter()
         .collect();
-        let t = timeline(&st, &deps, &first, 31_000);
+        let t = timeline(&st, &deps, &first);
         assert_eq!(
             t.phases,
             vec![Mark {
