@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use firstboot::k8s::components::{self, APISERVER, CONTROLLER_MANAGER, ETCD, SCHEDULER};
 use firstboot::k8s::host::{self, HostOptions, HostStatus};
 use firstboot::k8s::{files, ClusterParams};
+use firstboot::supervisor::machine::backoff_delay;
 use firstboot::supervisor::shell::monotonic_ms;
 use firstboot::supervisor::{ComponentSpec, HttpProbe, SupervisedStatus, TlsProbe};
 use kiln::gobuild::{self, GoInput};
@@ -202,15 +203,9 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// consecutive one, if every run failed at once: the most n with delay(first) + ... +
 /// delay(first + n - 1) <= window.
 fn restarts_within(spec: &ComponentSpec, first: u32, window_ms: u64) -> u32 {
-    let delay = |crashes: u32| {
-        let exp = crashes.saturating_sub(1).min(32);
-        spec.backoff_base
-            .saturating_mul(1u64 << exp)
-            .min(spec.backoff_max)
-    };
     let (mut n, mut sum) = (0u32, 0u64);
     loop {
-        sum += delay(first + n);
+        sum += backoff_delay(spec, first + n);
         if sum > window_ms {
             return n;
         }
