@@ -38,13 +38,17 @@ pub struct FirstStart {
 }
 
 /// firstboot's own wait at the readiness gates: for each component, the time from its last
-/// dependency becoming ready (or the supervisor starting, for one without dependencies) to
-/// its spawn, summed. Components not spawned yet count nothing.
-pub fn gate_delay_ms(deps: &[(String, Vec<String>)], first: &BTreeMap<String, FirstStart>) -> u64 {
+/// dependency becoming ready (or `origin_ms`, when the supervisor started, for one without
+/// dependencies) to its spawn, summed. Components not spawned yet count nothing.
+pub fn gate_delay_ms(
+    deps: &[(String, Vec<String>)],
+    first: &BTreeMap<String, FirstStart>,
+    origin_ms: u64,
+) -> u64 {
     deps.iter()
         .filter_map(|(name, on)| {
             let spawned = first.get(name)?.spawned?;
-            let mut open = 0;
+            let mut open = origin_ms;
             for d in on {
                 open = open.max(first.get(d)?.ready?);
             }
@@ -463,7 +467,7 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
             sent_ready = true;
             let line = share_line(
                 setup_ms,
-                gate_delay_ms(&deps, &first),
+                gate_delay_ms(&deps, &first, configured.monotonic_ms),
                 (env.now)().monotonic_ms,
             );
             say(&line);
@@ -528,17 +532,18 @@ mod tests {
             ("later".to_string(), vec!["cm".to_string()]),
         ];
         let at = |spawned, ready| FirstStart { spawned, ready };
+        // On the boot clock: the supervisor starts at 20 s.
         let first: BTreeMap<String, FirstStart> = [
-            ("etcd".to_string(), at(Some(40), Some(3000))),
-            ("api".to_string(), at(Some(3100), Some(40_000))),
-            ("cm".to_string(), at(Some(40_250), None)),
+            ("etcd".to_string(), at(Some(20_040), Some(23_000))),
+            ("api".to_string(), at(Some(23_100), Some(60_000))),
+            ("cm".to_string(), at(Some(60_250), None)),
         ]
         .into_iter()
         .collect();
         // etcd 40 after the start, api 100 after etcd's ready, cm 250 after api's (the
         // later of its two gates); "later" is not spawned and adds nothing.
-        assert_eq!(gate_delay_ms(&deps, &first), 40 + 100 + 250);
-        assert_eq!(gate_delay_ms(&deps, &BTreeMap::new()), 0);
+        assert_eq!(gate_delay_ms(&deps, &first, 20_000), 40 + 100 + 250);
+        assert_eq!(gate_delay_ms(&deps, &BTreeMap::new(), 20_000), 0);
     }
 
     #[test]
