@@ -47,7 +47,8 @@ pub fn render_svg(t: &Timeline, title: &str) -> String {
     let x = |ms: u64| LABEL_W + ms as f64 * scale;
     let rows = t.phases.len() + t.components.len();
     let height = TOP + (rows as f64 + 1.0) * ROW_H + 30.0;
-    let width = LABEL_W + PLOT_W + 20.0;
+    // Room after the plot for the note of a bar ending at the right edge.
+    let width = LABEL_W + PLOT_W + 130.0;
 
     let mut s = String::new();
     let _ = writeln!(
