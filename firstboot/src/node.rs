@@ -262,9 +262,12 @@ fn checker(
                     Err(e) => log::warn!("applying addons: {e:#}"),
                 }
             }
+            // The node's own reads use its local break-glass credentials: the admin
+            // kubeconfig's RBAC binding is one of the addons, and node Ready must not wait
+            // for them.
             let ready = kubectl(
                 &p,
-                "admin.conf",
+                "super-admin.conf",
                 &[
                     "get",
                     "node",
@@ -279,7 +282,7 @@ fn checker(
                 .is_some_and(|r| ready_since(r, started_unix));
             let dns = kubectl(
                 &p,
-                "admin.conf",
+                "super-admin.conf",
                 &[
                     "-n",
                     "kube-system",
