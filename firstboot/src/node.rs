@@ -250,6 +250,21 @@ fn checker(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    // Importing the baked images takes minutes on an emulated node: its own thread, so
+    // the checks below (node Ready) do not wait for it.
+    let imported = Arc::new(AtomicBool::new(false));
+    {
+        let (p, imported, stop) = (p.clone(), Arc::clone(&imported), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if containerd_ready.load(Ordering::SeqCst) && import_images(&p) {
+                    imported.store(true, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(3));
+            }
+        });
+    }
     while !stop.load(Ordering::SeqCst) {
         if apiserver_ready.load(Ordering::SeqCst) {
             if !c.addons_applied {
@@ -297,9 +312,7 @@ fn checker(
                 .and_then(|n| n.parse::<u32>().ok())
                 .is_some_and(|n| n > 0);
         }
-        if containerd_ready.load(Ordering::SeqCst) && !c.images_imported {
-            c.images_imported = import_images(&p);
-        }
+        c.images_imported = imported.load(Ordering::SeqCst);
         if let Ok(mut shared) = checks.lock() {
             *shared = c.clone();
         }
