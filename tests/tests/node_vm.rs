@@ -292,14 +292,9 @@ fn single_node_cluster_in_qemu() {
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| node.fail(&format!("no NodePort forward in {run_err}")));
 
-    let ready = node.ok(&[
-        "get",
-        "node",
-        HOSTNAME,
-        "-o",
-        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
-    ]);
-    assert_eq!(ready, "True");
+    if !node.node_ready() {
+        node.fail("the API does not say the node is Ready");
+    }
     node.ok(&[
         "-n",
         "kube-system",
