@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::boot::{disk, initramfs, iso, modules, pxe, squashfs, BootIdentity, ToolVersion};
+use crate::boot::{
+    disk, initramfs, install, iso, modules, pxe, squashfs, BootIdentity, ToolVersion,
+};
 use crate::definition::{Definition, OutputFormat};
 use crate::tree::{Kind, Tree, TreePath};
 
@@ -111,16 +113,23 @@ pub fn write(
     let id = BootIdentity::new(&def.name, &def.version).with_args(&def.cmdline);
     let name = &def.name;
     let wants = |f: OutputFormat| bootable.contains(&f);
-    if wants(OutputFormat::Raw) || wants(OutputFormat::Qcow2) {
+    // The PXE bundle's install payload is cut from the raw disk.
+    let mut root_a_end = None;
+    let raw = if wants(OutputFormat::Raw) {
+        staging.join(format!("{name}.raw"))
+    } else {
+        w("disk.raw")
+    };
+    if wants(OutputFormat::Raw) || wants(OutputFormat::Qcow2) || wants(OutputFormat::Pxe) {
         let t = std::time::Instant::now();
-        let raw = if wants(OutputFormat::Raw) {
-            staging.join(format!("{name}.raw"))
-        } else {
-            w("disk.raw")
-        };
         let mut spec = disk::DiskSpec::new(&id, &kernel, &initrd, &root, def.epoch);
         spec.disk_size = def.disk_size;
         let report = disk::write_raw(&spec, &raw).context("writing the disk image")?;
+        root_a_end = report
+            .partitions
+            .iter()
+            .find(|p| p.label == disk::LABEL_ROOT_A)
+            .map(|p| (p.last_lba + 1) * crate::boot::gpt::SECTOR);
         tools.extend(report.tools.into_iter().map(tool));
         lap("raw", t);
         if wants(OutputFormat::Qcow2) {
@@ -159,10 +168,27 @@ pub fn write(
             ..spec
         };
         initramfs::build(tree, &spec, &pxe_initrd).context("building the PXE initramfs")?;
+        let end = root_a_end.context("the disk layout has no kiln-root-a")?;
+        let cpio = w(install::PAYLOAD_CPIO);
+        let payload = install::write_payload_cpio(&raw, end, def.epoch, work.path(), &cpio)
+            .context("writing the install payload")?;
+        log::info!(
+            "install payload: {} bytes for {} bytes of disk in {} extents, sha256 {}",
+            payload.size,
+            payload.image_bytes,
+            payload.extents,
+            payload.sha256
+        );
+        let installer = pxe::Installer {
+            initramfs: &initrd,
+            payload_cpio: &cpio,
+            script: install::boot_script(&id, &payload.sha256, install::DEFAULT_SELECTOR),
+        };
         pxe::write(
             &id,
             &kernel,
             &pxe_initrd,
+            Some(&installer),
             &staging.join(format!("{name}-pxe")),
         )
         .context("writing the PXE bundle")?;
