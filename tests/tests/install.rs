@@ -10,6 +10,8 @@
 //! - Refusals, booting the installer directly (`-kernel`/`-initrd`): a disk with a
 //!   filesystem and no wipe, a selector matching nothing, a payload with a wrong sha256.
 //!   Each disk file is unchanged afterwards.
+//! - ISO: the "Install to disk" entry of the ISO's GRUB menu (chosen with the arrow key
+//!   through the QEMU monitor) installs to an empty disk, which then boots.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -244,9 +246,11 @@ fn installer_vm(dir: &Path, disk: &Path, append: &str) -> Vm {
         .arg(&format!("console=ttyS0,115200 {append}"))
         .arg("-drive")
         .arg(&format!(
-            "file={},format=qcow2,if=virtio,serial=KILN-DISK",
+            "file={},format=qcow2,if=none,id=d0",
             disk.display()
-        ));
+        ))
+        .arg("-device")
+        .arg("virtio-blk-pci,drive=d0,serial=KILN-DISK");
     spec.net = None;
     spec.memory_mib = 2048;
     Vm::start(&spec).expect("qemu starts")
@@ -338,4 +342,87 @@ fn installer_refuses_filesystems_unmatched_selectors_and_bad_payloads() {
     );
     assert_eq!(sha256_file(&blank), before);
     eprintln!("wrong sha256: {:.0} s", t0.elapsed().as_secs_f64());
+}
+
+#[test]
+fn iso_install_to_disk_entry() {
+    let b = minimal();
+    let t = tempfile::tempdir().expect("tmp");
+    // The entry and the payload on the ISO, read with xorriso.
+    let cfg = t.path().join("grub.cfg");
+    let cpio = t.path().join("install.cpio");
+    run(Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(b.iso())
+        .args(["-extract", "/boot/grub/grub.cfg"])
+        .arg(&cfg)
+        .args(["-extract", "/kiln/install.cpio"])
+        .arg(&cpio));
+    let menu = std::fs::read_to_string(&cfg).expect("grub.cfg");
+    let sha = script_sha(&b.pxe());
+    assert!(
+        menu.contains(&format!("kiln.install=auto kiln.install.sha256={sha}"))
+            && menu.contains("initrd /kiln/initramfs /kiln/install.cpio"),
+        "{menu}"
+    );
+    assert_eq!(
+        sha256_file(&cpio),
+        sha256_file(&b.pxe().join("install.cpio")),
+        "the ISO and the PXE bundle carry the same payload"
+    );
+
+    let target = empty_qcow2(t.path(), "target.qcow2", "9G");
+    let mut spec = VmSpec::new(Firmware::Bios)
+        .arg("-drive")
+        .arg(&format!(
+            "file={},format=raw,if=none,id=cd,media=cdrom,readonly=on",
+            b.iso().display()
+        ))
+        .arg("-device")
+        .arg("ide-cd,drive=cd,bootindex=2")
+        .arg("-drive")
+        .arg(&format!(
+            "file={},format=qcow2,if=none,id=d0",
+            target.display()
+        ))
+        .arg("-device")
+        .arg("virtio-blk-pci,drive=d0,bootindex=1");
+    spec.net = None;
+    spec.memory_mib = 2048;
+    let mut vm = Vm::start(&spec).expect("qemu starts");
+    // Arrow-down until GRUB's menu is on the console (keys typed early wait in the
+    // keyboard buffer and stop GRUB's countdown), then Enter.
+    let deadline = Instant::now() + LONG;
+    while !vm.serial().contains("to disk") {
+        assert!(Instant::now() < deadline, "no GRUB menu\n{}", vm.tail(40));
+        let _ = vm.monitor("sendkey down");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    vm.monitor("sendkey ret").expect("monitor");
+    let done = vm
+        .wait_for("kiln: install: rebooting into the installed disk", LONG)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let booted = vm
+        .wait_for("kiln: stage 1: root slot-a", LONG)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let serial = vm.serial();
+    vm.kill();
+    eprintln!(
+        "ISO: installed at {:.0} s, stage 1 from the disk at {:.0} s",
+        done.as_secs_f64(),
+        booted.as_secs_f64()
+    );
+    assert!(
+        serial.contains("kiln: install: verified: read-back sha256"),
+        "{serial}"
+    );
+    let cmdlines: Vec<&str> = serial
+        .lines()
+        .filter(|l| l.contains("Command line:"))
+        .collect();
+    assert!(cmdlines[0].contains("kiln.install=auto"), "{cmdlines:?}");
+    assert!(
+        cmdlines.last().is_some_and(|l| l.contains("kiln.slot=a")),
+        "{cmdlines:?}"
+    );
 }

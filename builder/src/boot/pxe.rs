@@ -109,6 +109,20 @@ mod tests {
         assert!(boot_script(&id).contains("kiln.root=embedded quiet kiln.hostname=a\n"));
         assert!(esp_menu(&id).contains("kiln.slot=a quiet kiln.hostname=a"));
         assert!(esp_menu(&id).contains("kiln.slot=b quiet kiln.hostname=a"));
-        assert!(iso_menu(&id).contains("kiln.root=iso quiet kiln.hostname=a"));
+        assert!(iso_menu(&id, None).contains("kiln.root=iso quiet kiln.hostname=a"));
+        assert!(!iso_menu(&id, None).contains("kiln.install"));
+        let with = iso_menu(&id, Some("ab12"));
+        assert!(
+            with.contains("initrd /kiln/initramfs /kiln/install.cpio\n"),
+            "{with}"
+        );
+        assert!(
+            with.contains("kiln.install=auto kiln.install.sha256=ab12 quiet kiln.hostname=a"),
+            "{with}"
+        );
+        assert!(
+            with.find("kiln.root=iso") < with.find("kiln.install="),
+            "live stays first"
+        );
     }
 }

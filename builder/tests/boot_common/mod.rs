@@ -248,6 +248,7 @@ pub fn build_all(dir: &Path) -> Outputs {
             initramfs: &initramfs_path,
             root_squashfs: &squashfs,
             epoch: EPOCH,
+            install: None,
         },
         &iso,
     )
