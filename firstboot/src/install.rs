@@ -958,4 +958,67 @@ mod tests {
             ["BIOS", "ESP", "kiln-root-a", "kiln-root-b"]
         );
     }
+
+    /// `run` end to end on a fake /sys/block and a disk image file as /dev/vda.
+    #[test]
+    fn run_lists_disks_refuses_or_installs() {
+        let t = tempfile::tempdir().unwrap();
+        let Some((_, p, sha, _)) = image_and_payload(t.path()) else {
+            return;
+        };
+        let l = Layout::new(t.path().join("root"));
+        std::fs::create_dir_all(l.inside("kiln")).unwrap();
+        std::fs::copy(&p, l.inside(PAYLOAD_PATH)).unwrap();
+        let blk = l.sys().join("block/vda");
+        std::fs::create_dir_all(&blk).unwrap();
+        std::fs::write(blk.join("size"), format!("{}\n", (48u64 << 20) / 512)).unwrap();
+        std::fs::write(blk.join("serial"), "S-1\n").unwrap();
+        std::fs::create_dir_all(l.dev()).unwrap();
+        std::fs::write(l.dev().join("vda"), vec![0u8; 48 << 20]).unwrap();
+        let go = |cmdline: &str| {
+            let said = std::cell::RefCell::new(Vec::<String>::new());
+            let opts = Options::from_cmdline(&Cmdline::parse(cmdline), &l)
+                .unwrap()
+                .unwrap();
+            let r = run(&RecordingSys::new(), &l, &opts, &|s| {
+                said.borrow_mut().push(s.to_string())
+            });
+            (r, said.into_inner())
+        };
+        let (r, said) = go(&format!(
+            "kiln.install=serial=NOPE kiln.install.sha256={sha}"
+        ));
+        assert_eq!(r.unwrap_err().step, "choosing the install disk");
+        assert!(
+            said.iter().any(|s| s.ends_with(
+                "/dev/vda 48.0 MiB model - serial \"S-1\" partition table none: ruled out: serial \"S-1\" is not \"NOPE\""
+            )),
+            "{said:#?}"
+        );
+        // Whole-disk ext4: chosen by auto, refused without wipe.
+        let mut sb = vec![0u8; 4096];
+        sb[0x438..0x43A].copy_from_slice(&[0x53, 0xEF]);
+        std::fs::File::options()
+            .write(true)
+            .open(l.dev().join("vda"))
+            .unwrap()
+            .write_all_at(&sb, 0)
+            .unwrap();
+        let (r, _) = go(&format!("kiln.install=auto kiln.install.sha256={sha}"));
+        assert!(r.unwrap_err().detail.contains("holds ext4 (whole disk)"));
+        // With wipe: installed, the report in /run/kiln/install.json.
+        let (r, said) = go(&format!(
+            "kiln.install=/dev/vda kiln.install.wipe=true kiln.install.sha256={sha}"
+        ));
+        let r = r.unwrap();
+        assert_eq!(r.disk, "/dev/vda");
+        assert!(
+            said.last().unwrap().starts_with("kiln: install: done: "),
+            "{said:#?}"
+        );
+        let json = std::fs::read_to_string(l.run().join("kiln/install.json")).unwrap();
+        assert!(json.contains("\"payload-sha256\""), "{json}");
+        let mut f = File::open(l.dev().join("vda")).unwrap();
+        gpt::check_backup(&mut f, 512).unwrap();
+    }
 }
