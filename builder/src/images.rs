@@ -179,6 +179,7 @@ pub fn write(
             install: payload.as_ref().map(|p| iso::IsoInstall {
                 payload_cpio: &cpio,
                 sha256: &p.sha256,
+                selector: &def.install_selector,
             }),
         };
         let out = staging.join(format!("{name}.iso"));
@@ -203,7 +204,7 @@ pub fn write(
         let installer = pxe::Installer {
             initramfs: &initrd,
             payload_cpio: &cpio,
-            script: install::boot_script(&id, &payload.sha256, install::DEFAULT_SELECTOR),
+            script: install::boot_script(&id, &payload.sha256, &def.install_selector),
         };
         pxe::write(
             &id,

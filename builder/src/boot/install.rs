@@ -17,8 +17,6 @@ use super::{io_err, persist, temp_sibling, BootIdentity, Result, CONSOLE_ARGS};
 pub const PAYLOAD_CPIO: &str = "install.cpio";
 pub const INSTALLER_INITRAMFS: &str = "installer.initramfs";
 pub const SCRIPT: &str = "boot-install.ipxe";
-/// The selector baked into `boot-install.ipxe`.
-pub const DEFAULT_SELECTOR: &str = "auto";
 
 /// What [`write_payload_cpio`] produced.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -32,15 +32,16 @@ pub struct IsoInstall<'a> {
     pub payload_cpio: &'a Path,
     /// The payload's sha256 (hex).
     pub sha256: &'a str,
+    /// `kiln.install=` (e.g. `auto`).
+    pub selector: &'a str,
 }
 
 /// Where the payload cpio sits on the ISO.
 pub const ISO_INSTALL_PATH: &str = "kiln/install.cpio";
 
 /// The ISO's GRUB menu: the live system (default), and "Install to disk" when the ISO
-/// carries the payload (`install_sha256`): the payload as a second initrd,
-/// `kiln.install=auto`.
-pub fn iso_menu(id: &BootIdentity, install_sha256: Option<&str>) -> String {
+/// carries the payload (`install`: selector and sha256): the payload as a second initrd.
+pub fn iso_menu(id: &BootIdentity, install: Option<(&str, &str)>) -> String {
     let mut entries = vec![MenuEntry {
         id: "live".into(),
         title: format!("{} {} (live)", id.name, id.version),
@@ -48,15 +49,14 @@ pub fn iso_menu(id: &BootIdentity, install_sha256: Option<&str>) -> String {
         initrd: "/kiln/initramfs".into(),
         args: id.args("kiln.root=iso"),
     }];
-    if let Some(sha) = install_sha256 {
+    if let Some((selector, sha)) = install {
         entries.push(MenuEntry {
             id: "install".into(),
             title: format!("Install {} {} to disk", id.name, id.version),
             kernel: "/kiln/vmlinuz".into(),
             initrd: format!("/kiln/initramfs /{ISO_INSTALL_PATH}"),
             args: id.args(&format!(
-                "kiln.install={} kiln.install.sha256={sha}",
-                super::install::DEFAULT_SELECTOR
+                "kiln.install={selector} kiln.install.sha256={sha}"
             )),
         });
     }
@@ -109,8 +109,11 @@ pub fn write(spec: &IsoSpec<'_>, out: &Path) -> Result<Vec<ToolVersion>> {
         &efi_img,
     )?;
     let cfg = w.join("grub.cfg");
-    fs::write(&cfg, iso_menu(id, spec.install.map(|i| i.sha256)))
-        .map_err(io_err("writing", &cfg))?;
+    fs::write(
+        &cfg,
+        iso_menu(id, spec.install.map(|i| (i.selector, i.sha256))),
+    )
+    .map_err(io_err("writing", &cfg))?;
 
     let graft =
         |iso: &str, src: &Path| -> PathBuf { PathBuf::from(format!("{iso}={}", src.display())) };

@@ -111,7 +111,7 @@ mod tests {
         assert!(esp_menu(&id).contains("kiln.slot=b quiet kiln.hostname=a"));
         assert!(iso_menu(&id, None).contains("kiln.root=iso quiet kiln.hostname=a"));
         assert!(!iso_menu(&id, None).contains("kiln.install"));
-        let with = iso_menu(&id, Some("ab12"));
+        let with = iso_menu(&id, Some(("auto", "ab12")));
         assert!(
             with.contains("initrd /kiln/initramfs /kiln/install.cpio\n"),
             "{with}"
