@@ -24,5 +24,6 @@ pub mod run;
 pub mod sbom;
 pub mod selfbuild;
 pub mod staging;
+pub mod timeline;
 pub mod tree;
 pub mod unpack;

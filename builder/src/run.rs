@@ -425,6 +425,13 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
     let tty = std::io::stderr().is_terminal();
     let mut seen = 0;
+    let mut drawn: Option<firstboot::timeline::Timeline> = None;
+    let timeline_svg = state.join("timeline.svg");
+    let image_name = args
+        .image
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut times: Vec<(String, Duration)> = Vec::new();
     let mut powering_down: Option<Instant> = None;
     let mut last_press = Instant::now();
@@ -469,6 +476,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
         }
         seen = reached;
+        // firstboot's timeline (printed at node Ready, again after a reboot) as a picture.
+        if let Some(t) = firstboot::timeline::Timeline::from_console(&log) {
+            if drawn.as_ref() != Some(&t) {
+                let svg =
+                    crate::timeline::render_svg(&t, &format!("{}: boot to node Ready", image_name));
+                if let Err(e) = crate::cache::write_atomic_bytes(&timeline_svg, svg.as_bytes()) {
+                    eprintln!("kiln: writing {}: {e}", timeline_svg.display());
+                }
+                drawn = Some(t);
+            }
+        }
         if tty && powering_down.is_none() {
             if let Some((_, next)) = PHASES.get(seen) {
                 eprint!(
@@ -489,6 +507,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     );
     for (phase, at) in &times {
         eprintln!("  {:>8.1} s  {phase}", at.as_secs_f64());
+    }
+    if drawn.is_some() {
+        eprintln!("kiln: boot timeline: {}", timeline_svg.display());
     }
     Ok(())
 }

@@ -21,3 +21,4 @@ pub mod stage1;
 pub mod status;
 pub mod supervisor;
 pub mod sys;
+pub mod timeline;

@@ -196,8 +196,12 @@ fn status(json: bool) -> anyhow::Result<()> {
     let path = AgentPaths::new("/").status_json();
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let s: Status =
+    let mut s: Status =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    match firstboot::pki::Pki::certs(Path::new(firstboot::pki::DEFAULT_DIR)) {
+        Ok(certs) => s.certificates = certs,
+        Err(e) => s.certificates_error = Some(format!("{e:#}")),
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

@@ -22,6 +22,7 @@ use crate::pki::Pki;
 use crate::status::{Now, Status};
 use crate::supervisor::machine::Phase;
 use crate::supervisor::shell::Supervisor;
+use crate::timeline::{Mark, Span, Timeline};
 
 /// Status phases of node mode, besides `<component>-ready`.
 pub const ADDONS_APPLIED: &str = "addons-applied";
@@ -37,13 +38,17 @@ pub struct FirstStart {
 }
 
 /// firstboot's own wait at the readiness gates: for each component, the time from its last
-/// dependency becoming ready (or the supervisor starting, for one without dependencies) to
-/// its spawn, summed. Components not spawned yet count nothing.
-pub fn gate_delay_ms(deps: &[(String, Vec<String>)], first: &BTreeMap<String, FirstStart>) -> u64 {
+/// dependency becoming ready (or `origin_ms`, when the supervisor started, for one without
+/// dependencies) to its spawn, summed. Components not spawned yet count nothing.
+pub fn gate_delay_ms(
+    deps: &[(String, Vec<String>)],
+    first: &BTreeMap<String, FirstStart>,
+    origin_ms: u64,
+) -> u64 {
     deps.iter()
         .filter_map(|(name, on)| {
             let spawned = first.get(name)?.spawned?;
-            let mut open = 0;
+            let mut open = origin_ms;
             for d in on {
                 open = open.max(first.get(d)?.ready?);
             }
@@ -97,6 +102,37 @@ pub fn ready_since(reply: &str, since: u64) -> bool {
             .next()
             .and_then(parse_k8s_time)
             .is_some_and(|t| t + 5 >= since)
+}
+
+/// The timeline so far: the status phases and each component's first start and readiness,
+/// in ms since the kernel started (the supervisor's clock is CLOCK_MONOTONIC, like the
+/// status phases').
+pub fn timeline(
+    st: &Status,
+    deps: &[(String, Vec<String>)],
+    first: &BTreeMap<String, FirstStart>,
+) -> Timeline {
+    Timeline {
+        phases: st
+            .phases
+            .iter()
+            .map(|p| Mark {
+                name: p.name.clone(),
+                at_ms: p.monotonic_ms,
+            })
+            .collect(),
+        components: deps
+            .iter()
+            .filter_map(|(name, _)| {
+                let f = first.get(name)?;
+                Some(Span {
+                    name: name.clone(),
+                    start_ms: f.spawned?,
+                    ready_ms: f.ready,
+                })
+            })
+            .collect(),
+    }
 }
 
 /// Where a node without upstream DNS gets its (empty) resolv.conf for pods.
@@ -226,9 +262,12 @@ fn checker(
                     Err(e) => log::warn!("applying addons: {e:#}"),
                 }
             }
+            // The node's own reads use its local break-glass credentials: the admin
+            // kubeconfig's RBAC binding is one of the addons, and node Ready must not wait
+            // for them.
             let ready = kubectl(
                 &p,
-                "admin.conf",
+                "super-admin.conf",
                 &[
                     "get",
                     "node",
@@ -243,7 +282,7 @@ fn checker(
                 .is_some_and(|r| ready_since(r, started_unix));
             let dns = kubectl(
                 &p,
-                "admin.conf",
+                "super-admin.conf",
                 &[
                     "-n",
                     "kube-system",
@@ -431,11 +470,12 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
             sent_ready = true;
             let line = share_line(
                 setup_ms,
-                gate_delay_ms(&deps, &first),
+                gate_delay_ms(&deps, &first, configured.monotonic_ms),
                 (env.now)().monotonic_ms,
             );
             say(&line);
             st.notes.push(line);
+            say(&timeline(st, &deps, &first).line());
             if let Err(e) = env.notify.ready(&format!("node {} Ready", p.hostname)) {
                 log::warn!("sd_notify READY=1: {e}");
             }
@@ -495,17 +535,76 @@ mod tests {
             ("later".to_string(), vec!["cm".to_string()]),
         ];
         let at = |spawned, ready| FirstStart { spawned, ready };
+        // On the boot clock: the supervisor starts at 20 s.
         let first: BTreeMap<String, FirstStart> = [
-            ("etcd".to_string(), at(Some(40), Some(3000))),
-            ("api".to_string(), at(Some(3100), Some(40_000))),
-            ("cm".to_string(), at(Some(40_250), None)),
+            ("etcd".to_string(), at(Some(20_040), Some(23_000))),
+            ("api".to_string(), at(Some(23_100), Some(60_000))),
+            ("cm".to_string(), at(Some(60_250), None)),
         ]
         .into_iter()
         .collect();
         // etcd 40 after the start, api 100 after etcd's ready, cm 250 after api's (the
         // later of its two gates); "later" is not spawned and adds nothing.
-        assert_eq!(gate_delay_ms(&deps, &first), 40 + 100 + 250);
-        assert_eq!(gate_delay_ms(&deps, &BTreeMap::new()), 0);
+        assert_eq!(gate_delay_ms(&deps, &first, 20_000), 40 + 100 + 250);
+        assert_eq!(gate_delay_ms(&deps, &BTreeMap::new(), 20_000), 0);
+    }
+
+    #[test]
+    fn the_timeline_has_the_phases_and_the_spawned_components() {
+        let mut st = Status::default();
+        st.phase(
+            "configured",
+            Now {
+                monotonic_ms: 30_000,
+                unix_ms: 0,
+            },
+        );
+        let deps = vec![
+            ("etcd".to_string(), vec![]),
+            ("api".to_string(), vec!["etcd".to_string()]),
+            ("never".to_string(), vec!["api".to_string()]),
+        ];
+        let first: BTreeMap<String, FirstStart> = [
+            (
+                "etcd".to_string(),
+                FirstStart {
+                    spawned: Some(31_010),
+                    ready: Some(33_000),
+                },
+            ),
+            (
+                "api".to_string(),
+                FirstStart {
+                    spawned: Some(33_100),
+                    ready: None,
+                },
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let t = timeline(&st, &deps, &first);
+        assert_eq!(
+            t.phases,
+            vec![Mark {
+                name: "configured".into(),
+                at_ms: 30_000
+            }]
+        );
+        assert_eq!(
+            t.components,
+            vec![
+                Span {
+                    name: "etcd".into(),
+                    start_ms: 31_010,
+                    ready_ms: Some(33_000)
+                },
+                Span {
+                    name: "api".into(),
+                    start_ms: 33_100,
+                    ready_ms: None
+                },
+            ]
+        );
     }
 
     #[test]

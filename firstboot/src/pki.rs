@@ -154,6 +154,9 @@ pub struct CertInfo {
     /// Path relative to the PKI directory, e.g. `etcd/server.crt`.
     pub file: String,
     pub subject: String,
+    /// The subject's common name (empty if it has none).
+    #[serde(default)]
+    pub subject_cn: String,
     pub issuer: String,
     /// notAfter, unix seconds.
     pub not_after: i64,
@@ -501,12 +504,20 @@ pub fn cert_info(file: &str, pem_text: &str) -> Result<CertInfo, PkiError> {
         x509_parser::pem::parse_x509_pem(pem_text.as_bytes()).map_err(|e| perr(e.to_string()))?;
     let cert = pem.parse_x509().map_err(|e| perr(e.to_string()))?;
     let not_after = cert.validity().not_after.timestamp();
+    let subject_cn = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let not_after_rfc3339 = ts(not_after)?
         .format(&time::format_description::well_known::Rfc3339)
         .map_err(|e| perr(e.to_string()))?;
     Ok(CertInfo {
         file: file.to_string(),
         subject: cert.subject().to_string(),
+        subject_cn,
         issuer: cert.issuer().to_string(),
         not_after,
         not_after_rfc3339,

@@ -566,6 +566,19 @@ fn overlay_etc(sys: &dyn Sys, l: &Layout) -> Result<(), Stage1Error> {
         .map_err(|e| fail("overlaying /etc", e))
 }
 
+/// /tmp is a tmpfs: the root is read-only, and programs such as runc (`kubectl exec`) write
+/// their temporary files there.
+fn mount_tmp(sys: &dyn Sys, l: &Layout) -> Result<(), Stage1Error> {
+    sys.mount(
+        "tmpfs",
+        &l.sysroot().join("tmp"),
+        "tmpfs",
+        MountFlags::NODEV | MountFlags::NOSUID,
+        "mode=1777",
+    )
+    .map_err(|e| fail("mounting tmpfs at /tmp", e))
+}
+
 fn valid_machine_id(s: &str) -> bool {
     s.len() == 32
         && s.bytes()
@@ -645,6 +658,7 @@ pub fn prepare_root(
     let source = RootSource::from_cmdline(cmdline)?;
     t.var = mount_root_and_var(sys, l, &source, &mut t, say)?;
     overlay_etc(sys, l)?;
+    mount_tmp(sys, l)?;
     machine_id(sys, &l.sysroot())?;
     t.rss_hwm_kib = crate::status::read_vm_hwm_kib(&l.proc().join("self/status"));
     t.switch_root = sys.monotonic_ms();
@@ -850,8 +864,12 @@ mod tests {
             matches!(c, Call::Mount { fstype, target, data, .. } if fstype == "overlay"
             && *target == l.sysroot().join("etc") && data.contains("upperdir=") && data.contains("var/lib/kiln/etc/upper"))
         });
+        let tmp = pos(&|c| {
+            matches!(c, Call::Mount { fstype, target, data, .. } if fstype == "tmpfs"
+            && *target == l.sysroot().join("tmp") && data == "mode=1777")
+        });
         assert!(
-            reread < root && root < mkfs && mkfs < var && var < etc,
+            reread < root && root < mkfs && mkfs < var && var < etc && etc < tmp,
             "{calls:#?}"
         );
         // The partition really is in the GPT now.

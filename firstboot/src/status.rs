@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::pki::CertInfo;
 use crate::stage1::Timings;
 
 /// Phase names, in boot order.
@@ -50,6 +51,13 @@ pub struct Status {
     /// Node mode: each supervised component (state, restarts, last probe).
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub components: serde_json::Value,
+    /// The certificates under the PKI directory, added by `firstboot status` when it reads
+    /// them (not written by the agent).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<CertInfo>,
+    /// Why the certificates could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certificates_error: Option<String>,
 }
 
 /// A clock reading: monotonic and wall milliseconds taken together.
@@ -201,6 +209,59 @@ impl Status {
                 p.monotonic_ms,
                 rfc3339(p.unix_ms)
             );
+        }
+        if let Some(rows) = self.components.as_array() {
+            let _ = writeln!(
+                s,
+                "\n{:<25}{:<10}{:>8}{:>10}  {:<12}LAST FAILURE",
+                "COMPONENT", "STATE", "PID", "RESTARTS", "LAST PROBE"
+            );
+            for c in rows {
+                let text = |k: &str| c.get(k).and_then(|v| v.as_str()).unwrap_or("-");
+                let num = |k: &str| {
+                    c.get(k)
+                        .and_then(serde_json::Value::as_i64)
+                        .map_or_else(|| "-".to_string(), |v| v.to_string())
+                };
+                let probe = match c.get("last_probe_ok").and_then(serde_json::Value::as_bool) {
+                    Some(true) => "ok",
+                    Some(false) => "failed",
+                    None => "-",
+                };
+                let _ = writeln!(
+                    s,
+                    "{:<25}{:<10}{:>8}{:>10}  {:<12}{}",
+                    text("name"),
+                    text("state"),
+                    num("pid"),
+                    num("restarts"),
+                    probe,
+                    text("last_failure")
+                );
+                if probe == "failed" {
+                    if let Some(e) = c.get("last_probe_error").and_then(|v| v.as_str()) {
+                        let _ = writeln!(s, "  probe: {e}");
+                    }
+                }
+            }
+        }
+        if !self.certificates.is_empty() || self.certificates_error.is_some() {
+            let _ = writeln!(
+                s,
+                "\n{:<36}{:<40}NOT AFTER (UTC)",
+                "CERTIFICATE", "SUBJECT CN"
+            );
+            let mut certs: Vec<&CertInfo> = self.certificates.iter().collect();
+            // The first to expire first.
+            certs.sort_by(|a, b| (a.not_after, &a.file).cmp(&(b.not_after, &b.file)));
+            for c in certs {
+                let when = u64::try_from(c.not_after)
+                    .map_or_else(|_| c.not_after_rfc3339.clone(), |t| rfc3339(t * 1000));
+                let _ = writeln!(s, "{:<36}{:<40}{}", c.file, c.subject_cn, when);
+            }
+            if let Some(e) = &self.certificates_error {
+                let _ = writeln!(s, "  (reading certificates: {e})");
+            }
         }
         s
     }
@@ -411,6 +472,148 @@ mod tests {
             .unwrap();
         assert!(real >= rss && rss > 0, "VmHWM {real} < VmRSS {rss}");
         assert_eq!(read_vm_hwm_kib(Path::new("/nonexistent/status")), None);
+    }
+
+    fn cert(file: &str, cn: &str, not_after: i64) -> CertInfo {
+        CertInfo {
+            file: file.into(),
+            subject: format!("CN={cn}"),
+            subject_cn: cn.into(),
+            issuer: "CN=kiln-ca".into(),
+            not_after,
+            not_after_rfc3339: String::new(),
+        }
+    }
+
+    #[test]
+    fn table_shows_components_and_certificates_by_expiry() {
+        let mut s = Status::new(None, at(0));
+        s.components = serde_json::json!([
+            {"name": "etcd", "state": "running", "ready": true, "restarts": 0, "pid": 4242,
+             "last_probe_ok": true, "last_exit": null, "last_probe_error": null},
+            {"name": "kube-scheduler", "state": "backoff", "ready": false, "restarts": 7,
+             "pid": null, "last_probe_ok": false, "last_exit": 1,
+             "last_probe_error": "connecting to https://127.0.0.1:10259/readyz",
+             "last_failure": "exited with status 1"},
+        ]);
+        s.certificates = vec![
+            cert("etcd/server.crt", "kiln-host", 1_821_536_000),
+            cert("ca.crt", "kubernetes", 2_105_360_000),
+            cert("apiserver.crt", "kube-apiserver", 1_821_536_000),
+        ];
+        let table = s.table();
+        let lines: Vec<&str> = table.lines().collect();
+        let row = |needle: &str| {
+            lines
+                .iter()
+                .position(|l| l.starts_with(needle))
+                .unwrap_or_else(|| panic!("no row {needle}:\n{table}"))
+        };
+        let words = |i: usize| lines[i].split_whitespace().collect::<Vec<_>>();
+        assert_eq!(
+            words(row("etcd ")),
+            ["etcd", "running", "4242", "0", "ok", "-"]
+        );
+        let k = row("kube-scheduler");
+        assert_eq!(
+            words(k),
+            [
+                "kube-scheduler",
+                "backoff",
+                "-",
+                "7",
+                "failed",
+                "exited",
+                "with",
+                "status",
+                "1"
+            ]
+        );
+        assert_eq!(
+            lines[k + 1],
+            "  probe: connecting to https://127.0.0.1:10259/readyz"
+        );
+        assert!(row("COMPONENT") < row("etcd "));
+        // Soonest expiry first, ties by file; the date is the notAfter (date(1) checks
+        // rfc3339 above).
+        let (a, e, c) = (row("apiserver.crt"), row("etcd/server.crt"), row("ca.crt"));
+        assert!(row("CERTIFICATE") < a && a < e && e < c, "{table}");
+        assert_eq!(
+            words(e),
+            ["etcd/server.crt", "kiln-host", &rfc3339(1_821_536_000_000)]
+        );
+        assert_eq!(
+            words(c),
+            ["ca.crt", "kubernetes", &rfc3339(2_105_360_000_000)]
+        );
+        // No components, no certificates: no such sections.
+        let plain = Status::new(None, at(0)).table();
+        assert!(
+            !plain.contains("COMPONENT") && !plain.contains("CERTIFICATE"),
+            "{plain}"
+        );
+        // --json carries the certificates next to the existing fields.
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["certificates"][1]["subject_cn"], "kubernetes");
+        assert_eq!(v["components"][0]["name"], "etcd");
+        assert_eq!(serde_json::from_value::<Status>(v).unwrap(), s);
+    }
+
+    #[test]
+    fn certificates_of_a_generated_pki_with_openssl_as_oracle() {
+        let dir = tempfile::tempdir().unwrap();
+        let params = crate::pki::PkiParams {
+            hostname: "node-1".into(),
+            node_ips: vec!["10.0.2.15".parse().unwrap()],
+            service_ip: "10.96.0.1".parse().unwrap(),
+            cluster_domain: "cluster.local".into(),
+            server: "https://127.0.0.1:6443".into(),
+            now: 1_790_000_000,
+        };
+        crate::pki::Pki::ensure(dir.path(), &params, None).unwrap();
+        let certs = crate::pki::Pki::certs(dir.path()).unwrap();
+        assert!(certs.len() > 10, "{certs:?}");
+        for c in &certs {
+            let out = std::process::Command::new("openssl")
+                .args([
+                    "x509", "-noout", "-subject", "-enddate", "-dateopt", "iso_8601",
+                ])
+                .args(["-nameopt", "multiline", "-in"])
+                .arg(dir.path().join(&c.file))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let cn = text
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("commonName"))
+                .map(|v| v.trim().trim_start_matches('=').trim())
+                .unwrap_or_default();
+            assert_eq!(c.subject_cn, cn, "{}: {text}", c.file);
+            // notAfter=2027-09-21 13:46:40Z
+            let end = text
+                .lines()
+                .find_map(|l| l.strip_prefix("notAfter="))
+                .unwrap()
+                .trim()
+                .replace(' ', "T");
+            let mut s = Status::new(None, at(0));
+            s.certificates = vec![c.clone()];
+            let table = s.table();
+            let shown = table
+                .lines()
+                .find(|l| l.starts_with(&c.file))
+                .unwrap()
+                .split_whitespace()
+                .last()
+                .unwrap()
+                .to_string();
+            assert_eq!(shown.replace(".000Z", "Z"), end, "{}", c.file);
+        }
+        // No PKI directory (a machine without Kubernetes): no certificates, no error.
+        assert!(crate::pki::Pki::certs(&dir.path().join("none"))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use firstboot::k8s::components::{self, APISERVER, CONTROLLER_MANAGER, ETCD, SCHEDULER};
 use firstboot::k8s::host::{self, HostOptions, HostStatus};
 use firstboot::k8s::{files, ClusterParams};
-use firstboot::supervisor::{HttpProbe, TlsProbe};
+use firstboot::supervisor::machine::backoff_delay;
+use firstboot::supervisor::shell::monotonic_ms;
+use firstboot::supervisor::{ComponentSpec, HttpProbe, SupervisedStatus, TlsProbe};
 use kiln::gobuild::{self, GoInput};
 
 fn cache_root() -> PathBuf {
@@ -173,6 +175,149 @@ fn alive(pid: i32) -> bool {
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .unwrap_or_default()
             .contains(") Z ")
+}
+
+fn component<'a>(st: &'a HostStatus, name: &str) -> &'a SupervisedStatus {
+    st.components
+        .iter()
+        .find(|c| c.component.name == name)
+        .unwrap()
+}
+
+/// utime + stime of `pid`, in seconds (fields 14 and 15 of /proc/<pid>/stat).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name may contain spaces: the fields after it start after the last ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state).
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz: f64 = run(Command::new("getconf").arg("CLK_TCK"))
+        .trim()
+        .parse()
+        .unwrap();
+    ticks as f64 / hz
+}
+
+/// Restarts the machine allows in `window_ms` after a crash that is the `first`-th
+/// consecutive one, if every run failed at once: the most n with delay(first) + ... +
+/// delay(first + n - 1) <= window.
+fn restarts_within(spec: &ComponentSpec, first: u32, window_ms: u64) -> u32 {
+    let (mut n, mut sum) = (0u32, 0u64);
+    loop {
+        sum += backoff_delay(spec, first + n);
+        if sum > window_ms {
+            return n;
+        }
+        n += 1;
+    }
+}
+
+fn corrupted_config_backs_off(root: &Path, child: &mut Child, p: &ClusterParams) {
+    const WINDOW: Duration = Duration::from_secs(40);
+    let spec = components::control_plane(p)
+        .unwrap()
+        .into_iter()
+        .find(|m| m.spec.name == SCHEDULER)
+        .unwrap()
+        .spec;
+    let (before, _) = wait_for(root, child, Duration::from_secs(120), "all ready", |s| {
+        s.ready
+    });
+    // The status carries the specs the supervisor runs with.
+    assert!(before.specs.contains(&spec), "{:?}", before.specs);
+    let config = p.paths.config_file(files::SCHEDULER_CONFIG);
+    let good = std::fs::read(&config).unwrap();
+    let old = pid_of(&before, SCHEDULER).unwrap();
+    let restarts0 = restarts_of(&before, SCHEDULER);
+    let failures0 = component(&before, SCHEDULER).component.consecutive_failures;
+    std::fs::write(&config, b"this is { not a scheduler config ]]\n\x01\x02").unwrap();
+    let firstboot_pid = child.id();
+    let cpu0 = cpu_seconds(firstboot_pid);
+    let t0 = Instant::now();
+    signal(old, rustix::process::Signal::Kill);
+
+    // Watch the window: the status must say it is failing (not ready, backoff or starting,
+    // the exit status and failure of the bad run) while the restarts go on.
+    let mut states = std::collections::BTreeSet::new();
+    let mut max_failures = 0;
+    let mut last = None;
+    while t0.elapsed() < WINDOW {
+        if let Some(st) = read_status(root) {
+            let c = &component(&st, SCHEDULER).component;
+            if c.restarts > restarts0 + 1 {
+                states.insert(c.state.clone());
+                assert!(!c.ready && !st.ready, "{c:?}");
+                max_failures = max_failures.max(c.consecutive_failures);
+                last = Some(st.clone());
+            }
+        }
+        assert!(child.try_wait().unwrap().is_none(), "firstboot host exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let cpu = cpu_seconds(firstboot_pid) - cpu0;
+    let window = t0.elapsed();
+    let last = last.expect("the scheduler was never restarted twice");
+    let c = &component(&last, SCHEDULER).component;
+    let restarts = c.restarts - restarts0;
+    let window_ms = u64::try_from(window.as_millis()).unwrap();
+    // Upper bound: as if the count had been 0 at the kill (a stale or reset count only means
+    // fewer restarts); lower bound: the delays from the count seen before, in half the window
+    // (the failing runs themselves take milliseconds).
+    let most = restarts_within(&spec, 1, window_ms);
+    let least = restarts_within(&spec, failures0 + 1, window_ms / 2);
+    eprintln!(
+        "corrupted {}: {restarts} restarts in {window:.1?} (bounds {least}..={most} from backoff \
+         {}..{} ms), consecutive failures up to {max_failures}, states {states:?}, last failure \
+         {:?} (exit {:?}); firstboot CPU {cpu:.2} s ({:.1}% of one core)",
+        SCHEDULER,
+        spec.backoff_base,
+        spec.backoff_max,
+        c.last_failure,
+        c.last_exit,
+        100.0 * cpu / window.as_secs_f64()
+    );
+    assert!(
+        (least..=most).contains(&restarts),
+        "{restarts} restarts in {window:?}, expected {least}..={most}"
+    );
+    assert!(
+        states.iter().all(|s| s == "backoff" || s == "starting"),
+        "{states:?}"
+    );
+    assert!(states.contains("backoff"), "{states:?}");
+    assert_eq!(c.last_exit, Some(1), "{c:?}");
+    assert_eq!(c.last_failure.as_deref(), Some("exited with status 1"));
+    assert!(max_failures >= least, "{max_failures} consecutive failures");
+    assert!(c.exited_at_ms.is_some_and(|t| t <= last.monotonic_ms));
+    // Backoff, not a busy loop: firstboot itself (probes of the others, status writes, log
+    // forwarding) used well under a tenth of one core.
+    assert!(
+        cpu < 0.1 * window.as_secs_f64(),
+        "firstboot used {cpu:.2} s of CPU in {window:?}"
+    );
+    let log = std::fs::read_to_string(root.join(format!("logs/{SCHEDULER}.log"))).unwrap();
+    assert!(
+        log.contains("control characters are not allowed") || log.contains("command failed"),
+        "the scheduler's log does not show why it failed"
+    );
+
+    // Restored: back within the longest delay plus a start.
+    std::fs::write(&config, &good).unwrap();
+    let bound = Duration::from_millis(spec.backoff_max) + Duration::from_secs(90);
+    let (st, took) = wait_for(
+        root,
+        child,
+        bound,
+        "the scheduler ready with its config back",
+        |s| s.ready && component(s, SCHEDULER).component.ready,
+    );
+    let c = &component(&st, SCHEDULER).component;
+    assert!(c.ready_at_ms > c.exited_at_ms, "{c:?}");
+    eprintln!(
+        "config restored: {SCHEDULER} ready after {took:.1?} (bound {bound:?}; {} restarts in all)",
+        c.restarts - restarts0
+    );
 }
 
 #[test]
@@ -392,8 +537,9 @@ fn control_plane_in_host_mode() {
         s.ready
     });
     let old = pid_of(&before, APISERVER).unwrap();
+    let stopped_at = monotonic_ms();
     signal(old, rustix::process::Signal::Stop);
-    let (_, detected) = wait_for(
+    let (replaced, detected) = wait_for(
         &root,
         child,
         Duration::from_secs(120),
@@ -408,13 +554,40 @@ fn control_plane_in_host_mode() {
         "the apiserver ready after SIGSTOP",
         |s| s.ready && pid_of(s, APISERVER).is_some_and(|p| p != old),
     );
+    // Killed and reaped within the bound of its specs: the next probe within a period, then
+    // `failure_threshold` probes that each wait the whole timeout (failure seen at the next
+    // tick), the grace period, the SIGKILL and the reaping at the next ticks.
+    let spec = before.specs.iter().find(|s| s.name == APISERVER).unwrap();
+    let probe = spec.probe.clone().unwrap();
+    let tick = before.tick_ms;
+    let bound = probe.period
+        + u64::from(probe.failure_threshold) * (probe.period.max(probe.timeout) + tick)
+        + spec.grace
+        + 2 * tick;
+    let killed = component(&replaced, APISERVER)
+        .component
+        .exited_at_ms
+        .unwrap()
+        - stopped_at;
     eprintln!(
-        "SIGSTOP of {APISERVER}: replaced after {detected:.1?}, all ready {:.1?} after SIGSTOP",
+        "SIGSTOP of {APISERVER}: killed after {killed} ms (bound {bound} ms), replaced after \
+         {detected:.1?}, all ready {:.1?} after SIGSTOP",
         detected + back
+    );
+    // 3 s for a loaded machine (threads scheduled late); a missed timeout or an extra probe
+    // would be 5 s more.
+    assert!(
+        killed <= bound + 3_000,
+        "killed after {killed} ms, bound {bound} ms"
     );
     assert_eq!(kubectl(&["get", "--raw", "/readyz"]).trim(), "ok");
 
-    // 8. SIGTERM stops everything.
+    // 8. A corrupted config: the scheduler fails at once on every start. Its status says so,
+    // it is restarted with exponential backoff (bounded count, no busy loop in firstboot),
+    // and once the config is restored it comes back.
+    corrupted_config_backs_off(&root, child, &p);
+
+    // 9. SIGTERM stops everything.
     let last = read_status(&root).unwrap();
     let pids: Vec<i32> = last.components.iter().filter_map(|c| c.pid).collect();
     assert_eq!(pids.len(), 4);

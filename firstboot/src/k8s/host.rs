@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::{addons, components, files, ClusterParams, Paths};
 use crate::config::Kubernetes;
 use crate::pki::Pki;
-use crate::supervisor::{SupervisedStatus, Supervisor};
+use crate::supervisor::{ComponentSpec, SupervisedStatus, Supervisor};
 
 /// The node name used in host mode.
 pub const HOST_NAME: &str = "kiln-host";
@@ -51,7 +51,18 @@ pub struct HostStatus {
     pub ready_after_ms: Option<u64>,
     /// The addon objects were applied (needs `kubectl` in the bin directory).
     pub addons_applied: bool,
+    /// The supervisor's clock (CLOCK_MONOTONIC ms) when this was written: the components'
+    /// `*_at_ms` times are on it.
+    #[serde(default)]
+    pub monotonic_ms: u64,
     pub components: Vec<SupervisedStatus>,
+    /// Each component's probe timing, grace period and backoff (what bounds its recovery).
+    #[serde(default)]
+    pub specs: Vec<ComponentSpec>,
+    /// The supervisor's loop period: probe results, exits and deadlines are acted on at the
+    /// next step.
+    #[serde(default)]
+    pub tick_ms: u64,
 }
 
 /// The cluster parameters of host mode under `opts.root`.
@@ -132,6 +143,10 @@ pub fn apply_with_kubectl(
             "--server-side",
             "--force-conflicts",
             "--field-manager=kiln",
+            // The manifests are ours (checked against the real apiserver in the host-mode
+            // test); client-side validation would first download the OpenAPI document,
+            // which takes over 30 s on an emulated node and fails the apply.
+            "--validate=false",
             "-f",
         ])
         .arg(manifest)
@@ -196,7 +211,15 @@ pub fn run(opts: &HostOptions, stop: &AtomicBool, out: &mut dyn Write) -> anyhow
             ready: sup.state().all_ready(),
             ready_after_ms,
             addons_applied,
+            monotonic_ms: sup.now(),
             components: sup.status(),
+            specs: sup
+                .state()
+                .components
+                .iter()
+                .map(|c| c.spec.clone())
+                .collect(),
+            tick_ms: u64::try_from(sup.tick.as_millis()).unwrap_or(u64::MAX),
         };
         let text = serde_json::to_string_pretty(&st).unwrap_or_default();
         if let Err(e) = crate::pki::write_atomic(&status_path, text.as_bytes(), 0o644) {

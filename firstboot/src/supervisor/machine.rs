@@ -5,11 +5,11 @@
 //! until the first good probe) -> on exit, or `failure_threshold` consecutive failed probes,
 //! `Stopping` (SIGTERM at t, SIGKILL at t + grace) -> `Backoff` (until t + delay) -> spawn ...
 //!
-//! Restart rate: after the n-th consecutive crash the delay is
-//! `min(backoff_base * 2^(n-1), backoff_max)`; the count resets once a run has been ready for
-//! `stable_after`. So a component is spawned at most once per `backoff_base`, a crash loop
-//! settles at one spawn per `backoff_max`, and a component that crashes just after each stable
-//! run restarts at most once per `stable_after + backoff_base`. A `Stopping` component is never respawned before its process is reaped.
+//! Restart rate: after the first crash the component is respawned at once; after the n-th
+//! consecutive crash (n >= 2) the delay is `min(backoff_base * 2^(n-2), backoff_max)`; the
+//! count resets once a run has been ready for `stable_after`. So a crash loop spawns at most
+//! twice within `backoff_base` and settles at one spawn per `backoff_max`, and a component
+//! that crashes just after each stable run restarts at most once per `stable_after`. A `Stopping` component is never respawned before its process is reaped.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -17,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 /// Milliseconds on the injected clock.
 pub type Millis = u64;
+
+/// Probe period of a component not ready yet in its run (when it has a startup window).
+pub const STARTUP_PROBE_PERIOD: Millis = 250;
 
 /// Liveness/readiness probe timing. The first good result marks the component ready.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +167,12 @@ pub struct Component {
     pub crashes: u32,
     pub last_probe: Option<bool>,
     pub last_exit: Option<i32>,
+    /// Why it last stopped unexpectedly (exit status or failed probes).
+    pub last_failure: Option<String>,
+    /// When it was last spawned, became ready, exited (reaped).
+    pub started_at: Option<Millis>,
+    pub ready_at: Option<Millis>,
+    pub exited_at: Option<Millis>,
     spawned_once: bool,
 }
 
@@ -173,7 +182,8 @@ impl Component {
     }
 }
 
-/// Snapshot for `firstboot status`.
+/// Snapshot for `firstboot status`. Times are on the supervisor's clock (the shell uses
+/// CLOCK_MONOTONIC milliseconds, i.e. time since boot).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentStatus {
     pub name: String,
@@ -182,6 +192,24 @@ pub struct ComponentStatus {
     pub restarts: u32,
     pub last_probe_ok: Option<bool>,
     pub last_exit: Option<i32>,
+    /// Consecutive failed runs: the backoff exponent, 0 after a stable run.
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// Why it last stopped unexpectedly, e.g. `exited with status 1`.
+    #[serde(default)]
+    pub last_failure: Option<String>,
+    /// In backoff: when it is respawned.
+    #[serde(default)]
+    pub restart_at_ms: Option<Millis>,
+    /// Its last spawn.
+    #[serde(default)]
+    pub started_at_ms: Option<Millis>,
+    /// The last time it became ready (kept after it stops).
+    #[serde(default)]
+    pub ready_at_ms: Option<Millis>,
+    /// Its last exit (reaped).
+    #[serde(default)]
+    pub exited_at_ms: Option<Millis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +270,10 @@ impl State {
                     crashes: 0,
                     last_probe: None,
                     last_exit: None,
+                    last_failure: None,
+                    started_at: None,
+                    ready_at: None,
+                    exited_at: None,
                     spawned_once: false,
                 })
                 .collect(),
@@ -287,6 +319,15 @@ impl State {
                 restarts: c.restarts,
                 last_probe_ok: c.last_probe,
                 last_exit: c.last_exit,
+                consecutive_failures: c.crashes,
+                last_failure: c.last_failure.clone(),
+                restart_at_ms: match c.phase {
+                    Phase::Backoff { until } => Some(until),
+                    _ => None,
+                },
+                started_at_ms: c.started_at,
+                ready_at_ms: c.ready_at,
+                exited_at_ms: c.exited_at,
             })
             .collect()
     }
@@ -312,8 +353,15 @@ fn log(name: &str, message: String) -> Action {
     }
 }
 
-fn backoff_delay(spec: &ComponentSpec, crashes: u32) -> Millis {
-    let exp = crashes.saturating_sub(1).min(32);
+/// The delay before respawning after the `crashes`-th consecutive failed run: none after
+/// the first (a component that was running fine comes straight back: recovering from a
+/// kill -9 costs no more than a cold start), then `backoff_base`, doubling up to
+/// `backoff_max`.
+pub fn backoff_delay(spec: &ComponentSpec, crashes: u32) -> Millis {
+    if crashes <= 1 {
+        return 0;
+    }
+    let exp = (crashes - 2).min(32);
     spec.backoff_base
         .saturating_mul(1u64 << exp)
         .min(spec.backoff_max)
@@ -375,11 +423,18 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                             &name,
                             format!("exited unexpectedly, status {status:?}"),
                         ));
+                        c.last_failure = Some(match status {
+                            Some(code) => format!("exited with status {code}"),
+                            None => "could not be spawned".to_string(),
+                        });
                         Some(After::Backoff)
                     }
                     Phase::Stopping { after, .. } => Some(after),
                     _ => None, // stale
                 };
+                if after.is_some() {
+                    c.exited_at = Some(now);
+                }
                 match after {
                     Some(After::Backoff) => {
                         c.crashes = c.crashes.saturating_add(1);
@@ -417,6 +472,7 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                             if !*ready {
                                 *ready = true;
                                 *ready_since = Some(now);
+                                c.ready_at = Some(now);
                                 out.push(log(&name, "ready".into()));
                             }
                         } else {
@@ -426,6 +482,7 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                                 .is_none_or(|p| p.gives_up(*failures, *ready, *since, now));
                             if gives_up {
                                 let why = format!("{failures} consecutive failed probes");
+                                c.last_failure = Some(why.clone());
                                 stop(c, now, After::Backoff, &why, &mut out);
                             }
                         }
@@ -471,11 +528,15 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
                     c.restarts += 1;
                 }
                 c.spawned_once = true;
+                c.started_at = Some(now);
                 out.push(Action::Spawn { name: name.clone() });
                 let (ready, delay) = match &c.spec.probe {
                     Some(p) => (false, p.initial_delay),
                     None => (true, 0),
                 };
+                if ready {
+                    c.ready_at = Some(now);
+                }
                 c.phase = Phase::Running {
                     since: now,
                     ready,
@@ -515,6 +576,7 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
                         c.last_probe = Some(false);
                         if p.gives_up(*failures, *ready, *since, now) {
                             let why = format!("{failures} consecutive failed probes");
+                            c.last_failure = Some(why.clone());
                             stop(c, now, After::Backoff, &why, out);
                         }
                     }
@@ -524,7 +586,15 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
                     // A generous deadline: the shell enforces `timeout` itself.
                     let deadline = now + p.timeout.saturating_mul(2) + 1000;
                     *in_flight = Some((probe_id, deadline));
-                    *next_probe = now.saturating_add(p.period);
+                    // Until the first good probe of a run, probe quickly: readiness is seen
+                    // within STARTUP_PROBE_PERIOD, not a whole period late. Failures in that
+                    // window do not count (startup_timeout), so this cannot kill sooner.
+                    let period = if !*ready && p.startup_timeout > 0 {
+                        p.period.min(STARTUP_PROBE_PERIOD)
+                    } else {
+                        p.period
+                    };
+                    *next_probe = now.saturating_add(period);
                     state.next_probe_id += 1;
                     out.push(Action::Probe {
                         name,
@@ -625,6 +695,53 @@ mod tests {
     }
 
     #[test]
+    fn probes_quickly_until_ready_when_there_is_a_startup_window() {
+        let times = |startup_timeout: Millis| {
+            let mut sp = spec("apiserver", &[]);
+            if let Some(p) = &mut sp.probe {
+                p.startup_timeout = startup_timeout;
+            }
+            let mut s = State::new(vec![sp]).unwrap();
+            let mut probed = Vec::new();
+            let mut t = 0;
+            while t <= 6_000 {
+                let a = next(&mut s, Event::Tick, t);
+                if probe_id(&a, "apiserver").is_some() {
+                    probed.push(t);
+                    // Not ready until 2 s, then fine.
+                    answer(&mut s, &a, "apiserver", t >= 2_000, t);
+                }
+                t += 50;
+            }
+            probed
+        };
+        // Startup window: every STARTUP_PROBE_PERIOD until the first good probe, then every
+        // period (1 s in these specs).
+        let fast = times(10_000);
+        let initial = fast[0];
+        assert!(fast
+            .windows(2)
+            .take_while(|w| w[0] < 2_000)
+            .all(|w| w[1] - w[0] == STARTUP_PROBE_PERIOD));
+        let ready_at = *fast.iter().find(|t| **t >= 2_000).unwrap();
+        assert!(ready_at < 2_000 + STARTUP_PROBE_PERIOD, "{fast:?}");
+        // (The probe after the good one was already due at the fast rate.)
+        let after: Vec<Millis> = fast
+            .windows(2)
+            .skip_while(|w| w[0] <= ready_at)
+            .map(|w| w[1] - w[0])
+            .collect();
+        assert!(
+            !after.is_empty() && after.iter().all(|d| *d == 1_000),
+            "{fast:?}"
+        );
+        // No startup window: failures count at once, so the period is kept throughout.
+        let plain = times(0);
+        assert_eq!(plain[0], initial);
+        assert!(plain.windows(2).all(|w| w[1] - w[0] == 1_000), "{plain:?}");
+    }
+
+    #[test]
     fn rejects_cycles_and_unknown_deps() {
         assert_eq!(
             State::new(vec![spec("a", &["b"]), spec("b", &["a"])]),
@@ -690,7 +807,7 @@ mod tests {
         let a = next(&mut s, Event::Tick, term_at + 5_000);
         assert_eq!(signals(&a, "etcd"), vec![Signal::Kill]);
         assert!(signals(&next(&mut s, Event::Tick, term_at + 9_000), "etcd").is_empty());
-        // Reaped: first backoff is the base delay.
+        // Reaped: the first failure of a run that was fine is respawned at once.
         let exit = term_at + 9_000;
         let a = next(
             &mut s,
@@ -702,13 +819,10 @@ mod tests {
         );
         assert!(a.contains(&Action::RestartAt {
             name: "etcd".into(),
-            at: exit + 1_000
+            at: exit
         }));
-        assert!(spawned(&next(&mut s, Event::Tick, exit + 999)).is_empty());
-        assert_eq!(
-            spawned(&next(&mut s, Event::Tick, exit + 1_000)),
-            vec!["etcd".to_string()]
-        );
+        assert_eq!(spawned(&a), vec!["etcd".to_string()]);
+        assert!(spawned(&next(&mut s, Event::Tick, exit + 1)).is_empty());
         assert_eq!(s.get("etcd").unwrap().restarts, 1);
         assert_eq!(s.get("etcd").unwrap().last_exit, Some(137));
     }
@@ -747,6 +861,86 @@ mod tests {
             }
         }
         assert!(stopped_at.is_some());
+    }
+
+    #[test]
+    fn status_says_why_it_failed_and_when_it_started_and_was_ready() {
+        let mut s = State::new(vec![spec("scheduler", &[])]).unwrap();
+        let t = start_ready(&mut s, "scheduler", 10_000);
+        let st = &s.status()[0];
+        assert_eq!(
+            (st.started_at_ms, st.ready_at_ms, st.exited_at_ms),
+            (Some(10_000), Some(t), None)
+        );
+        assert_eq!(
+            (st.consecutive_failures, st.last_failure.as_deref()),
+            (0, None)
+        );
+        // The first crash is respawned at once; the status keeps why.
+        let a = next(
+            &mut s,
+            Event::Exited {
+                name: "scheduler".into(),
+                status: Some(137),
+            },
+            t + 50,
+        );
+        assert_eq!(spawned(&a).len(), 1);
+        let st = &s.status()[0];
+        assert_eq!(
+            (st.state.as_str(), st.consecutive_failures, st.last_exit),
+            ("starting", 1, Some(137))
+        );
+        assert_eq!(st.last_failure.as_deref(), Some("exited with status 137"));
+        // Two more quick crashes: the status shows the failure, its count and the restart time.
+        let mut at = t + 50;
+        for (n, code) in [(2u32, 1), (3, 2)] {
+            let a = next(
+                &mut s,
+                Event::Exited {
+                    name: "scheduler".into(),
+                    status: Some(code),
+                },
+                at + 100,
+            );
+            let st = &s.status()[0];
+            assert_eq!(st.state, "backoff");
+            assert_eq!(st.consecutive_failures, n);
+            assert_eq!(st.last_exit, Some(code));
+            assert_eq!(st.exited_at_ms, Some(at + 100));
+            assert_eq!(
+                st.last_failure.as_deref(),
+                Some(format!("exited with status {code}").as_str())
+            );
+            let restart = a.iter().find_map(|a| match a {
+                Action::RestartAt { at, .. } => Some(*at),
+                _ => None,
+            });
+            assert_eq!(st.restart_at_ms, restart);
+            at = restart.unwrap();
+            assert_eq!(spawned(&next(&mut s, Event::Tick, at)).len(), 1);
+            let st = &s.status()[0];
+            assert_eq!(
+                (st.state.as_str(), st.started_at_ms),
+                ("starting", Some(at))
+            );
+            // The last ready time is kept until it is ready again.
+            assert_eq!(st.ready_at_ms, Some(t));
+        }
+        // Failed probes are a failure too, once ready.
+        let a = next(&mut s, Event::Tick, at + 1_000);
+        answer(&mut s, &a, "scheduler", true, at + 1_000);
+        assert_eq!(s.status()[0].ready_at_ms, Some(at + 1_000));
+        let mut t = at + 1_000;
+        for _ in 0..3 {
+            t += 1_000;
+            let a = next(&mut s, Event::Tick, t);
+            answer(&mut s, &a, "scheduler", false, t);
+        }
+        assert_eq!(
+            s.status()[0].last_failure.as_deref(),
+            Some("3 consecutive failed probes")
+        );
     }
 
     #[test]
@@ -810,14 +1004,25 @@ mod tests {
                 })
                 .unwrap();
             delays.push(at - t);
-            // Spawned exactly at `at`, not before.
-            assert!(spawned(&next(&mut s, Event::Tick, at - 1)).is_empty());
-            assert_eq!(spawned(&next(&mut s, Event::Tick, at)).len(), 1);
+            if at == t {
+                // No delay: spawned by the same step.
+                assert_eq!(spawned(&a).len(), 1);
+            } else {
+                // Spawned exactly at `at`, not before.
+                assert!(spawned(&a).is_empty());
+                assert!(spawned(&next(&mut s, Event::Tick, at - 1)).is_empty());
+                assert_eq!(spawned(&next(&mut s, Event::Tick, at)).len(), 1);
+            }
             t = at;
         }
+        assert_eq!(delays, vec![0, 1_000, 2_000, 4_000, 8_000, 16_000, 16_000]);
         assert_eq!(
-            delays,
-            vec![1_000, 2_000, 4_000, 8_000, 16_000, 16_000, 16_000]
+            delays
+                .iter()
+                .enumerate()
+                .map(|(i, _)| backoff_delay(&spec("kubelet", &[]), i as u32 + 1))
+                .collect::<Vec<_>>(),
+            delays
         );
         // Ready, but not yet stable: the next crash continues the sequence.
         t += 1_000;
@@ -841,7 +1046,7 @@ mod tests {
         );
         assert!(a.contains(&Action::RestartAt {
             name: "kubelet".into(),
-            at: t2 + 1 + 1_000
+            at: t2 + 1
         }));
     }
 
@@ -859,10 +1064,10 @@ mod tests {
         );
         assert!(a.contains(&Action::RestartAt {
             name: "kubelet".into(),
-            at: t + 1_010
+            at: t + 10
         }));
-        let t = t + 1_010;
-        next(&mut s, Event::Tick, t);
+        assert_eq!(spawned(&a).len(), 1);
+        let t = t + 10;
         let a = next(&mut s, Event::Tick, t + 1_000);
         answer(&mut s, &a, "kubelet", true, t + 1_000);
         // Ready for 30 s only (< stable_after).
@@ -876,7 +1081,7 @@ mod tests {
         );
         assert!(a.contains(&Action::RestartAt {
             name: "kubelet".into(),
-            at: t + 33_000
+            at: t + 32_000
         }));
     }
 

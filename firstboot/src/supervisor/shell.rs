@@ -61,7 +61,6 @@ pub struct Supervisor {
     probe_errors: BTreeMap<String, Option<String>>,
     probe_tx: mpsc::Sender<(String, u64, Result<(), String>)>,
     probe_rx: mpsc::Receiver<(String, u64, Result<(), String>)>,
-    origin: Instant,
     last_step: Option<Instant>,
     /// Loop period.
     pub tick: Duration,
@@ -87,15 +86,16 @@ impl Supervisor {
             probe_errors: BTreeMap::new(),
             probe_tx,
             probe_rx,
-            origin: Instant::now(),
             last_step: None,
             tick: Duration::from_millis(100),
             journal: false,
         })
     }
 
-    fn now(&self) -> Millis {
-        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// CLOCK_MONOTONIC milliseconds (time since boot): the machine's clock, so the times
+    /// in [`ComponentStatus`] compare with other monotonic readings (e.g. a benchmark's).
+    pub fn now(&self) -> Millis {
+        monotonic_ms()
     }
 
     pub fn state(&self) -> &State {
@@ -290,6 +290,15 @@ impl Supervisor {
         self.pids.insert(name.to_string(), pid);
         Ok(())
     }
+}
+
+/// CLOCK_MONOTONIC in milliseconds.
+pub fn monotonic_ms() -> Millis {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(t.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1000)
+        .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000_000)
 }
 
 /// Forwards lines from a child's pipe to the log with the component name as target.
