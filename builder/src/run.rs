@@ -132,15 +132,33 @@ fn kvm_present() -> bool {
         .is_ok()
 }
 
-/// How long a KVM guest gets to show it really runs before falling back to emulation.
-const KVM_TRIAL: Duration = Duration::from_secs(8);
+/// How long a KVM guest gets to print the kernel's banner before emulation is used instead.
+/// A working KVM gets there in seconds; a broken one either stops with an internal error
+/// or, under SeaBIOS, runs the firmware and GRUB and then hangs without a word.
+const KVM_TRIAL: Duration = Duration::from_secs(30);
 
-/// Starts the guest with KVM when it actually works (tried: a KVM that fails stops the
-/// guest with an internal error in its first seconds), else with software emulation.
+/// Whether the KVM trial is over: Some(true) if KVM works (the kernel has started),
+/// Some(false) if it does not, None to keep waiting.
+pub fn kvm_verdict(qemu_err: &str, console: &str, exited: bool, elapsed: Duration) -> Option<bool> {
+    if qemu_err.contains("KVM internal error") || qemu_err.contains("failed to initialize kvm") {
+        return Some(false);
+    }
+    if console.contains(PHASES[0].0) {
+        return Some(true);
+    }
+    if exited || elapsed >= KVM_TRIAL {
+        return Some(false);
+    }
+    None
+}
+
+/// Starts the guest with KVM when it actually works (tried: the kernel must print its banner
+/// on the console within [`KVM_TRIAL`]), else with software emulation.
 fn start_guest(
     qemu: &dyn Fn(&str) -> Result<Command>,
     monitor: &Path,
     qemu_err: &Path,
+    console: &Path,
 ) -> Result<(Guest, &'static str, Instant)> {
     if kvm_present() {
         let started = Instant::now();
@@ -151,20 +169,16 @@ fn start_guest(
             child,
             monitor: monitor.to_path_buf(),
         };
-        let failed = loop {
+        let works = loop {
             let err = std::fs::read_to_string(qemu_err).unwrap_or_default();
-            if err.contains("KVM internal error") || err.contains("failed to initialize kvm") {
-                break true;
-            }
-            if guest.exited() {
-                break true;
-            }
-            if started.elapsed() >= KVM_TRIAL {
-                break false;
+            let log = std::fs::read(console).unwrap_or_default();
+            let log = String::from_utf8_lossy(&log);
+            if let Some(v) = kvm_verdict(&err, &log, guest.exited(), started.elapsed()) {
+                break v;
             }
             std::thread::sleep(Duration::from_millis(200));
         };
-        if !failed {
+        if works {
             return Ok((guest, "kvm", started));
         }
         drop(guest);
@@ -406,7 +420,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         ctrlc::set_handler(move || stop.store(true, Ordering::SeqCst))
             .context("installing the Ctrl-C/SIGTERM handler")?;
     }
-    let (mut guest, accel, started) = start_guest(&qemu, &monitor, &qemu_err)?;
+    let (mut guest, accel, started) = start_guest(&qemu, &monitor, &qemu_err, &console)?;
     eprintln!(
         "kiln: booting {} ({accel}, {} MiB, {} CPUs, {}); console log {}",
         args.image.display(),
@@ -517,6 +531,31 @@ pub fn run(args: &RunArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kvm_counts_as_working_only_once_the_kernel_has_started() {
+        let early = Duration::from_secs(2);
+        let late = KVM_TRIAL;
+        // Firmware and GRUB on the console are not enough; a kernel banner is.
+        assert_eq!(
+            kvm_verdict("", "SeaBIOS\nGNU GRUB\nBooting", false, early),
+            None
+        );
+        assert_eq!(
+            kvm_verdict("", "GNU GRUB\nBooting", false, late),
+            Some(false)
+        );
+        assert_eq!(
+            kvm_verdict("", "Booting\n[0.0] Linux version 6.1", false, early),
+            Some(true)
+        );
+        // An internal error or an exit ends the trial at once.
+        assert_eq!(
+            kvm_verdict("KVM internal error. Suberror: 1", "", false, early),
+            Some(false)
+        );
+        assert_eq!(kvm_verdict("", "", true, early), Some(false));
+    }
 
     #[test]
     fn phases_are_matched_in_order() {

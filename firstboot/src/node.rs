@@ -20,7 +20,6 @@ use crate::k8s::{self, addons, components, files, ClusterParams, Paths};
 use crate::notify::Notifier;
 use crate::pki::Pki;
 use crate::status::{Now, Status};
-use crate::supervisor::machine::Phase;
 use crate::supervisor::shell::Supervisor;
 use crate::timeline::{Mark, Span, Timeline};
 
@@ -246,10 +245,22 @@ fn checker(
     let mut c = Checks::default();
     // A node object left from before a reboot still says Ready until its lease runs out:
     // only a heartbeat from this boot's kubelet counts.
-    let started_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let started_unix = crate::status::unix_ms() / 1000;
+    // Importing the baked images takes minutes on an emulated node: its own thread, so
+    // the checks below (node Ready) do not wait for it.
+    let imported = Arc::new(AtomicBool::new(false));
+    {
+        let (p, imported, stop) = (p.clone(), Arc::clone(&imported), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if containerd_ready.load(Ordering::SeqCst) && import_images(&p) {
+                    imported.store(true, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(3));
+            }
+        });
+    }
     while !stop.load(Ordering::SeqCst) {
         if apiserver_ready.load(Ordering::SeqCst) {
             if !c.addons_applied {
@@ -297,9 +308,7 @@ fn checker(
                 .and_then(|n| n.parse::<u32>().ok())
                 .is_some_and(|n| n > 0);
         }
-        if containerd_ready.load(Ordering::SeqCst) && !c.images_imported {
-            c.images_imported = import_images(&p);
-        }
+        c.images_imported = imported.load(Ordering::SeqCst);
         if let Ok(mut shared) = checks.lock() {
             *shared = c.clone();
         }
@@ -411,14 +420,10 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
     while !stopping.load(Ordering::SeqCst) {
         sup.step().context("supervising the node")?;
         for c in &sup.state().components {
-            if let Phase::Running {
-                since, ready_since, ..
-            } = c.phase
-            {
-                let f = first.entry(c.spec.name.clone()).or_default();
-                f.spawned = f.spawned.or(Some(since));
-                f.ready = f.ready.or(ready_since);
-            }
+            // The machine keeps the latest start and readiness; the first ones are kept here.
+            let f = first.entry(c.spec.name.clone()).or_default();
+            f.spawned = f.spawned.or(c.started_at);
+            f.ready = f.ready.or(c.ready_at);
         }
         for name in &names {
             let ready = sup.state().get(name).is_some_and(|c| c.ready());

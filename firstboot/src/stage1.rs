@@ -400,15 +400,20 @@ fn mount_data(
     Ok(how)
 }
 
-fn mount_var_tmpfs(sys: &dyn Sys, l: &Layout) -> Result<(), Stage1Error> {
+/// A tmpfs at `/<rel>` of the new root (nodev, nosuid) with `mode`.
+fn mount_tmpfs(sys: &dyn Sys, l: &Layout, rel: &str, mode: &str) -> Result<(), Stage1Error> {
     sys.mount(
         "tmpfs",
-        &l.sysroot().join("var"),
+        &l.sysroot().join(rel),
         "tmpfs",
         MountFlags::NODEV | MountFlags::NOSUID,
-        "mode=0755",
+        &format!("mode={mode}"),
     )
-    .map_err(|e| fail("mounting tmpfs at /var", e))
+    .map_err(|e| fail("mounting a tmpfs", format!("/{rel}: {e}")))
+}
+
+fn mount_var_tmpfs(sys: &dyn Sys, l: &Layout) -> Result<(), Stage1Error> {
+    mount_tmpfs(sys, l, "var", "0755")
 }
 
 /// Creates or grows kiln-data on the disk holding `root_part`. Returns (grown-or-created, created).
@@ -569,14 +574,7 @@ fn overlay_etc(sys: &dyn Sys, l: &Layout) -> Result<(), Stage1Error> {
 /// /tmp is a tmpfs: the root is read-only, and programs such as runc (`kubectl exec`) write
 /// their temporary files there.
 fn mount_tmp(sys: &dyn Sys, l: &Layout) -> Result<(), Stage1Error> {
-    sys.mount(
-        "tmpfs",
-        &l.sysroot().join("tmp"),
-        "tmpfs",
-        MountFlags::NODEV | MountFlags::NOSUID,
-        "mode=1777",
-    )
-    .map_err(|e| fail("mounting tmpfs at /tmp", e))
+    mount_tmpfs(sys, l, "tmp", "1777")
 }
 
 fn valid_machine_id(s: &str) -> bool {
