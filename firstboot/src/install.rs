@@ -959,6 +959,100 @@ mod tests {
         );
     }
 
+    /// Two failures after the disk was opened for writing: the payload's medium fails in
+    /// the middle of the write (its file is cut short as the write begins), and a byte on
+    /// the disk changes between the write and the read-back (after the new partition
+    /// tables are on the disk). Both times the disk's own tables, primary and backup, come
+    /// back and sfdisk reads the old partitions.
+    #[test]
+    fn a_failed_write_restores_the_original_partition_tables() {
+        let t = tempfile::tempdir().unwrap();
+        let Some((_, p, sha, _)) = image_and_payload(t.path()) else {
+            return;
+        };
+        let full = std::fs::read(&p).unwrap();
+        for case in ["payload cut short", "read-back differs"] {
+            std::fs::write(&p, &full).unwrap();
+            let (node, disk) = target(t.path(), 64, 0x33);
+            let mut child = Command::new("sfdisk")
+                .arg("--quiet")
+                .arg(&node)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            std::io::Write::write_all(
+                &mut child.stdin.take().unwrap(),
+                b"label: gpt\nsize=20MiB, name=old-data\nname=old-logs\n",
+            )
+            .unwrap();
+            assert!(child.wait().unwrap().success());
+            let before = std::fs::read(&node).unwrap();
+            let tail = before.len() - TAIL as usize;
+            let mut pl = Payload::open(&p).unwrap();
+            let said = std::cell::RefCell::new(Vec::<String>::new());
+            let say = |s: &str| {
+                if case == "payload cut short" && s.starts_with("kiln: install: writing ") {
+                    let f = OpenOptions::new().write(true).open(&p).unwrap();
+                    f.set_len(full.len() as u64 / 2).unwrap();
+                }
+                if case == "read-back differs"
+                    && s.starts_with("kiln: install: wrote ")
+                    && s.contains("(100%)")
+                {
+                    // The new tables are on the disk by now.
+                    let d = std::fs::read(&node).unwrap();
+                    assert_ne!(d[512..1024], before[512..1024], "{case}: new GPT written");
+                    let f = OpenOptions::new().write(true).open(&node).unwrap();
+                    f.write_all_at(&[!d[10 << 20]], 10 << 20).unwrap();
+                }
+                said.borrow_mut().push(s.to_string());
+            };
+            let mut opts = options(&sha, &p);
+            opts.wipe = true;
+            let e = install_to(
+                &RecordingSys::new(),
+                Paths {
+                    node: &node,
+                    tmp: t.path(),
+                    drop_caches: None,
+                },
+                &disk,
+                &mut pl,
+                &opts,
+                &say,
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("the original partition tables were restored"),
+                "{case}: {e}"
+            );
+            if case == "read-back differs" {
+                assert!(e.to_string().contains("read-back sha256"), "{e}");
+            }
+            let after = std::fs::read(&node).unwrap();
+            assert!(
+                after[..HEAD as usize] == before[..HEAD as usize],
+                "{case}: primary GPT"
+            );
+            assert!(after[tail..] == before[tail..], "{case}: backup GPT");
+            assert!(after != before, "{case}: the write had begun");
+            let out = Command::new("sfdisk")
+                .arg("--json")
+                .arg(&node)
+                .output()
+                .unwrap();
+            let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let names: Vec<&str> = j["partitiontable"]["partitions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            assert_eq!(names, ["old-data", "old-logs"], "{case}");
+        }
+    }
+
     /// `run` end to end on a fake /sys/block and a disk image file as /dev/vda.
     #[test]
     fn run_lists_disks_refuses_or_installs() {
