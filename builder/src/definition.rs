@@ -267,6 +267,11 @@ pub struct KernelSection {
 pub struct DiskSection {
     /// Virtual disk size, e.g. `"8GiB"`, `"512MiB"`; default 8 GiB.
     pub size: Option<String>,
+    /// The installer's disk selector (`kiln.install=`) baked into the PXE bundle's
+    /// `boot-install.ipxe` and the ISO's "Install to disk" entry: `auto` (default),
+    /// `/dev/<disk>`, or conditions `size>=20G`, `model=...`, `serial=...`, `wwid=...`
+    /// joined by commas.
+    pub install: Option<String>,
 }
 
 /// An error that points into a definition file.
@@ -323,6 +328,8 @@ pub struct Definition {
     pub kernel_package: Option<String>,
     pub cmdline: String,
     pub disk_size: u64,
+    /// `kiln.install=` of the installer entries (default `auto`).
+    pub install_selector: String,
     pub machine: toml::Table,
 }
 
@@ -477,7 +484,10 @@ pub fn merge(base: DefinitionFile, child: DefinitionFile) -> DefinitionFile {
         group: merge_keyed(base.group, child.group, |g| g.name.clone()),
         systemd,
         kernel,
-        disk: child.disk.or(base.disk),
+        disk: merge_opt(base.disk, child.disk, |b, c| DiskSection {
+            size: pick(c.size, b.size),
+            install: pick(c.install, b.install),
+        }),
         machine,
     }
 }
@@ -687,7 +697,18 @@ fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError>
             ));
         }
     }
-    let disk_size = match f.disk.and_then(|d| d.size) {
+    let disk = f.disk.unwrap_or_default();
+    let install_selector = match disk.install {
+        None => "auto".to_string(),
+        Some(sel) => {
+            if sel.contains(char::is_whitespace) {
+                return Err(invalid("disk.install", format!("{sel:?} contains spaces")));
+            }
+            firstboot::install::select::parse(&sel).map_err(|e| invalid("disk.install", e))?;
+            sel
+        }
+    };
+    let disk_size = match disk.size {
         None => DEFAULT_DISK_SIZE,
         Some(s) => parse_size(&s)
             .ok_or_else(|| invalid("disk.size", format!("{s:?} is not a size like \"8GiB\"")))?,
@@ -721,6 +742,7 @@ fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError>
         kernel_package: kernel.package,
         cmdline: kernel.cmdline.unwrap_or_default(),
         disk_size,
+        install_selector,
         machine,
     })
 }
@@ -762,6 +784,41 @@ hostname = "kiln"
 [machine.kubernetes]
 pod-cidr = "10.244.0.0/16"
 "#;
+
+    #[test]
+    fn install_selector_is_validated_and_inherited() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let head = "[image]\nname = \"s\"\nversion = \"1\"\nepoch = 0\n";
+        let p = write(dir.path(), "a.toml", head);
+        assert_eq!(load(&p).expect("default").install_selector, "auto");
+        let base = write(
+            dir.path(),
+            "base.toml",
+            &format!("{head}[disk]\ninstall = \"size>=20G,model=Samsung*\"\n"),
+        );
+        let d = load(&base).expect("selector");
+        assert_eq!(d.install_selector, "size>=20G,model=Samsung*");
+        // A child setting only the size keeps the base's selector.
+        let child = write(
+            dir.path(),
+            "child.toml",
+            "extends = \"base.toml\"\n[image]\nname = \"c\"\n[disk]\nsize = \"16GiB\"\n",
+        );
+        let d = load(&child).expect("child");
+        assert_eq!(
+            (d.install_selector.as_str(), d.disk_size),
+            ("size>=20G,model=Samsung*", 16 << 30)
+        );
+        for bad in ["colour=red", "size>=lots", "model=a b"] {
+            let p = write(
+                dir.path(),
+                "bad.toml",
+                &format!("{head}[disk]\ninstall = \"{bad}\"\n"),
+            );
+            let msg = load(&p).expect_err(bad).to_string();
+            assert!(msg.contains("disk.install"), "{msg}");
+        }
+    }
 
     #[test]
     fn machine_defaults_are_validated_with_firstboot_schema() {

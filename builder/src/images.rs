@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::boot::{disk, initramfs, iso, modules, pxe, squashfs, BootIdentity, ToolVersion};
+use crate::boot::{
+    disk, initramfs, install, iso, modules, pxe, squashfs, BootIdentity, ToolVersion,
+};
 use crate::definition::{Definition, OutputFormat};
 use crate::tree::{Kind, Tree, TreePath};
 
@@ -111,16 +113,31 @@ pub fn write(
     let id = BootIdentity::new(&def.name, &def.version).with_args(&def.cmdline);
     let name = &def.name;
     let wants = |f: OutputFormat| bootable.contains(&f);
-    if wants(OutputFormat::Raw) || wants(OutputFormat::Qcow2) {
+    // The install payload (ISO, PXE) is cut from the raw disk.
+    let mut root_a_end = None;
+    let raw = if wants(OutputFormat::Raw) {
+        staging.join(format!("{name}.raw"))
+    } else {
+        w("disk.raw")
+    };
+    if [
+        OutputFormat::Raw,
+        OutputFormat::Qcow2,
+        OutputFormat::Iso,
+        OutputFormat::Pxe,
+    ]
+    .into_iter()
+    .any(wants)
+    {
         let t = std::time::Instant::now();
-        let raw = if wants(OutputFormat::Raw) {
-            staging.join(format!("{name}.raw"))
-        } else {
-            w("disk.raw")
-        };
         let mut spec = disk::DiskSpec::new(&id, &kernel, &initrd, &root, def.epoch);
         spec.disk_size = def.disk_size;
         let report = disk::write_raw(&spec, &raw).context("writing the disk image")?;
+        root_a_end = report
+            .partitions
+            .iter()
+            .find(|p| p.label == disk::LABEL_ROOT_A)
+            .map(|p| (p.last_lba + 1) * crate::boot::gpt::SECTOR);
         tools.extend(report.tools.into_iter().map(tool));
         lap("raw", t);
         if wants(OutputFormat::Qcow2) {
@@ -132,6 +149,25 @@ pub fn write(
             lap("qcow2", t);
         }
     }
+    // The installer's payload, carried by the ISO and the PXE bundle.
+    let cpio = w(install::PAYLOAD_CPIO);
+    let payload = if wants(OutputFormat::Iso) || wants(OutputFormat::Pxe) {
+        let t = std::time::Instant::now();
+        let end = root_a_end.context("the disk layout has no kiln-root-a")?;
+        let payload = install::write_payload_cpio(&raw, end, def.epoch, work.path(), &cpio)
+            .context("writing the install payload")?;
+        log::info!(
+            "install payload: {} bytes for {} bytes of disk in {} extents, sha256 {}",
+            payload.size,
+            payload.image_bytes,
+            payload.extents,
+            payload.sha256
+        );
+        lap("install-payload", t);
+        Some(payload)
+    } else {
+        None
+    };
     if wants(OutputFormat::Iso) {
         let t = std::time::Instant::now();
         let spec = iso::IsoSpec {
@@ -140,6 +176,11 @@ pub fn write(
             initramfs: &initrd,
             root_squashfs: &root,
             epoch: def.epoch,
+            install: payload.as_ref().map(|p| iso::IsoInstall {
+                payload_cpio: &cpio,
+                sha256: &p.sha256,
+                selector: &def.install_selector,
+            }),
         };
         let out = staging.join(format!("{name}.iso"));
         tools.extend(
@@ -159,10 +200,17 @@ pub fn write(
             ..spec
         };
         initramfs::build(tree, &spec, &pxe_initrd).context("building the PXE initramfs")?;
+        let payload = payload.as_ref().context("no install payload")?;
+        let installer = pxe::Installer {
+            initramfs: &initrd,
+            payload_cpio: &cpio,
+            script: install::boot_script(&id, &payload.sha256, &def.install_selector),
+        };
         pxe::write(
             &id,
             &kernel,
             &pxe_initrd,
+            Some(&installer),
             &staging.join(format!("{name}-pxe")),
         )
         .context("writing the PXE bundle")?;

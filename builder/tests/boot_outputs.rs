@@ -364,6 +364,7 @@ fn a_missing_kernel_fails_clearly_and_leaves_nothing() {
         &boot_common::identity(),
         &missing,
         &o.initramfs,
+        None,
         &out.path().join("pxe"),
     )
     .expect_err("no kernel");

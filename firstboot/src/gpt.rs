@@ -387,6 +387,68 @@ pub fn ensure_data_partition<D: Read + Write + Seek>(
     Ok(outcome)
 }
 
+/// Moves the backup header and entries to the end of a disk larger than the GPT says (and
+/// fixes the protective MBR), without touching any partition. Returns whether it moved.
+pub fn relocate_backup<D: Read + Write + Seek>(dev: &mut D, sector: u64) -> Result<bool, GptError> {
+    let disk_sectors = dev
+        .seek(SeekFrom::End(0))
+        .map_err(io_err("sizing the disk"))?
+        / sector;
+    let mut gpt = Gpt::read(dev, sector)?;
+    let alternate = gpt.alternate_lba();
+    if alternate + 1 > disk_sectors {
+        return Err(GptError::Shrunk {
+            disk_sectors,
+            gpt_sectors: alternate + 1,
+        });
+    }
+    if alternate + 1 == disk_sectors {
+        return Ok(false);
+    }
+    gpt.write(dev, disk_sectors)?;
+    update_protective_mbr(dev, disk_sectors)?;
+    Ok(true)
+}
+
+/// Checks the backup GPT against the primary: at the last LBA, valid CRCs, pointing back
+/// to LBA 1, the same partition entries.
+pub fn check_backup<D: Read + Seek>(dev: &mut D, sector: u64) -> Result<(), GptError> {
+    let disk_sectors = dev
+        .seek(SeekFrom::End(0))
+        .map_err(io_err("sizing the disk"))?
+        / sector;
+    let primary = Gpt::read(dev, sector)?;
+    let last = disk_sectors - 1;
+    if primary.alternate_lba() != last {
+        return Err(GptError::BadHeader(
+            "the backup header is not at the last LBA",
+        ));
+    }
+    let mut h = vec![0u8; sector as usize];
+    dev.seek(SeekFrom::Start(last * sector))
+        .and_then(|_| dev.read_exact(&mut h))
+        .map_err(io_err("reading the backup GPT header"))?;
+    if &h[0..8] != b"EFI PART" {
+        return Err(GptError::BadHeader("no 'EFI PART' signature in the backup"));
+    }
+    let hsize = (le32(&h, 12) as usize).clamp(92, sector as usize);
+    let mut z = h[..hsize].to_vec();
+    z[16..20].fill(0);
+    if crc32(&z) != le32(&h, 16) || le64(&h, 24) != last || le64(&h, 32) != 1 {
+        return Err(GptError::BadHeader("backup header CRC or LBAs wrong"));
+    }
+    let mut raw = vec![0u8; primary.raw_entries.len()];
+    dev.seek(SeekFrom::Start(le64(&h, 72) * sector))
+        .and_then(|_| dev.read_exact(&mut raw))
+        .map_err(io_err("reading the backup GPT entries"))?;
+    if raw != primary.raw_entries || crc32(&raw) != le32(&h, 88) {
+        return Err(GptError::BadHeader(
+            "backup entries differ from the primary",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -527,6 +589,47 @@ pub(crate) mod tests {
         assert_eq!(start + p5["size"].as_u64().unwrap() - 1, lastlba);
         assert_eq!(p5["uuid"].as_str().unwrap(), uuid1);
         assert_eq!(ensure(&img), DataPartition::Unchanged(5));
+    }
+
+    #[test]
+    fn relocate_backup_only_moves_the_backup() {
+        if !have_sfdisk() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        make_image(&img, 40);
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap();
+        check_backup(&mut f, 512).unwrap();
+        assert!(!relocate_backup(&mut f, 512).unwrap());
+        f.set_len(72 << 20).unwrap();
+        assert!(
+            check_backup(&mut f, 512).is_err(),
+            "the backup is not at the end"
+        );
+        assert!(relocate_backup(&mut f, 512).unwrap());
+        check_backup(&mut f, 512).unwrap();
+        drop(f);
+        sfdisk_verify(&img);
+        let j = sfdisk_json(&img);
+        let t = &j["partitiontable"];
+        assert_eq!(t["partitions"].as_array().unwrap().len(), 4);
+        assert_eq!(t["lastlba"].as_u64().unwrap(), (72 << 20) / 512 - 34);
+        // A corrupted backup entry array is caught.
+        let mut bytes = std::fs::read(&img).unwrap();
+        let n = bytes.len();
+        bytes[n - 33 * 512 + 3] ^= 1;
+        assert!(check_backup(&mut std::io::Cursor::new(bytes), 512).is_err());
+        let mut small = std::io::Cursor::new(std::fs::read(&img).unwrap());
+        small.get_mut().truncate(40 << 20);
+        assert!(matches!(
+            relocate_backup(&mut small, 512),
+            Err(GptError::Shrunk { .. })
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod console;
 pub mod gpt;
 pub mod hostname;
 pub mod images;
+pub mod install;
 pub mod k8s;
 pub mod logging;
 pub mod markers;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use firstboot::agent::{self, AgentPaths};
 use firstboot::cmdline::Cmdline;
 use firstboot::console::Console;
+use firstboot::install;
 use firstboot::k8s::host::HostOptions;
 use firstboot::notify::{self, Notifier};
 use firstboot::stage1::{self, Layout, OnFailure};
@@ -73,13 +74,29 @@ fn init() -> ExitCode {
     }));
     let say = |s: &str| console.say(s);
     say("kiln: stage 1 start");
-    let err = match stage1::prepare(&sys, &layout, &say) {
-        Ok(t) => {
-            say(&format!("kiln: stage 1: root {}, /var {}", t.root, t.var));
-            say(&stage1::done_line(&t));
-            sys.reap();
-            stage1::switch_root(&sys, &layout)
-        }
+    let early = stage1::early(&sys, &layout, &say)
+        .and_then(|(c, t)| install::Options::from_cmdline(&c, &layout).map(|opts| (c, t, opts)));
+    let err = match early {
+        Ok((_, _, Some(opts))) => match install::run(&sys, &layout, &opts, &say) {
+            Ok(_) => {
+                say("kiln: install: rebooting into the installed disk");
+                sys.reap();
+                if let Err(e) = sys.reboot() {
+                    say(&format!("kiln: install: reboot(2) failed: {e}"));
+                }
+                halt(OnFailure::Wait)
+            }
+            Err(e) => e,
+        },
+        Ok((c, t, None)) => match stage1::prepare_root(&sys, &layout, &say, &c, t) {
+            Ok(t) => {
+                say(&format!("kiln: stage 1: root {}, /var {}", t.root, t.var));
+                say(&stage1::done_line(&t));
+                sys.reap();
+                stage1::switch_root(&sys, &layout)
+            }
+            Err(e) => e,
+        },
         Err(e) => e,
     };
     // After a failed switch_root the old /dev may be gone: use the new one if it is there.

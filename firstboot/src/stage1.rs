@@ -623,15 +623,37 @@ pub fn machine_id(sys: &dyn Sys, sysroot: &Path) -> Result<String, Stage1Error> 
 /// Everything up to (not including) switch_root. Returns the timings, also written to
 /// /run/kiln/stage1.json.
 pub fn prepare(sys: &dyn Sys, l: &Layout, say: &dyn Fn(&str)) -> Result<Timings, Stage1Error> {
+    let (cmdline, t) = early(sys, l, say)?;
+    prepare_root(sys, l, say, &cmdline, t)
+}
+
+/// The part of stage 1 every mode shares: mounts the API filesystems, reads the command
+/// line, loads the modules.
+pub fn early(
+    sys: &dyn Sys,
+    l: &Layout,
+    say: &dyn Fn(&str),
+) -> Result<(Cmdline, Timings), Stage1Error> {
     let mut t = Timings {
         start: sys.monotonic_ms(),
         ..Timings::default()
     };
     mount_api_filesystems(sys, l)?;
     let cmdline = Cmdline::read(&l.cmdline()).map_err(|e| fail("reading /proc/cmdline", e))?;
-    let source = RootSource::from_cmdline(&cmdline)?;
     (t.modules_ok, t.modules_failed) = load_modules(sys, l, say);
     t.modules_loaded = sys.monotonic_ms();
+    Ok((cmdline, t))
+}
+
+/// After [`early`]: mounts the root and /var, overlays /etc, writes the machine id.
+pub fn prepare_root(
+    sys: &dyn Sys,
+    l: &Layout,
+    say: &dyn Fn(&str),
+    cmdline: &Cmdline,
+    mut t: Timings,
+) -> Result<Timings, Stage1Error> {
+    let source = RootSource::from_cmdline(cmdline)?;
     t.var = mount_root_and_var(sys, l, &source, &mut t, say)?;
     overlay_etc(sys, l)?;
     mount_tmp(sys, l)?;

@@ -21,17 +21,46 @@ pub struct IsoSpec<'a> {
     pub initramfs: &'a Path,
     pub root_squashfs: &'a Path,
     pub epoch: u64,
+    /// The installer's payload, for the "Install to disk" entry.
+    pub install: Option<IsoInstall<'a>>,
 }
 
-/// The ISO's GRUB menu.
-pub fn iso_menu(id: &BootIdentity) -> String {
-    grub::menu(&[MenuEntry {
+/// What the "Install to disk" entry needs (see [`super::install`]).
+#[derive(Debug, Clone, Copy)]
+pub struct IsoInstall<'a> {
+    /// The payload cpio, stored as `/kiln/install.cpio`.
+    pub payload_cpio: &'a Path,
+    /// The payload's sha256 (hex).
+    pub sha256: &'a str,
+    /// `kiln.install=` (e.g. `auto`).
+    pub selector: &'a str,
+}
+
+/// Where the payload cpio sits on the ISO.
+pub const ISO_INSTALL_PATH: &str = "kiln/install.cpio";
+
+/// The ISO's GRUB menu: the live system (default), and "Install to disk" when the ISO
+/// carries the payload (`install`: selector and sha256): the payload as a second initrd.
+pub fn iso_menu(id: &BootIdentity, install: Option<(&str, &str)>) -> String {
+    let mut entries = vec![MenuEntry {
         id: "live".into(),
         title: format!("{} {} (live)", id.name, id.version),
         kernel: "/kiln/vmlinuz".into(),
         initrd: "/kiln/initramfs".into(),
         args: id.args("kiln.root=iso"),
-    }])
+    }];
+    if let Some((selector, sha)) = install {
+        entries.push(MenuEntry {
+            id: "install".into(),
+            title: format!("Install {} {} to disk", id.name, id.version),
+            kernel: "/kiln/vmlinuz".into(),
+            initrd: format!("/kiln/initramfs /{ISO_INSTALL_PATH}"),
+            args: id.args(&format!(
+                "kiln.install={selector} kiln.install.sha256={sha}"
+            )),
+        });
+    }
+    grub::menu(&entries)
 }
 
 pub fn write(spec: &IsoSpec<'_>, out: &Path) -> Result<Vec<ToolVersion>> {
@@ -80,7 +109,11 @@ pub fn write(spec: &IsoSpec<'_>, out: &Path) -> Result<Vec<ToolVersion>> {
         &efi_img,
     )?;
     let cfg = w.join("grub.cfg");
-    fs::write(&cfg, iso_menu(id)).map_err(io_err("writing", &cfg))?;
+    fs::write(
+        &cfg,
+        iso_menu(id, spec.install.map(|i| (i.selector, i.sha256))),
+    )
+    .map_err(io_err("writing", &cfg))?;
 
     let graft =
         |iso: &str, src: &Path| -> PathBuf { PathBuf::from(format!("{iso}={}", src.display())) };
@@ -116,6 +149,10 @@ pub fn write(spec: &IsoSpec<'_>, out: &Path) -> Result<Vec<ToolVersion>> {
         .arg(graft("kiln/vmlinuz", spec.kernel))
         .arg(graft("kiln/initramfs", spec.initramfs))
         .arg(graft(ISO_ROOT_PATH, spec.root_squashfs))
+        .args(
+            spec.install
+                .map(|i| graft(ISO_INSTALL_PATH, i.payload_cpio)),
+        )
         .run()?;
     persist(tmp, out)?;
     let mut tools = vec![

@@ -11,6 +11,7 @@ pub mod esp;
 pub mod gpt;
 pub mod grub;
 pub mod initramfs;
+pub mod install;
 pub mod iso;
 pub mod modules;
 pub mod pxe;

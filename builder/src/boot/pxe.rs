@@ -26,8 +26,24 @@ pub fn boot_script(id: &super::BootIdentity) -> String {
     )
 }
 
+/// The installer's files in the bundle (see [`super::install`]).
+pub struct Installer<'a> {
+    /// The small initramfs (no embedded root).
+    pub initramfs: &'a Path,
+    /// The payload cpio.
+    pub payload_cpio: &'a Path,
+    /// `boot-install.ipxe`.
+    pub script: String,
+}
+
 /// Writes the bundle into the directory `out` (created; must not exist or be empty).
-pub fn write(id: &super::BootIdentity, kernel: &Path, initramfs: &Path, out: &Path) -> Result<()> {
+pub fn write(
+    id: &super::BootIdentity,
+    kernel: &Path,
+    initramfs: &Path,
+    installer: Option<&Installer<'_>>,
+    out: &Path,
+) -> Result<()> {
     if !kernel.is_file() {
         return Err(BootError::MissingKernel {
             kver: "(any)".into(),
@@ -44,8 +60,21 @@ pub fn write(id: &super::BootIdentity, kernel: &Path, initramfs: &Path, out: &Pa
     }
     let script = d.join("boot.ipxe");
     fs::write(&script, boot_script(id)).map_err(io_err("writing", &script))?;
+    let mut names = vec!["vmlinuz", "initramfs", "boot.ipxe"];
+    if let Some(i) = installer {
+        use super::install::{INSTALLER_INITRAMFS, PAYLOAD_CPIO, SCRIPT};
+        for (src, name) in [
+            (i.initramfs, INSTALLER_INITRAMFS),
+            (i.payload_cpio, PAYLOAD_CPIO),
+        ] {
+            fs::copy(src, d.join(name)).map_err(io_err("copying", src))?;
+        }
+        let p = d.join(SCRIPT);
+        fs::write(&p, &i.script).map_err(io_err("writing", &p))?;
+        names.extend([INSTALLER_INITRAMFS, PAYLOAD_CPIO, SCRIPT]);
+    }
     use std::os::unix::fs::PermissionsExt;
-    for name in ["vmlinuz", "initramfs", "boot.ipxe"] {
+    for name in names {
         let p = d.join(name);
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644))
             .map_err(io_err("setting permissions of", &p))?;
@@ -80,6 +109,20 @@ mod tests {
         assert!(boot_script(&id).contains("kiln.root=embedded quiet kiln.hostname=a\n"));
         assert!(esp_menu(&id).contains("kiln.slot=a quiet kiln.hostname=a"));
         assert!(esp_menu(&id).contains("kiln.slot=b quiet kiln.hostname=a"));
-        assert!(iso_menu(&id).contains("kiln.root=iso quiet kiln.hostname=a"));
+        assert!(iso_menu(&id, None).contains("kiln.root=iso quiet kiln.hostname=a"));
+        assert!(!iso_menu(&id, None).contains("kiln.install"));
+        let with = iso_menu(&id, Some(("auto", "ab12")));
+        assert!(
+            with.contains("initrd /kiln/initramfs /kiln/install.cpio\n"),
+            "{with}"
+        );
+        assert!(
+            with.contains("kiln.install=auto kiln.install.sha256=ab12 quiet kiln.hostname=a"),
+            "{with}"
+        );
+        assert!(
+            with.find("kiln.root=iso") < with.find("kiln.install="),
+            "live stays first"
+        );
     }
 }

@@ -248,6 +248,7 @@ pub fn build_all(dir: &Path) -> Outputs {
             initramfs: &initramfs_path,
             root_squashfs: &squashfs,
             epoch: EPOCH,
+            install: None,
         },
         &iso,
     )
@@ -260,7 +261,7 @@ pub fn build_all(dir: &Path) -> Outputs {
     };
     initramfs::build(kernel_tree(), &pspec, &pxe_initrd).expect("pxe initramfs");
     let pxe = dir.join("pxe");
-    boot::pxe::write(&identity(), &k.vmlinuz, &pxe_initrd, &pxe).expect("pxe");
+    boot::pxe::write(&identity(), &k.vmlinuz, &pxe_initrd, None, &pxe).expect("pxe");
     Outputs {
         dir: dir.to_path_buf(),
         squashfs,
