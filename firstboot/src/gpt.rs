@@ -499,7 +499,7 @@ pub(crate) mod tests {
         assert!(child.wait().unwrap().success());
     }
 
-    fn sfdisk_json(path: &Path) -> serde_json::Value {
+    pub(crate) fn sfdisk_json(path: &Path) -> serde_json::Value {
         let out = Command::new("sfdisk")
             .arg("--json")
             .arg(path)
@@ -511,6 +511,16 @@ pub(crate) mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// The partition names sfdisk reads from `path`, in table order.
+    pub(crate) fn sfdisk_names(path: &Path) -> Vec<String> {
+        sfdisk_json(path)["partitiontable"]["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["name"].as_str().map(str::to_string))
+            .collect()
     }
 
     fn sfdisk_verify(path: &Path) {

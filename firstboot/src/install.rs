@@ -12,6 +12,7 @@
 //! MiB (where the partition tables live) are put back.
 
 pub mod disks;
+pub mod efi;
 pub mod payload;
 pub mod select;
 
@@ -100,6 +101,8 @@ pub struct ImageInfo {
     pub disk_size: u64,
     /// Partition names, in table order.
     pub partitions: Vec<String>,
+    /// The ESP, for a UEFI boot entry.
+    pub esp: Option<efi::Esp>,
 }
 
 impl ImageInfo {
@@ -120,6 +123,7 @@ impl ImageInfo {
         Ok(ImageInfo {
             disk_size: (g.alternate_lba() + 1) * 512,
             partitions: used.iter().map(|e| e.name.clone()).collect(),
+            esp: efi::Esp::from_gpt(&g),
         })
     }
 }
@@ -655,6 +659,13 @@ pub fn run(
     if let Ok(json) = serde_json::to_string_pretty(&report) {
         let _ = std::fs::write(tmp.join("install.json"), json);
     }
+    if l.sys().join("firmware/efi").is_dir() {
+        match uefi_entry(sys, l, &image, &disk.name) {
+            Ok(line) => say(&format!("kiln: install: {line}")),
+            // The removable-media path still boots the disk; say why there is no entry.
+            Err(e) => say(&format!("kiln: install: no UEFI boot entry: {e}")),
+        }
+    }
     let ms = |name: &str| {
         report
             .phases
@@ -670,6 +681,35 @@ pub fn run(
         ms("verify") as f64 / 1000.0
     ));
     Ok(report)
+}
+
+/// Mounts efivarfs and adds the installed disk's boot entry (see [`efi`]).
+fn uefi_entry(sys: &dyn Sys, l: &Layout, image: &ImageInfo, disk: &str) -> Result<String, String> {
+    let esp = image.esp.as_ref().ok_or("the image has no ESP partition")?;
+    let dir = l.sys().join("firmware/efi/efivars");
+    match sys.mount(
+        "efivarfs",
+        &dir,
+        "efivarfs",
+        crate::sys::MountFlags::NOSUID
+            | crate::sys::MountFlags::NODEV
+            | crate::sys::MountFlags::NOEXEC,
+        "",
+    ) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(16) => {} // EBUSY: already mounted
+        Err(e) => return Err(format!("mounting efivarfs on {}: {e}", dir.display())),
+    }
+    let option = efi::load_option(&format!("Kiln ({disk})"), esp, efi::LOADER);
+    let e = efi::add_entry(&dir, &option)?;
+    let order: Vec<String> = e.order.iter().map(|n| format!("{n:04X}")).collect();
+    Ok(format!(
+        "UEFI boot entry Boot{:04X} \"Kiln ({disk})\" ({}), BootNext={:04X}, BootOrder={}",
+        e.number,
+        if e.reused { "already there" } else { "added" },
+        e.number,
+        order.join(",")
+    ))
 }
 
 #[cfg(test)]
@@ -869,19 +909,11 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stdout)
         );
-        let out = Command::new("sfdisk")
-            .arg("--json")
-            .arg(&node)
-            .output()
-            .unwrap();
-        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        let names: Vec<&str> = j["partitiontable"]["partitions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|p| p["name"].as_str())
-            .collect();
-        assert_eq!(names, ["BIOS", "ESP", "kiln-root-a", "kiln-root-b"]);
+        let j = crate::gpt::tests::sfdisk_json(&node);
+        assert_eq!(
+            crate::gpt::tests::sfdisk_names(&node),
+            ["BIOS", "ESP", "kiln-root-a", "kiln-root-b"]
+        );
         assert_eq!(j["partitiontable"]["lastlba"], (64 << 20) / 512 - 34);
         let said = said.borrow();
         assert!(
@@ -1037,19 +1069,11 @@ mod tests {
             );
             assert!(after[tail..] == before[tail..], "{case}: backup GPT");
             assert!(after != before, "{case}: the write had begun");
-            let out = Command::new("sfdisk")
-                .arg("--json")
-                .arg(&node)
-                .output()
-                .unwrap();
-            let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            let names: Vec<&str> = j["partitiontable"]["partitions"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter_map(|p| p["name"].as_str())
-                .collect();
-            assert_eq!(names, ["old-data", "old-logs"], "{case}");
+            assert_eq!(
+                crate::gpt::tests::sfdisk_names(&node),
+                ["old-data", "old-logs"],
+                "{case}"
+            );
         }
     }
 

@@ -10,8 +10,10 @@
 //! - Refusals, booting the installer directly (`-kernel`/`-initrd`): a disk with a
 //!   filesystem and no wipe, a selector matching nothing, a payload with a wrong sha256.
 //!   Each disk file is unchanged afterwards.
-//! - ISO: the "Install to disk" entry of the ISO's GRUB menu (chosen with the arrow key
-//!   through the QEMU monitor) installs to an empty disk, which then boots.
+//! - ISO under UEFI: the "Install to disk" entry of the ISO's GRUB menu (chosen with the
+//!   arrow key through the QEMU monitor) installs to an empty disk and adds a UEFI boot
+//!   entry; the CD stays first in the boot order, and the reboot still comes up from the
+//!   disk.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -88,6 +90,22 @@ fn script_sha(pxe: &Path) -> String {
         .to_string()
 }
 
+/// `spec` with `disk` (qcow2) as a virtio disk, `opts` added to its device
+/// (`bootindex=1,serial=...`); started with 2 GiB and no network of its own.
+fn start_with_disk(spec: VmSpec, disk: &Path, opts: &str) -> Vm {
+    let mut spec = spec
+        .arg("-drive")
+        .arg(&format!(
+            "file={},format=qcow2,if=none,id=d0",
+            disk.display()
+        ))
+        .arg("-device")
+        .arg(&format!("virtio-blk-pci,drive=d0,{opts}"));
+    spec.net = None;
+    spec.memory_mib = 2048;
+    Vm::start(&spec).expect("qemu starts")
+}
+
 #[test]
 fn pxe_install_to_an_empty_disk_then_boot_it() {
     let b = minimal();
@@ -126,7 +144,7 @@ fn pxe_install_to_an_empty_disk_then_boot_it() {
     let target = empty_qcow2(t.path(), "target.qcow2", "10G");
     let fw = t.path().join("fw.toml");
     std::fs::write(&fw, "hostname = \"installed-node\"\n").expect("fw_cfg");
-    let mut spec = VmSpec::new(Firmware::Bios)
+    let spec = VmSpec::new(Firmware::Bios)
         .fw_cfg_file("opt/kiln/config", &fw)
         .arg("-netdev")
         .arg(&format!(
@@ -134,17 +152,8 @@ fn pxe_install_to_an_empty_disk_then_boot_it() {
             tftp.display()
         ))
         .arg("-device")
-        .arg("virtio-net-pci,netdev=n1,bootindex=2")
-        .arg("-drive")
-        .arg(&format!(
-            "file={},format=qcow2,if=none,id=d0",
-            target.display()
-        ))
-        .arg("-device")
-        .arg("virtio-blk-pci,drive=d0,bootindex=1,serial=KILN-TARGET");
-    spec.net = None;
-    spec.memory_mib = 2048;
-    let mut vm = Vm::start(&spec).expect("qemu starts");
+        .arg("virtio-net-pci,netdev=n1,bootindex=2");
+    let mut vm = start_with_disk(spec, &target, "bootindex=1,serial=KILN-TARGET");
     let wait = |vm: &mut Vm, needle: &str| {
         vm.wait_for(needle, LONG)
             .unwrap_or_else(|e| panic!("waiting for {needle:?}: {e}"))
@@ -237,23 +246,14 @@ fn installer_vm(dir: &Path, disk: &Path, append: &str) -> Vm {
         bytes.extend(std::fs::read(pxe.join("install.cpio")).expect("payload"));
         std::fs::write(&initrd, bytes).expect("initrd");
     }
-    let mut spec = VmSpec::new(Firmware::Bios)
+    let spec = VmSpec::new(Firmware::Bios)
         .arg("-kernel")
         .arg(&pxe.join("vmlinuz").to_string_lossy())
         .arg("-initrd")
         .arg(&initrd.to_string_lossy())
         .arg("-append")
-        .arg(&format!("console=ttyS0,115200 {append}"))
-        .arg("-drive")
-        .arg(&format!(
-            "file={},format=qcow2,if=none,id=d0",
-            disk.display()
-        ))
-        .arg("-device")
-        .arg("virtio-blk-pci,drive=d0,serial=KILN-DISK");
-    spec.net = None;
-    spec.memory_mib = 2048;
-    Vm::start(&spec).expect("qemu starts")
+        .arg(&format!("console=ttyS0,115200 {append}"));
+    start_with_disk(spec, disk, "serial=KILN-DISK")
 }
 
 fn refused(vm: &mut Vm, needles: &[&str]) -> String {
@@ -371,25 +371,18 @@ fn iso_install_to_disk_entry() {
         "the ISO and the PXE bundle carry the same payload"
     );
 
+    // UEFI, and the CD stays first in the firmware's boot order: only the installer's
+    // UEFI boot entry (BootNext) makes the reboot come up from the disk.
     let target = empty_qcow2(t.path(), "target.qcow2", "9G");
-    let mut spec = VmSpec::new(Firmware::Bios)
+    let spec = VmSpec::new(Firmware::Uefi)
         .arg("-drive")
         .arg(&format!(
             "file={},format=raw,if=none,id=cd,media=cdrom,readonly=on",
             b.iso().display()
         ))
         .arg("-device")
-        .arg("ide-cd,drive=cd,bootindex=2")
-        .arg("-drive")
-        .arg(&format!(
-            "file={},format=qcow2,if=none,id=d0",
-            target.display()
-        ))
-        .arg("-device")
-        .arg("virtio-blk-pci,drive=d0,bootindex=1");
-    spec.net = None;
-    spec.memory_mib = 2048;
-    let mut vm = Vm::start(&spec).expect("qemu starts");
+        .arg("ide-cd,drive=cd,bootindex=1");
+    let mut vm = start_with_disk(spec, &target, "bootindex=2");
     // Arrow-down until GRUB's menu is on the console (keys typed early wait in the
     // keyboard buffer and stop GRUB's countdown), then Enter.
     let deadline = Instant::now() + LONG;
@@ -412,9 +405,20 @@ fn iso_install_to_disk_entry() {
         done.as_secs_f64(),
         booted.as_secs_f64()
     );
+    for want in [
+        "kiln: install: verified: read-back sha256",
+        "kiln: install: UEFI boot entry Boot",
+    ] {
+        assert!(serial.contains(want), "{want:?} not in\n{serial}");
+    }
+    let entry = serial
+        .lines()
+        .find(|l| l.contains("UEFI boot entry"))
+        .unwrap_or_default();
+    eprintln!("{}", entry.trim());
     assert!(
-        serial.contains("kiln: install: verified: read-back sha256"),
-        "{serial}"
+        entry.contains("\"Kiln (vda)\" (added), BootNext="),
+        "{entry}"
     );
     let cmdlines: Vec<&str> = serial
         .lines()

@@ -24,6 +24,7 @@ pub const STAGE1: &[&str] = &[
     "crc32c_generic",
     "ext4",
     "vfat",
+    "efivarfs",
     "nls_*",
     "overlay",
     "loop",
