@@ -864,6 +864,23 @@ mod tests {
         (node, disk)
     }
 
+    /// [`install_to`] onto the image file `node` (no page cache to drop).
+    fn install_file(
+        node: &Path,
+        tmp: &Path,
+        disk: &Disk,
+        pl: &mut Payload,
+        opts: &Options,
+        say: &dyn Fn(&str),
+    ) -> Result<Report, Stage1Error> {
+        let paths = Paths {
+            node,
+            tmp,
+            drop_caches: None,
+        };
+        install_to(&RecordingSys::new(), paths, disk, pl, opts, say)
+    }
+
     #[test]
     fn installs_onto_a_larger_disk_and_sfdisk_agrees() {
         let t = tempfile::tempdir().unwrap();
@@ -874,19 +891,7 @@ mod tests {
         let mut pl = Payload::open(&p).unwrap();
         let said = std::cell::RefCell::new(Vec::<String>::new());
         let say = |s: &str| said.borrow_mut().push(s.to_string());
-        let r = install_to(
-            &RecordingSys::new(),
-            Paths {
-                node: &node,
-                tmp: t.path(),
-                drop_caches: None,
-            },
-            &disk,
-            &mut pl,
-            &options(&sha, &p),
-            &say,
-        )
-        .unwrap();
+        let r = install_file(&node, t.path(), &disk, &mut pl, &options(&sha, &p), &say).unwrap();
         assert!(r.backup_gpt_moved);
         assert_eq!(r.phases.len(), 3);
         let got = std::fs::read(&node).unwrap();
@@ -947,13 +952,9 @@ mod tests {
         let mut pl = Payload::open(&p).unwrap();
         let wrong = format!("{}0", &sha[..63]);
         let wrong = if wrong == sha { "f".repeat(64) } else { wrong };
-        let e = install_to(
-            &RecordingSys::new(),
-            Paths {
-                node: &node,
-                tmp: t.path(),
-                drop_caches: None,
-            },
+        let e = install_file(
+            &node,
+            t.path(),
             &disk,
             &mut pl,
             &options(&wrong, &p),
@@ -965,19 +966,8 @@ mod tests {
         // The image needs 40 MiB; the rehearsal catches a 30 MiB disk.
         let (node, disk) = target(t.path(), 30, 0x55);
         let before = std::fs::read(&node).unwrap();
-        let e = install_to(
-            &RecordingSys::new(),
-            Paths {
-                node: &node,
-                tmp: t.path(),
-                drop_caches: None,
-            },
-            &disk,
-            &mut pl,
-            &options(&sha, &p),
-            &|_| {},
-        )
-        .unwrap_err();
+        let e =
+            install_file(&node, t.path(), &disk, &mut pl, &options(&sha, &p), &|_| {}).unwrap_err();
         assert_eq!(e.step, "rehearsing the partition table", "{e}");
         assert_eq!(std::fs::read(&node).unwrap(), before);
         assert!(!t.path().join("install-rehearsal.img").exists());
@@ -1041,19 +1031,7 @@ mod tests {
             };
             let mut opts = options(&sha, &p);
             opts.wipe = true;
-            let e = install_to(
-                &RecordingSys::new(),
-                Paths {
-                    node: &node,
-                    tmp: t.path(),
-                    drop_caches: None,
-                },
-                &disk,
-                &mut pl,
-                &opts,
-                &say,
-            )
-            .unwrap_err();
+            let e = install_file(&node, t.path(), &disk, &mut pl, &opts, &say).unwrap_err();
             assert!(
                 e.to_string()
                     .contains("the original partition tables were restored"),
