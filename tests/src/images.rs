@@ -91,7 +91,66 @@ pub fn build(definition: &str) -> Built {
         .output()
         .expect("kiln runs");
     assert!(o.status.success(), "building {definition}: {}", text(&o));
+    prune_stale(&dir, &name);
     Built { dir, name }
+}
+
+/// Removes builds of `name` for inputs other than the current ones: each is
+/// hundreds of megabytes and no key ever comes back once its inputs changed.
+fn prune_stale(current: &Path, name: &str) {
+    let Some(parent) = current.parent() else {
+        return;
+    };
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in rd.filter_map(Result::ok) {
+        let path = entry.path();
+        if path != current && is_build_of(&entry.file_name().to_string_lossy(), name) {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}
+
+/// Whether a directory name is `<name>-<16 hex digits>`, as `build` names them.
+fn is_build_of(dir_name: &str, name: &str) -> bool {
+    dir_name
+        .strip_prefix(name)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|key| key.len() == 16 && key.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_dirs_are_told_apart_by_name_and_key() {
+        assert!(is_build_of("minimal-cf8eed59340c8ca6", "minimal"));
+        assert!(is_build_of("single-node-317e2369661f7731", "single-node"));
+        // Another definition whose name starts with this one's.
+        assert!(!is_build_of("minimal-iso-cf8eed59340c8ca6", "minimal"));
+        assert!(!is_build_of("single-node-317e2369661f7731", "single"));
+        assert!(!is_build_of("minimal-cf8eed59340c8ca", "minimal"));
+        assert!(!is_build_of("minimal", "minimal"));
+    }
+
+    #[test]
+    fn pruning_keeps_the_current_build_and_other_definitions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let names = [
+            "minimal-0000000000000000",
+            "minimal-1111111111111111",
+            "single-node-2222222222222222",
+        ];
+        for n in names {
+            std::fs::create_dir_all(dir.path().join(n).join("sub")).expect("mkdir");
+        }
+        prune_stale(&dir.path().join(names[1]), "minimal");
+        assert!(!dir.path().join(names[0]).exists());
+        assert!(dir.path().join(names[1]).join("sub").is_dir());
+        assert!(dir.path().join(names[2]).is_dir());
+    }
 }
 
 /// images/minimal.toml, built once.
