@@ -348,10 +348,16 @@ impl<'a> Progress<'a> {
     }
 }
 
-/// Figures of one install, also written to /run/kiln/install.json.
+/// Figures of one install, also written to /run/kiln/install.json as each phase
+/// starts and ends, so that a reader sees where a running or failed install is.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Report {
+    /// `choosing-disk`, `checking-payload`, `writing`, `verifying`, `done` or `failed`.
+    pub state: &'static str,
+    /// Why the install failed (with `state = "failed"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     pub disk: String,
     pub disk_size: u64,
     pub payload_sha256: String,
@@ -467,6 +473,24 @@ pub struct Paths<'a> {
     pub tmp: &'a Path,
     /// /proc/sys/vm/drop_caches, written before reading back.
     pub drop_caches: Option<&'a Path>,
+    /// Where the report is published at each phase (/run/kiln/install.json).
+    pub status: Option<&'a Path>,
+}
+
+/// Writes the report atomically to `status`; a reader never sees half a file. Failing to
+/// write it does not stop the install: the console has the same lines.
+fn publish(status: Option<&Path>, report: &Report) {
+    if let (Some(path), Ok(json)) = (status, serde_json::to_string_pretty(report)) {
+        let _ = crate::pki::write_atomic(path, json.as_bytes(), 0o644);
+    }
+}
+
+/// Marks `report` failed with `e`, publishes it and hands `e` back.
+fn failed(status: Option<&Path>, report: &mut Report, e: Stage1Error) -> Stage1Error {
+    report.state = "failed";
+    report.error = Some(format!("{}: {}", e.step, e.detail));
+    publish(status, report);
+    e
 }
 
 /// Everything after the disk is chosen: sha256, rehearsal, write, read-back.
@@ -478,13 +502,35 @@ pub fn install_to(
     opts: &Options,
     say: &dyn Fn(&str),
 ) -> Result<Report, Stage1Error> {
-    let (node, tmp, drop_caches) = (paths.node, paths.tmp, paths.drop_caches);
     let mut report = Report {
         disk: disk.path(),
         disk_size: disk.size,
         payload_bytes: payload.file_size,
         ..Report::default()
     };
+    match install_steps(sys, paths, disk, payload, opts, say, &mut report) {
+        Ok(()) => {
+            report.state = "done";
+            publish(paths.status, &report);
+            Ok(report)
+        }
+        Err(e) => Err(failed(paths.status, &mut report, e)),
+    }
+}
+
+/// The phases of [`install_to`], filling in `report` and publishing it as they go.
+fn install_steps(
+    sys: &dyn Sys,
+    paths: Paths<'_>,
+    disk: &Disk,
+    payload: &mut Payload,
+    opts: &Options,
+    say: &dyn Fn(&str),
+    report: &mut Report,
+) -> Result<(), Stage1Error> {
+    let (node, tmp, drop_caches) = (paths.node, paths.tmp, paths.drop_caches);
+    report.state = "checking-payload";
+    publish(paths.status, report);
     let t0 = sys.monotonic_ms();
     let mut pr = Progress::new(sys, say, "checked payload", payload.file_size);
     let sha = payload
@@ -563,6 +609,8 @@ pub fn install_to(
         human_size(total),
         disk.path()
     ));
+    report.state = "writing";
+    publish(paths.status, report);
     let t1 = sys.monotonic_ms();
     let mut pr = Progress::new(sys, say, "wrote", total);
     let written = write_regions(&f, &regions, payload, &mut pr).map_err(restore)?;
@@ -580,6 +628,8 @@ pub fn install_to(
         }
     }
     let rd = File::open(node).map_err(|e| restore(format!("reopening the disk: {e}")))?;
+    report.state = "verifying";
+    publish(paths.status, report);
     let t2 = sys.monotonic_ms();
     let mut pr = Progress::new(sys, say, "verified", total);
     let read_back = read_regions(&rd, &regions, &mut pr).map_err(restore)?;
@@ -595,7 +645,7 @@ pub fn install_to(
     say(&format!(
         "kiln: install: verified: read-back sha256 {read_back} matches what was written, zero ranges read back as zeros"
     ));
-    Ok(report)
+    Ok(())
 }
 
 /// The installer: finds the disk, checks, writes, verifies. The caller reboots.
@@ -605,6 +655,59 @@ pub fn run(
     opts: &Options,
     say: &dyn Fn(&str),
 ) -> Result<Report, Stage1Error> {
+    let tmp = l.run().join("kiln");
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| fail("creating a directory", format!("{}: {e}", tmp.display())))?;
+    let status = tmp.join("install.json");
+    let mut early = Report {
+        state: "choosing-disk",
+        ..Report::default()
+    };
+    publish(Some(&status), &early);
+    let (mut p, image, disk) =
+        choose_disk(sys, l, opts, say).map_err(|e| failed(Some(&status), &mut early, e))?;
+    say(&format!("kiln: install: target {}", disk.describe()));
+    let drop_caches = l.proc().join("sys/vm/drop_caches");
+    let node = l.dev().join(&disk.name);
+    let paths = Paths {
+        node: &node,
+        tmp: &tmp,
+        drop_caches: Some(&drop_caches),
+        status: Some(&status),
+    };
+    let report = install_to(sys, paths, &disk, &mut p, opts, say)?;
+    if l.sys().join("firmware/efi").is_dir() {
+        match uefi_entry(sys, l, &image, &disk.name) {
+            Ok(line) => say(&format!("kiln: install: {line}")),
+            // The removable-media path still boots the disk; say why there is no entry.
+            Err(e) => say(&format!("kiln: install: no UEFI boot entry: {e}")),
+        }
+    }
+    let ms = |name: &str| {
+        report
+            .phases
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(0, |(_, v)| *v)
+    };
+    say(&format!(
+        "kiln: install: done: {} written to {} in {:.1} s, verified in {:.1} s",
+        human_size(report.bytes_written),
+        report.disk,
+        ms("write") as f64 / 1000.0,
+        ms("verify") as f64 / 1000.0
+    ));
+    Ok(report)
+}
+
+/// Opens the payload and picks the disk it goes to, listing every disk and why it was
+/// or was not chosen; refuses a disk that holds data unless wiping was asked for.
+fn choose_disk(
+    sys: &dyn Sys,
+    l: &Layout,
+    opts: &Options,
+    say: &dyn Fn(&str),
+) -> Result<(Payload, ImageInfo, Disk), Stage1Error> {
     let mut p = Payload::open(&opts.payload).map_err(|e| {
         fail(
             "opening the install payload",
@@ -644,43 +747,7 @@ pub fn run(
         ));
     };
     select::safety(disk, opts.wipe).map_err(|e| fail("checking the install disk", e))?;
-    say(&format!("kiln: install: target {}", disk.describe()));
-    let tmp = l.run().join("kiln");
-    std::fs::create_dir_all(&tmp)
-        .map_err(|e| fail("creating a directory", format!("{}: {e}", tmp.display())))?;
-    let drop_caches = l.proc().join("sys/vm/drop_caches");
-    let node = l.dev().join(&disk.name);
-    let paths = Paths {
-        node: &node,
-        tmp: &tmp,
-        drop_caches: Some(&drop_caches),
-    };
-    let report = install_to(sys, paths, disk, &mut p, opts, say)?;
-    if let Ok(json) = serde_json::to_string_pretty(&report) {
-        let _ = std::fs::write(tmp.join("install.json"), json);
-    }
-    if l.sys().join("firmware/efi").is_dir() {
-        match uefi_entry(sys, l, &image, &disk.name) {
-            Ok(line) => say(&format!("kiln: install: {line}")),
-            // The removable-media path still boots the disk; say why there is no entry.
-            Err(e) => say(&format!("kiln: install: no UEFI boot entry: {e}")),
-        }
-    }
-    let ms = |name: &str| {
-        report
-            .phases
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or(0, |(_, v)| *v)
-    };
-    say(&format!(
-        "kiln: install: done: {} written to {} in {:.1} s, verified in {:.1} s",
-        human_size(report.bytes_written),
-        report.disk,
-        ms("write") as f64 / 1000.0,
-        ms("verify") as f64 / 1000.0
-    ));
-    Ok(report)
+    Ok((p, image, disk.clone()))
 }
 
 /// Mounts efivarfs and adds the installed disk's boot entry (see [`efi`]).
@@ -864,7 +931,8 @@ mod tests {
         (node, disk)
     }
 
-    /// [`install_to`] onto the image file `node` (no page cache to drop).
+    /// [`install_to`] onto the image file `node` (no page cache to drop), publishing its
+    /// report to `tmp`/install.json.
     fn install_file(
         node: &Path,
         tmp: &Path,
@@ -873,10 +941,12 @@ mod tests {
         opts: &Options,
         say: &dyn Fn(&str),
     ) -> Result<Report, Stage1Error> {
+        let status = tmp.join("install.json");
         let paths = Paths {
             node,
             tmp,
             drop_caches: None,
+            status: Some(&status),
         };
         install_to(&RecordingSys::new(), paths, disk, pl, opts, say)
     }
@@ -1022,6 +1092,8 @@ mod tests {
                     && s.contains("(100%)")
                 {
                     // The new tables are on the disk by now.
+                    let st = std::fs::read_to_string(t.path().join("install.json")).unwrap();
+                    assert!(st.contains("\"state\": \"writing\""), "{st}");
                     let d = std::fs::read(&node).unwrap();
                     assert_ne!(d[512..1024], before[512..1024], "{case}: new GPT written");
                     let f = OpenOptions::new().write(true).open(&node).unwrap();
@@ -1040,6 +1112,12 @@ mod tests {
             if case == "read-back differs" {
                 assert!(e.to_string().contains("read-back sha256"), "{e}");
             }
+            let st = std::fs::read_to_string(t.path().join("install.json")).unwrap();
+            assert!(
+                st.contains("\"state\": \"failed\"")
+                    && st.contains("the original partition tables were restored"),
+                "{case}: {st}"
+            );
             let after = std::fs::read(&node).unwrap();
             assert!(
                 after[..HEAD as usize] == before[..HEAD as usize],
@@ -1102,6 +1180,21 @@ mod tests {
             .unwrap();
         let (r, _) = go(&format!("kiln.install=auto kiln.install.sha256={sha}"));
         assert!(r.unwrap_err().detail.contains("holds ext4 (whole disk)"));
+        // The status file says so too, for whoever watches /run/kiln.
+        let status = || -> serde_json::Value {
+            let text = std::fs::read_to_string(l.run().join("kiln/install.json")).unwrap();
+            serde_json::from_str(&text).unwrap()
+        };
+        let st = status();
+        assert_eq!(st["state"], "failed", "{st}");
+        assert!(
+            st["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("checking the install disk: ")
+                && st["error"].as_str().unwrap().contains("holds ext4"),
+            "{st}"
+        );
         // With wipe: installed, the report in /run/kiln/install.json.
         let (r, said) = go(&format!(
             "kiln.install=/dev/vda kiln.install.wipe=true kiln.install.sha256={sha}"
@@ -1112,8 +1205,17 @@ mod tests {
             said.last().unwrap().starts_with("kiln: install: done: "),
             "{said:#?}"
         );
-        let json = std::fs::read_to_string(l.run().join("kiln/install.json")).unwrap();
-        assert!(json.contains("\"payload-sha256\""), "{json}");
+        let st = status();
+        assert_eq!(st["state"], "done", "{st}");
+        assert!(st.get("error").is_none(), "{st}");
+        assert_eq!(st["payload-sha256"], sha.as_str(), "{st}");
+        let phases: Vec<&str> = st["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p[0].as_str().unwrap())
+            .collect();
+        assert_eq!(phases, ["payload", "write", "verify"], "{st}");
         let mut f = File::open(l.dev().join("vda")).unwrap();
         gpt::check_backup(&mut f, 512).unwrap();
     }
