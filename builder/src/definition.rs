@@ -272,6 +272,10 @@ pub struct DiskSection {
     /// `/dev/<disk>`, or conditions `size>=20G`, `model=...`, `serial=...`, `wwid=...`
     /// joined by commas.
     pub install: Option<String>,
+    /// Whether the ISO carries the installer: the "Install to disk" entry and the payload
+    /// it writes (default true). `false` gives a live-only ISO of about half the size; the
+    /// PXE bundle keeps its installer either way.
+    pub iso_installer: Option<bool>,
 }
 
 /// An error that points into a definition file.
@@ -330,6 +334,8 @@ pub struct Definition {
     pub disk_size: u64,
     /// `kiln.install=` of the installer entries (default `auto`).
     pub install_selector: String,
+    /// The ISO has an "Install to disk" entry and carries the payload.
+    pub iso_installer: bool,
     pub machine: toml::Table,
 }
 
@@ -362,11 +368,19 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 pub fn parse_file(path: &Path, text: &str) -> Result<DefinitionFile, DefinitionError> {
     toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
+        let mut message = e.message().trim().to_string();
+        // Name the object too: the line the error points at, when it is short enough.
+        if let Some(src) = e.span().and_then(|_| text.lines().nth(line - 1)) {
+            let src = src.trim();
+            if !src.is_empty() && src.len() <= 120 {
+                message.push_str(&format!(", in `{src}`"));
+            }
+        }
         DefinitionError::Parse {
             path: path.to_path_buf(),
             line,
             column,
-            message: e.message().trim().to_string(),
+            message,
         }
     })
 }
@@ -487,6 +501,7 @@ pub fn merge(base: DefinitionFile, child: DefinitionFile) -> DefinitionFile {
         disk: merge_opt(base.disk, child.disk, |b, c| DiskSection {
             size: pick(c.size, b.size),
             install: pick(c.install, b.install),
+            iso_installer: pick(c.iso_installer, b.iso_installer),
         }),
         machine,
     }
@@ -743,6 +758,7 @@ fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError>
         cmdline: kernel.cmdline.unwrap_or_default(),
         disk_size,
         install_selector,
+        iso_installer: disk.iso_installer.unwrap_or(true),
         machine,
     })
 }
@@ -806,8 +822,32 @@ pod-cidr = "10.244.0.0/16"
         );
         let d = load(&child).expect("child");
         assert_eq!(
-            (d.install_selector.as_str(), d.disk_size),
-            ("size>=20G,model=Samsung*", 16 << 30)
+            (d.install_selector.as_str(), d.disk_size, d.iso_installer),
+            ("size>=20G,model=Samsung*", 16 << 30, true)
+        );
+        // A live-only ISO, and a grandchild inheriting that.
+        write(
+            dir.path(),
+            "live.toml",
+            "extends = \"child.toml\"\n[image]\nname = \"l\"\n[disk]\niso-installer = false\n",
+        );
+        let grand = write(
+            dir.path(),
+            "grand.toml",
+            "extends = \"live.toml\"\n[image]\nname = \"g\"\n",
+        );
+        let d = load(&grand).expect("grandchild");
+        assert_eq!((d.iso_installer, d.disk_size), (false, 16 << 30));
+        let p = write(
+            dir.path(),
+            "typo.toml",
+            &format!("{head}[disk]\niso-installer = \"no\"\n"),
+        );
+        let msg = load(&p).expect_err("a string for a bool").to_string();
+        assert!(
+            msg.contains("typo.toml:6:17: invalid type")
+                && msg.ends_with(", in `iso-installer = \"no\"`"),
+            "{msg}"
         );
         for bad in ["colour=red", "size>=lots", "model=a b"] {
             let p = write(

@@ -149,9 +149,10 @@ pub fn write(
             lap("qcow2", t);
         }
     }
-    // The installer's payload, carried by the ISO and the PXE bundle.
+    // The installer's payload, carried by the ISO (unless `iso-installer = false`) and
+    // the PXE bundle.
     let cpio = w(install::PAYLOAD_CPIO);
-    let payload = if wants(OutputFormat::Iso) || wants(OutputFormat::Pxe) {
+    let payload = if (wants(OutputFormat::Iso) && def.iso_installer) || wants(OutputFormat::Pxe) {
         let t = std::time::Instant::now();
         let end = root_a_end.context("the disk layout has no kiln-root-a")?;
         let payload = install::write_payload_cpio(&raw, end, def.epoch, work.path(), &cpio)
@@ -176,11 +177,14 @@ pub fn write(
             initramfs: &initrd,
             root_squashfs: &root,
             epoch: def.epoch,
-            install: payload.as_ref().map(|p| iso::IsoInstall {
-                payload_cpio: &cpio,
-                sha256: &p.sha256,
-                selector: &def.install_selector,
-            }),
+            install: payload
+                .as_ref()
+                .filter(|_| def.iso_installer)
+                .map(|p| iso::IsoInstall {
+                    payload_cpio: &cpio,
+                    sha256: &p.sha256,
+                    selector: &def.install_selector,
+                }),
         };
         let out = staging.join(format!("{name}.iso"));
         tools.extend(
