@@ -120,6 +120,12 @@ fn is_build_of(dir_name: &str, name: &str) -> bool {
         .is_some_and(|key| key.len() == 16 && key.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// images/minimal.toml, built once.
+pub fn minimal() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
+    B.get_or_init(|| build("images/minimal.toml"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,10 +157,4 @@ mod tests {
         assert!(dir.path().join(names[1]).join("sub").is_dir());
         assert!(dir.path().join(names[2]).is_dir());
     }
-}
-
-/// images/minimal.toml, built once.
-pub fn minimal() -> &'static Built {
-    static B: OnceLock<Built> = OnceLock::new();
-    B.get_or_init(|| build("images/minimal.toml"))
 }
