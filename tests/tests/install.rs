@@ -430,3 +430,64 @@ fn iso_install_to_disk_entry() {
         "{cmdlines:?}"
     );
 }
+
+/// `[disk] iso-installer = false`: the ISO has only the live entry and no payload, while
+/// the minimal image's ISO (same inputs otherwise) has both.
+#[test]
+fn live_only_iso_leaves_the_installer_out() {
+    let with = minimal();
+    let t = tempfile::tempdir().expect("tmp");
+    let root = kiln_tests::workspace_root();
+    // A low zstd level: this test is about what goes on the ISO, not its squashfs.
+    let def = t.path().join("live.toml");
+    std::fs::write(
+        &def,
+        format!(
+            "extends = \"{}\"\n[image]\nname = \"live\"\noutputs = [\"iso\"]\ncompression-level = 1\n[disk]\niso-installer = false\n",
+            root.join("images/minimal.toml").display()
+        ),
+    )
+    .expect("definition");
+    std::fs::copy(root.join("images/minimal.lock"), t.path().join("live.lock")).expect("lock");
+    let out = t.path().join("out");
+    let o = kiln_tests::kiln(
+        &[
+            "build",
+            def.to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let listing = |iso: &Path| {
+        run(Command::new("xorriso")
+            .arg("-indev")
+            .arg(iso)
+            .args(["-find", "/kiln", "-type", "f"]))
+    };
+    let live = out.join("live.iso");
+    let files = listing(&live);
+    assert!(files.contains("'/kiln/root.squashfs'"), "{files}");
+    assert!(!files.contains("install.cpio"), "{files}");
+    assert!(
+        listing(&with.iso()).contains("'/kiln/install.cpio'"),
+        "the default keeps the installer"
+    );
+    let cfg = t.path().join("grub.cfg");
+    run(Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(&live)
+        .args(["-extract", "/boot/grub/grub.cfg"])
+        .arg(&cfg));
+    let menu = std::fs::read_to_string(&cfg).expect("grub.cfg");
+    assert!(menu.contains("kiln.root=iso"), "{menu}");
+    assert!(!menu.contains("kiln.install"), "{menu}");
+    // Nothing else was asked for.
+    assert!(!out.join("live-pxe").exists() && !out.join("live.qcow2").exists());
+    let (a, b) = (
+        std::fs::metadata(&live).expect("live").len(),
+        std::fs::metadata(with.iso()).expect("minimal").len(),
+    );
+    eprintln!("live-only ISO {a} bytes, with the installer {b} bytes");
+}
