@@ -359,3 +359,70 @@ fn artifacts_wrong_checksum_hostile_archive_and_offline() {
     assert!(err.contains("evil") && err.contains(".."), "{err}");
     assert_eq!(snapshot(&out), before);
 }
+
+/// `[disk] iso-installer = false`: the ISO has only the live entry and no payload, while
+/// the minimal image's ISO (same inputs otherwise) has both. Here rather than with the
+/// installer's VM tests, so that its build does not slow their boots.
+#[test]
+fn live_only_iso_leaves_the_installer_out() {
+    let with = kiln_tests::images::minimal();
+    let t = tempfile::tempdir().expect("tmp");
+    let root = kiln_tests::workspace_root();
+    // A low zstd level: this test is about what goes on the ISO, not its squashfs.
+    let def = t.path().join("live.toml");
+    std::fs::write(
+        &def,
+        format!(
+            "extends = \"{}\"\n[image]\nname = \"live\"\noutputs = [\"iso\"]\ncompression-level = 1\n[disk]\niso-installer = false\n",
+            root.join("images/minimal.toml").display()
+        ),
+    )
+    .expect("definition");
+    std::fs::copy(root.join("images/minimal.lock"), t.path().join("live.lock")).expect("lock");
+    let out = t.path().join("out");
+    let o = kiln_tests::kiln(
+        &[
+            "build",
+            def.to_str().expect("utf8"),
+            "--out",
+            out.to_str().expect("utf8"),
+        ],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let run = |c: &mut std::process::Command| {
+        let o = c.output().expect("command runs");
+        assert!(o.status.success(), "{c:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let listing = |iso: &Path| {
+        run(std::process::Command::new("xorriso")
+            .arg("-indev")
+            .arg(iso)
+            .args(["-find", "/kiln", "-type", "f"]))
+    };
+    let live = out.join("live.iso");
+    let files = listing(&live);
+    assert!(files.contains("'/kiln/root.squashfs'"), "{files}");
+    assert!(!files.contains("install.cpio"), "{files}");
+    assert!(
+        listing(&with.iso()).contains("'/kiln/install.cpio'"),
+        "the default keeps the installer"
+    );
+    let cfg = t.path().join("grub.cfg");
+    run(std::process::Command::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(&live)
+        .args(["-extract", "/boot/grub/grub.cfg"])
+        .arg(&cfg));
+    let menu = std::fs::read_to_string(&cfg).expect("grub.cfg");
+    assert!(menu.contains("kiln.root=iso"), "{menu}");
+    assert!(!menu.contains("kiln.install"), "{menu}");
+    // Nothing else was asked for.
+    assert!(!out.join("live-pxe").exists() && !out.join("live.qcow2").exists());
+    let (a, b) = (
+        std::fs::metadata(&live).expect("live").len(),
+        std::fs::metadata(with.iso()).expect("minimal").len(),
+    );
+    eprintln!("live-only ISO {a} bytes, with the installer {b} bytes");
+}

@@ -155,7 +155,8 @@ pub fn esp_menu(id: &BootIdentity) -> String {
         initrd: format!("/kiln/{slot}/initramfs"),
         args: id.args(&format!("kiln.slot={slot}")),
     };
-    grub::menu(&[entry("a"), entry("b")])
+    // Slot B is chosen by the boot counter, not by hand: a short menu.
+    grub::menu(&[entry("a"), entry("b")], 1)
 }
 
 /// Writes the raw disk image at `out` (sparse).

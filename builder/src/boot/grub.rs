@@ -115,14 +115,14 @@ pub struct MenuEntry {
     pub args: String,
 }
 
-/// The menu: serial + screen, first entry default, a short timeout.
-pub fn menu(entries: &[MenuEntry]) -> String {
-    let mut s = String::from(
+/// The menu: serial + screen, first entry default, `timeout` seconds to choose another.
+pub fn menu(entries: &[MenuEntry], timeout: u32) -> String {
+    let mut s = format!(
         "serial --unit=0 --speed=115200\n\
          terminal_input console serial\n\
          terminal_output console serial\n\
          set default=0\n\
-         set timeout=1\n",
+         set timeout={timeout}\n",
     );
     for e in entries {
         s.push_str(&format!(
@@ -170,13 +170,16 @@ mod tests {
 
     #[test]
     fn menu_always_carries_the_consoles() {
-        let m = menu(&[MenuEntry {
-            id: "slot-a".into(),
-            title: "a".into(),
-            kernel: "/kiln/a/vmlinuz".into(),
-            initrd: "/kiln/a/initramfs".into(),
-            args: "kiln.slot=a".into(),
-        }]);
+        let m = menu(
+            &[MenuEntry {
+                id: "slot-a".into(),
+                title: "a".into(),
+                kernel: "/kiln/a/vmlinuz".into(),
+                initrd: "/kiln/a/initramfs".into(),
+                args: "kiln.slot=a".into(),
+            }],
+            1,
+        );
         assert!(m.contains("linux /kiln/a/vmlinuz console=tty0 console=ttyS0,115200 kiln.slot=a\n"));
     }
 

@@ -60,8 +60,17 @@ pub fn iso_menu(id: &BootIdentity, install: Option<(&str, &str)>) -> String {
             )),
         });
     }
-    grub::menu(&entries)
+    // With an install entry, long enough for a person at the console to pick it.
+    let timeout = if entries.len() > 1 {
+        ISO_INSTALL_MENU_SECONDS
+    } else {
+        1
+    };
+    grub::menu(&entries, timeout)
 }
+
+/// How long the ISO's menu waits when it offers "Install to disk".
+pub const ISO_INSTALL_MENU_SECONDS: u32 = 5;
 
 pub fn write(spec: &IsoSpec<'_>, out: &Path) -> Result<Vec<ToolVersion>> {
     for (p, what) in [

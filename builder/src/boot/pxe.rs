@@ -111,7 +111,11 @@ mod tests {
         assert!(esp_menu(&id).contains("kiln.slot=b quiet kiln.hostname=a"));
         assert!(iso_menu(&id, None).contains("kiln.root=iso quiet kiln.hostname=a"));
         assert!(!iso_menu(&id, None).contains("kiln.install"));
+        // A live-only ISO and the disk boot at once; the install entry gets time to be picked.
+        assert!(iso_menu(&id, None).contains("set timeout=1\n"));
+        assert!(esp_menu(&id).contains("set timeout=1\n"));
         let with = iso_menu(&id, Some(("auto", "ab12")));
+        assert!(with.contains("set timeout=5\n"), "{with}");
         assert!(
             with.contains("initrd /kiln/initramfs /kiln/install.cpio\n"),
             "{with}"
