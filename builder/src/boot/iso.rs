@@ -61,7 +61,7 @@ pub fn iso_menu(id: &BootIdentity, install: Option<(&str, &str)>) -> String {
         });
     }
     // With an install entry, long enough for a person at the console to pick it.
-    let timeout = if entries.len() > 1 {
+    let timeout = if install.is_some() {
         ISO_INSTALL_MENU_SECONDS
     } else {
         1
