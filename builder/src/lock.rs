@@ -35,6 +35,9 @@ pub struct GoInputLock {
     pub version: String,
     /// sha256 over the input's build recipe (packages, tags, ldflags, cgo, env, stamping).
     pub recipe: Digest,
+    /// The upstream commit of the module version (see `GoLock::commit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
     pub go_version: String,
     /// Binary name -> sha256.
     pub binaries: BTreeMap<String, Digest>,
@@ -47,6 +50,7 @@ impl GoInputLock {
             module: input.module.clone(),
             version: input.version.clone(),
             recipe: go_recipe(input),
+            commit: built.commit.clone(),
             go_version: built.go_version.clone(),
             binaries: built.binaries.clone(),
         }
@@ -55,6 +59,7 @@ impl GoInputLock {
     /// The part `gobuild::build_locked` checks a fresh build against.
     pub fn built(&self) -> GoLock {
         GoLock {
+            commit: self.commit.clone(),
             go_version: self.go_version.clone(),
             binaries: self.binaries.clone(),
         }
@@ -447,6 +452,7 @@ packages = ["example.com/tool/cmd/tool"]
         );
         assert_eq!(lock.go_mismatches(&d), m);
         let built = GoLock {
+            commit: None,
             go_version: "go1.26.8".into(),
             binaries: [("tool".to_string(), deb("t").sha256)].into(),
         };

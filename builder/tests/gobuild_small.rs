@@ -110,6 +110,7 @@ fn lock_mismatch_fails_naming_the_binary_and_caches_nothing() {
     };
     let wrong = Digest::of_bytes(Algorithm::Sha256, b"not the loopback plugin");
     let lock = GoLock {
+        commit: None,
         go_version: go_version.clone(),
         binaries: [("loopback".to_string(), wrong.clone())].into(),
     };
@@ -136,6 +137,7 @@ fn lock_mismatch_fails_naming_the_binary_and_caches_nothing() {
 
     // A lock from another Go version fails naming both versions.
     let lock = GoLock {
+        commit: None,
         go_version: "go1.0.0".into(),
         binaries: Default::default(),
     };

@@ -70,6 +70,7 @@ fn go_built(binary: &Path) -> GoBuilt {
                 size: bytes.len() as u64,
             }],
             go_version: "host".into(),
+            commit: None,
             report: kiln::gobuild::GoBuildReport {
                 cache_hit: false,
                 commands: Vec::new(),

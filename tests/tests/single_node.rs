@@ -101,11 +101,35 @@ fn single_node_binaries_are_pinned_cached_and_report_their_versions() {
             if name == "kube-apiserver" {
                 assert!(out.contains("Kubernetes v1.35.4"), "{out}");
             }
+            // Binaries that print their commit carry the one pinned in the definition.
+            if matches!(name, "runc" | "etcd") {
+                let commit = input.commit.as_ref().expect("a pinned commit");
+                assert!(
+                    out.contains(commit.as_str()),
+                    "{name} lacks {commit}: {out}"
+                );
+            }
             eprintln!("{name:<24} {}", out.lines().next().unwrap_or(""));
             seen += 1;
         }
     }
     assert!(seen >= 18, "only {seen} binaries");
+
+    // kubectl's own account of its build: the pinned v1.35.4 commit, a clean tree.
+    let o = Command::new(root.join("usr/bin/kubectl"))
+        .args(["version", "--client", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let client = &v["clientVersion"];
+    eprintln!("kubectl version --client: {client}");
+    assert_eq!(
+        client["gitCommit"], "7b8c6cf0edd376b3d7c2f255142977c7f93db258",
+        "{v}"
+    );
+    assert_eq!(client["gitVersion"], "v1.35.4", "{v}");
+    assert_eq!(client["gitTreeState"], "clean", "{v}");
 }
 
 /// The upstream variant's pins are in its definition, so it locks and checks offline.

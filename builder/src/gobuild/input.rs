@@ -46,12 +46,19 @@ pub struct GoInput {
     pub tags: Vec<String>,
     /// Extra `-ldflags` (after the fixed `-s -w -buildid=`). Placeholders: `{version}` (the
     /// module version), `{version-bare}` (without a leading `v`), `{commit}` (the upstream
-    /// commit the module proxy reports), `{build-date}` (the image epoch, RFC 3339 UTC).
+    /// commit pinned in the lock: see `commit`), `{build-date}` (the image epoch, RFC 3339
+    /// UTC).
     #[serde(default)]
     pub ldflags: Vec<String>,
     /// Build with cgo (`CGO_ENABLED=1`); off by default.
     #[serde(default)]
     pub cgo: bool,
+    /// The upstream commit (40 lowercase hex digits) the version was tagged at, for
+    /// `{commit}` and version stamping. `kiln lock` records it in the lock; without it the
+    /// commit is taken from the module proxy's Origin, where the proxy reports one (when
+    /// both are known they must agree). `kiln build` takes the commit from the lock only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<GitCommit>,
     /// Extra environment for the Go toolchain (may not override the fixed variables).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -62,6 +69,44 @@ pub struct GoInput {
     /// build's cache key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dest: Option<String>,
+}
+
+/// A full git commit id: 40 lowercase hex digits, checked when the definition is parsed
+/// (so a bad one is reported with its file, line and column).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+pub struct GitCommit(String);
+
+impl GitCommit {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for GitCommit {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.len() == 40 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(GitCommit(s))
+        } else {
+            Err(format!(
+                "commit {s:?} is not a full commit id (40 lowercase hex digits)"
+            ))
+        }
+    }
+}
+
+impl From<GitCommit> for String {
+    fn from(c: GitCommit) -> String {
+        c.0
+    }
+}
+
+impl std::fmt::Display for GitCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Where built binaries go in the image unless the input says otherwise.
@@ -186,6 +231,11 @@ impl GoInput {
         self.dest.as_deref().unwrap_or(DEFAULT_DEST)
     }
 
+    /// Whether the binaries carry the upstream commit (`{commit}` or a stamping scheme).
+    pub fn needs_commit(&self) -> bool {
+        self.stamp.is_some() || self.ldflags.iter().any(|f| f.contains("{commit}"))
+    }
+
     /// Whether the build output depends on the image epoch.
     pub fn uses_epoch(&self) -> bool {
         self.stamp.is_some() || self.ldflags.iter().any(|f| f.contains("{build-date}"))
@@ -237,6 +287,34 @@ stamp = "kubernetes"
         )
         .unwrap_err();
         assert!(err.to_string().contains("cgo-enabled"), "{err}");
+    }
+
+    #[test]
+    fn commit_is_a_full_lowercase_commit_id() {
+        let head = "name='a'\nmodule='ex.com/m'\nversion='v1.0.0'\npackages=['ex.com/m']\n";
+        let full = "7b8c6cf0edd376b3d7c2f255142977c7f93db258";
+        let ok: GoInput = toml::from_str(&format!("{head}commit = '{full}'\n")).unwrap();
+        assert_eq!(ok.commit.as_ref().map(GitCommit::as_str), Some(full));
+        assert!(!ok.needs_commit());
+        for bad in [
+            "7b8c6cf",
+            "7B8C6CF0EDD376B3D7C2F255142977C7F93DB258",
+            "7b8c6cf0edd376b3d7c2f255142977c7f93db25g",
+            "7b8c6cf0edd376b3d7c2f255142977c7f93db2580",
+            "v1.35.4",
+        ] {
+            let err = toml::from_str::<GoInput>(&format!("{head}commit = '{bad}'\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("40 lowercase hex digits"), "{bad}: {err}");
+            // The error points at the offending line.
+            assert!(err.contains("line 5"), "{bad}: {err}");
+        }
+        let stamped: GoInput = toml::from_str(&format!("{head}stamp = 'kubernetes'\n")).unwrap();
+        assert!(stamped.needs_commit());
+        let ld: GoInput =
+            toml::from_str(&format!("{head}ldflags = ['-X=main.c={{commit}}']\n")).unwrap();
+        assert!(ld.needs_commit());
     }
 
     #[test]

@@ -20,11 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Algorithm, Digest};
 
-pub use input::{GoInput, GoPackage, Stamp, DEFAULT_DEST, FIXED_ENV};
+pub use input::{GitCommit, GoInput, GoPackage, Stamp, DEFAULT_DEST, FIXED_ENV};
 use run::GoCommand;
 
 /// Bumped when the build recipe changes, so old cache entries are not reused.
-const RECIPE: &str = "kiln-go-1";
+const RECIPE: &str = "kiln-go-2";
 const MANIFEST: &str = "manifest.json";
 
 #[derive(Debug, thiserror::Error)]
@@ -64,10 +64,22 @@ pub enum GoError {
         module_version: String,
         name: String,
     },
-    #[error("{module_version}: upstream commit unknown (the module proxy gave no Origin), needed by {what}")]
+    #[error(
+        "go input {name} ({module_version}): upstream commit unknown, needed by {what}; {hint}"
+    )]
     NoCommit {
+        name: String,
         module_version: String,
         what: String,
+        hint: String,
+    },
+    #[error("go input {name} ({module_version}): {their_source} gives commit {theirs}, but the definition's `commit` is {ours}")]
+    CommitMismatch {
+        name: String,
+        module_version: String,
+        ours: String,
+        theirs: String,
+        their_source: &'static str,
     },
     #[error("building {package} from {module_version} failed:\n{stderr}")]
     Build {
@@ -133,6 +145,9 @@ pub struct GoBuildOutput {
     pub binaries: Vec<GoBinary>,
     /// e.g. `go1.26.8`.
     pub go_version: String,
+    /// The upstream commit of the module version, where known (the one the binaries were
+    /// stamped with, when they are).
+    pub commit: Option<String>,
     pub report: GoBuildReport,
 }
 
@@ -140,6 +155,10 @@ pub struct GoBuildOutput {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct GoLock {
+    /// The upstream commit of the module version: the definition's `commit`, else the
+    /// module proxy's Origin at `kiln lock` time. `kiln build` stamps with this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
     pub go_version: String,
     /// Binary name -> sha256.
     pub binaries: BTreeMap<String, Digest>,
@@ -148,6 +167,7 @@ pub struct GoLock {
 impl GoBuildOutput {
     pub fn lock(&self) -> GoLock {
         GoLock {
+            commit: self.commit.clone(),
             go_version: self.go_version.clone(),
             binaries: self
                 .binaries
@@ -162,6 +182,8 @@ impl GoBuildOutput {
 struct Manifest {
     key: String,
     go_version: String,
+    #[serde(default)]
+    commit: Option<String>,
     binaries: Vec<GoBinary>,
 }
 
@@ -171,6 +193,7 @@ struct KeyMaterial<'a> {
     recipe: &'static str,
     go_version_output: &'a str,
     cc_version: Option<&'a str>,
+    commit: Option<&'a str>,
     module: &'a str,
     version: &'a str,
     packages: Vec<(&'a str, &'a str)>,
@@ -182,8 +205,10 @@ struct KeyMaterial<'a> {
     epoch: Option<u64>,
 }
 
-/// Builds `input` (or takes it from the cache). `progress` shows what is compiling and the
-/// elapsed time when stderr is a terminal.
+/// Builds `input` (or takes it from the cache), resolving the upstream commit as `kiln lock`
+/// does: the definition's `commit`, checked against the module proxy's Origin where it
+/// reports one, else the Origin. `progress` shows what is compiling and the elapsed time
+/// when stderr is a terminal.
 pub fn build(
     input: &GoInput,
     epoch: u64,
@@ -193,7 +218,8 @@ pub fn build(
     build_inner(input, epoch, cache_root, progress, None)
 }
 
-/// Like [`build`], but fails naming the binary when a fresh build differs from `lock`; a
+/// Like [`build`], but the upstream commit comes from `lock` alone (the module proxy is not
+/// asked for it), and it fails naming the binary when a fresh build differs from `lock`; a
 /// build that fails the check is not cached.
 pub fn build_locked(
     input: &GoInput,
@@ -269,6 +295,12 @@ fn build_inner(
         None
     };
 
+    // `kiln build`: the commit is the lock's, and nothing else is asked.
+    let locked_commit = match lock {
+        Some(l) => Some(locked_commit(input, &module_version, l)?),
+        None => None,
+    };
+
     let key = cache_key(
         input,
         epoch,
@@ -278,7 +310,7 @@ fn build_inner(
     let go_dir = cache_root.join("go");
     let dir = go_dir.join(&key);
     if dir.join(MANIFEST).is_file() {
-        let binaries = read_manifest(&dir, &key)?;
+        let (binaries, cached_commit) = read_manifest(&dir, &key)?;
         if let Some(lock) = lock {
             check_lock(&input.name, &go_version, &binaries, lock)?;
         }
@@ -287,6 +319,7 @@ fn build_inner(
             dir,
             binaries,
             go_version,
+            commit: locked_commit.unwrap_or(cached_commit),
             report: GoBuildReport {
                 cache_hit: true,
                 commands,
@@ -319,31 +352,14 @@ fn build_inner(
         })?;
     }
 
-    // 1. The pinned module: its go.mod and upstream commit.
-    let download_json = GoCommand::new(input, Some(&src))
-        .args(["mod", "download", "-json", module_version.as_str()])
-        .output_allow_fail(&mut commands)?;
-    let dl: modfile::Download =
-        serde_json::from_str(&download_json.stdout).map_err(|e| GoError::ModuleNotFound {
-            module_version: module_version.clone(),
-            message: format!("{} ({e})", run::tail(&download_json.stderr)),
-        })?;
-    if let Some(message) = dl.error {
-        return Err(GoError::ModuleNotFound {
-            module_version,
-            message,
-        });
-    }
-    if dl.path != input.module || dl.version != input.version {
-        return Err(GoError::ModuleNotFound {
-            message: format!("the module proxy resolved it to {}@{}", dl.path, dl.version),
-            module_version,
-        });
-    }
-    let go_mod_path = dl.go_mod.ok_or_else(|| GoError::Output {
-        command: format!("go mod download -json {module_version}"),
-        reason: "no GoMod path".into(),
-    })?;
+    // 1. The pinned module: its go.mod and, for `kiln lock`, the upstream commit.
+    let (go_mod_path, commit) = match locked_commit {
+        Some(commit) => (
+            download_module(input, &module_version, &src, &mut commands)?,
+            commit,
+        ),
+        None => resolve_module(input, &module_version, &src, &mut commands)?,
+    };
     let modfile_json = GoCommand::new(input, Some(&src))
         .args(["mod", "edit", "-json", go_mod_path.as_str()])
         .output(&mut commands)?;
@@ -352,7 +368,7 @@ fn build_inner(
             command: format!("go mod edit -json {go_mod_path}"),
             reason: e.to_string(),
         })?;
-    let commit = dl.origin.and_then(|o| o.hash);
+    let stamp_commit = commit.as_deref().filter(|_| input.needs_commit());
 
     // 2. The generated main module.
     let replaces = modfile::replaces_for(&input.module, &input.version, &pinned)?;
@@ -407,7 +423,7 @@ fn build_inner(
     }
 
     // 4. Build each package.
-    let ldflags = ldflags(input, epoch, commit.as_deref(), &module_version)?;
+    let ldflags = ldflags(input, epoch, stamp_commit, &module_version)?;
     let mut binaries = Vec::new();
     for p in &input.packages {
         let target = bin.join(p.binary());
@@ -466,6 +482,7 @@ fn build_inner(
     let manifest = Manifest {
         key: key.clone(),
         go_version: go_version.clone(),
+        commit: commit.clone(),
         binaries: binaries.clone(),
     };
     let manifest_path = out.join(MANIFEST);
@@ -494,12 +511,167 @@ fn build_inner(
         dir,
         binaries,
         go_version,
+        commit,
         report: GoBuildReport {
             cache_hit: false,
             commands,
             elapsed: start.elapsed(),
         },
     })
+}
+
+/// The commit `kiln build` stamps with: the lock's. A lock without one for an input that
+/// needs it, or one that disagrees with the definition's `commit`, is an error.
+fn locked_commit(
+    input: &GoInput,
+    module_version: &str,
+    lock: &GoLock,
+) -> Result<Option<String>, GoError> {
+    if let (Some(ours), Some(theirs)) = (&input.commit, &lock.commit) {
+        if ours.as_str() != theirs {
+            return Err(GoError::CommitMismatch {
+                name: input.name.clone(),
+                module_version: module_version.to_string(),
+                ours: ours.to_string(),
+                theirs: theirs.clone(),
+                their_source: "the lock",
+            });
+        }
+    }
+    if input.needs_commit() && lock.commit.is_none() {
+        return Err(GoError::NoCommit {
+            name: input.name.clone(),
+            module_version: module_version.to_string(),
+            what: needs_commit_what(input).into(),
+            hint: "the lock records no commit for it: run `kiln lock`".into(),
+        });
+    }
+    Ok(lock.commit.clone())
+}
+
+fn needs_commit_what(input: &GoInput) -> &'static str {
+    if input.stamp.is_some() {
+        "version stamping"
+    } else {
+        "ldflags {commit}"
+    }
+}
+
+/// `kiln build`: downloads the pinned module (never asking for its Origin) and returns the
+/// path of its go.mod in the module cache.
+fn download_module(
+    input: &GoInput,
+    module_version: &str,
+    src: &Path,
+    commands: &mut Vec<String>,
+) -> Result<String, GoError> {
+    let dl = GoCommand::new(input, Some(src))
+        .args(["mod", "download", module_version])
+        .output_allow_fail(commands)?;
+    if !dl.success {
+        return Err(GoError::ModuleNotFound {
+            module_version: module_version.to_string(),
+            message: run::tail(&dl.stderr),
+        });
+    }
+    let modcache = GoCommand::new(input, Some(src))
+        .args(["env", "GOMODCACHE"])
+        .output(commands)?;
+    let modcache = modcache.trim();
+    if modcache.is_empty() {
+        return Err(GoError::Output {
+            command: "go env GOMODCACHE".into(),
+            reason: "empty".into(),
+        });
+    }
+    Ok(format!(
+        "{modcache}/cache/download/{}/@v/{}.mod",
+        escape_module_path(&input.module),
+        escape_module_path(&input.version)
+    ))
+}
+
+/// `kiln lock`: downloads the pinned module, reads the upstream commit from the module
+/// proxy's Origin and settles it against the definition's `commit`.
+fn resolve_module(
+    input: &GoInput,
+    module_version: &str,
+    src: &Path,
+    commands: &mut Vec<String>,
+) -> Result<(String, Option<String>), GoError> {
+    let download_json = GoCommand::new(input, Some(src))
+        .args(["mod", "download", "-json", module_version])
+        .output_allow_fail(commands)?;
+    let dl: modfile::Download =
+        serde_json::from_str(&download_json.stdout).map_err(|e| GoError::ModuleNotFound {
+            module_version: module_version.to_string(),
+            message: format!("{} ({e})", run::tail(&download_json.stderr)),
+        })?;
+    if let Some(message) = dl.error {
+        return Err(GoError::ModuleNotFound {
+            module_version: module_version.to_string(),
+            message,
+        });
+    }
+    if dl.path != input.module || dl.version != input.version {
+        return Err(GoError::ModuleNotFound {
+            message: format!("the module proxy resolved it to {}@{}", dl.path, dl.version),
+            module_version: module_version.to_string(),
+        });
+    }
+    let go_mod_path = dl.go_mod.ok_or_else(|| GoError::Output {
+        command: format!("go mod download -json {module_version}"),
+        reason: "no GoMod path".into(),
+    })?;
+    let origin = dl.origin.and_then(|o| o.hash);
+    let commit = settle_commit(input, module_version, origin)?;
+    Ok((go_mod_path, commit))
+}
+
+/// The commit `kiln lock` records: the definition's and the proxy's Origin must agree where
+/// both are known; an input that needs a commit and has neither fails naming the key.
+fn settle_commit(
+    input: &GoInput,
+    module_version: &str,
+    origin: Option<String>,
+) -> Result<Option<String>, GoError> {
+    match (&input.commit, origin) {
+        (Some(ours), Some(theirs)) if ours.as_str() != theirs => Err(GoError::CommitMismatch {
+            name: input.name.clone(),
+            module_version: module_version.to_string(),
+            ours: ours.to_string(),
+            theirs,
+            their_source: "the module proxy's Origin",
+        }),
+        (Some(ours), _) => Ok(Some(ours.to_string())),
+        (None, Some(theirs)) => Ok(Some(theirs)),
+        (None, None) if input.needs_commit() => Err(GoError::NoCommit {
+            name: input.name.clone(),
+            module_version: module_version.to_string(),
+            what: needs_commit_what(input).into(),
+            hint: format!(
+                "the module proxy reports no Origin for this version: set \
+                 `commit = \"<40 hex digits>\"` (the tag's commit) in the [[go]] table of {}",
+                input.name
+            ),
+        }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Module paths and versions as the module cache stores them: each upper-case letter
+/// becomes `!` and its lower-case form.
+fn escape_module_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii_uppercase() {
+            out.push('!');
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn cache_key(
@@ -512,6 +684,7 @@ fn cache_key(
         recipe: RECIPE,
         go_version_output,
         cc_version,
+        commit: input.commit.as_ref().map(GitCommit::as_str),
         module: &input.module,
         version: &input.version,
         packages: input
@@ -533,7 +706,7 @@ fn cache_key(
         .to_string()
 }
 
-fn read_manifest(dir: &Path, key: &str) -> Result<Vec<GoBinary>, GoError> {
+fn read_manifest(dir: &Path, key: &str) -> Result<(Vec<GoBinary>, Option<String>), GoError> {
     let path = dir.join(MANIFEST);
     let bad = |reason: String| GoError::BadCacheEntry {
         path: dir.to_path_buf(),
@@ -561,7 +734,7 @@ fn read_manifest(dir: &Path, key: &str) -> Result<Vec<GoBinary>, GoError> {
             )));
         }
     }
-    Ok(bins)
+    Ok((bins, m.commit))
 }
 
 #[derive(Deserialize)]
@@ -647,8 +820,10 @@ fn ldflags(
     let date = rfc3339_utc(epoch);
     let need_commit = |what: &str| {
         commit.ok_or_else(|| GoError::NoCommit {
+            name: input.name.clone(),
             module_version: module_version.to_string(),
             what: what.to_string(),
+            hint: "set `commit` in its [[go]] table".into(),
         })
     };
     let mut flags = vec!["-s".to_string(), "-w".to_string(), "-buildid=".to_string()];
@@ -760,5 +935,82 @@ mod tests {
             k(&a, 1),
             cache_key(&a, 1, "go version go1.26.7 linux/amd64", None)
         );
+        let mut e = a.clone();
+        e.commit = Some(GitCommit::try_from(C1.to_string()).unwrap());
+        assert_ne!(k(&a, 1), k(&e, 1), "the pinned commit is part of the key");
+    }
+
+    const C1: &str = "7b8c6cf0edd376b3d7c2f255142977c7f93db258";
+    const C2: &str = "bb14dabeb7185bb72c8c86735d090dcb20f36587";
+
+    fn stamped(commit: Option<&str>) -> GoInput {
+        let mut i = input(
+            "name='k'\nmodule='k8s.io/kubernetes'\nversion='v1.35.4'\npackages=['k8s.io/kubernetes/cmd/kubelet']\nstamp='kubernetes'\n",
+        );
+        i.commit = commit.map(|c| GitCommit::try_from(c.to_string()).unwrap());
+        i
+    }
+
+    #[test]
+    fn lock_settles_the_commit_from_the_definition_and_the_origin() {
+        let mv = "k8s.io/kubernetes@v1.35.4";
+        // Neither: fails naming the input and the key to set.
+        let e = settle_commit(&stamped(None), mv, None).unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, GoError::NoCommit { .. }), "{e:?}");
+        assert!(
+            msg.contains("go input k ") && msg.contains("`commit = "),
+            "{msg}"
+        );
+        // Only the Origin, only the definition, both agreeing.
+        let origin = Some(C1.to_string());
+        assert_eq!(
+            settle_commit(&stamped(None), mv, origin.clone()).unwrap(),
+            origin
+        );
+        assert_eq!(settle_commit(&stamped(Some(C1)), mv, None).unwrap(), origin);
+        assert_eq!(
+            settle_commit(&stamped(Some(C1)), mv, origin.clone()).unwrap(),
+            origin
+        );
+        // Disagreeing: both named.
+        let e = settle_commit(&stamped(Some(C2)), mv, origin).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains(C1) && msg.contains(C2), "{msg}");
+        // An input that does not use the commit still records a known one, needs none.
+        let mut plain = stamped(None);
+        plain.stamp = None;
+        assert_eq!(settle_commit(&plain, mv, None).unwrap(), None);
+    }
+
+    #[test]
+    fn build_takes_the_commit_from_the_lock_only() {
+        let mv = "k8s.io/kubernetes@v1.35.4";
+        let lock = |c: Option<&str>| GoLock {
+            commit: c.map(str::to_string),
+            go_version: "go1.26.8".into(),
+            binaries: BTreeMap::new(),
+        };
+        assert_eq!(
+            locked_commit(&stamped(None), mv, &lock(Some(C1))).unwrap(),
+            Some(C1.to_string())
+        );
+        let e = locked_commit(&stamped(None), mv, &lock(None)).unwrap_err();
+        assert!(e.to_string().contains("kiln lock"), "{e}");
+        let e = locked_commit(&stamped(Some(C2)), mv, &lock(Some(C1))).unwrap_err();
+        assert!(
+            e.to_string().contains(C1) && e.to_string().contains(C2),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn module_cache_paths_are_escaped() {
+        assert_eq!(
+            escape_module_path("github.com/BurntSushi/toml"),
+            "github.com/!burnt!sushi/toml"
+        );
+        assert_eq!(escape_module_path("v1.0.0-RC1"), "v1.0.0-!r!c1");
+        assert_eq!(escape_module_path("k8s.io/kubernetes"), "k8s.io/kubernetes");
     }
 }

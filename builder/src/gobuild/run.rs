@@ -40,7 +40,7 @@ impl GoCommand {
             cmd.current_dir(d);
         }
         cmd.env("GOTOOLCHAIN", "local")
-            .env("GOFLAGS", "-mod=mod")
+            .env("GOFLAGS", "-mod=mod -modcacherw")
             .env("GO111MODULE", "on")
             .env("GOWORK", "off")
             .env("GOOS", "linux")
