@@ -60,6 +60,28 @@ pub fn kiln(args: &[&str], env: &[(&str, &Path)]) -> Output {
     c.output().expect("kiln runs")
 }
 
+/// The file at `path` inside the tar `tar_path` (a leading `./` in member names ignored).
+/// Panics, naming both, when it is not there: for tests.
+pub fn tar_member(tar_path: &Path, path: &str) -> Vec<u8> {
+    let file = std::fs::File::open(tar_path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", tar_path.display()));
+    let mut ar = tar::Archive::new(file);
+    let entries = ar
+        .entries()
+        .unwrap_or_else(|e| panic!("reading {}: {e}", tar_path.display()));
+    for e in entries {
+        let mut e = e.unwrap_or_else(|e| panic!("reading {}: {e}", tar_path.display()));
+        let name = e.path().map(|p| p.to_string_lossy().into_owned());
+        if name.is_ok_and(|n| n.trim_start_matches("./") == path) {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut v)
+                .unwrap_or_else(|e| panic!("reading {path} in {}: {e}", tar_path.display()));
+            return v;
+        }
+    }
+    panic!("{path} not in {}", tar_path.display());
+}
+
 /// stdout and stderr of a finished command, for assertion messages.
 pub fn text(o: &Output) -> String {
     format!(

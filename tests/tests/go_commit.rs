@@ -7,11 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use kiln_tests::{kiln, snapshot, text};
+use kiln_tests::{kiln, snapshot, tar_member, text};
 
 const MODULE: &str = "example.com/kiln/stamped";
 const VERSION: &str = "v1.0.0";
@@ -200,19 +199,12 @@ fn build_and_run(w: &World, def: &str, fresh: &str) -> (String, Vec<String>) {
         .iter()
         .map(|c| c.as_str().unwrap().to_string())
         .collect();
-    let mut ar = tar::Archive::new(std::fs::File::open(out.join("stamped.tar")).unwrap());
     let bin = w.dir.path().join(fresh).join("stamped-bin");
-    let mut found = false;
-    for e in ar.entries().unwrap() {
-        let mut e = e.unwrap();
-        if e.path().unwrap().to_string_lossy().trim_start_matches("./") == "usr/bin/stamped" {
-            let mut f = std::fs::File::create(&bin).unwrap();
-            std::io::copy(&mut e, &mut f).unwrap();
-            f.flush().unwrap();
-            found = true;
-        }
-    }
-    assert!(found, "usr/bin/stamped not in the image");
+    std::fs::write(
+        &bin,
+        tar_member(&out.join("stamped.tar"), "usr/bin/stamped"),
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let run = std::process::Command::new(&bin).output().unwrap();

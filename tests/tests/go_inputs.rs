@@ -4,10 +4,7 @@
 //! CNI loopback plugin from the Go module proxy, built into a throwaway Kiln cache.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-use std::path::Path;
-
-use kiln_tests::{kiln, snapshot, text};
+use kiln_tests::{kiln, snapshot, tar_member, text};
 
 const DEF: &str = r#"
 [image]
@@ -33,20 +30,6 @@ fn sha256_hex(bytes: &[u8]) -> String {
 fn summary(o: &std::process::Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", text(o));
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
-}
-
-/// The file at `path` inside the tar `tar_path`.
-fn tar_member(tar_path: &Path, path: &str) -> Vec<u8> {
-    let mut ar = tar::Archive::new(std::fs::File::open(tar_path).unwrap());
-    for e in ar.entries().unwrap() {
-        let mut e = e.unwrap();
-        if e.path().unwrap().to_string_lossy().trim_start_matches("./") == path {
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut e, &mut v).unwrap();
-            return v;
-        }
-    }
-    panic!("{path} not in {}", tar_path.display());
 }
 
 #[test]

@@ -527,17 +527,7 @@ fn locked_commit(
     module_version: &str,
     lock: &GoLock,
 ) -> Result<Option<String>, GoError> {
-    if let (Some(ours), Some(theirs)) = (&input.commit, &lock.commit) {
-        if ours.as_str() != theirs {
-            return Err(GoError::CommitMismatch {
-                name: input.name.clone(),
-                module_version: module_version.to_string(),
-                ours: ours.to_string(),
-                theirs: theirs.clone(),
-                their_source: "the lock",
-            });
-        }
-    }
+    agrees_with_definition(input, module_version, lock.commit.as_deref(), "the lock")?;
     if input.needs_commit() && lock.commit.is_none() {
         return Err(GoError::NoCommit {
             name: input.name.clone(),
@@ -547,6 +537,26 @@ fn locked_commit(
         });
     }
     Ok(lock.commit.clone())
+}
+
+/// A commit from elsewhere (`source`: the lock, the proxy) must be the definition's, where
+/// both are known.
+fn agrees_with_definition(
+    input: &GoInput,
+    module_version: &str,
+    theirs: Option<&str>,
+    source: &'static str,
+) -> Result<(), GoError> {
+    match (&input.commit, theirs) {
+        (Some(ours), Some(theirs)) if ours.as_str() != theirs => Err(GoError::CommitMismatch {
+            name: input.name.clone(),
+            module_version: module_version.to_string(),
+            ours: ours.to_string(),
+            theirs: theirs.to_string(),
+            their_source: source,
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn needs_commit_what(input: &GoInput) -> &'static str {
@@ -635,14 +645,13 @@ fn settle_commit(
     module_version: &str,
     origin: Option<String>,
 ) -> Result<Option<String>, GoError> {
+    agrees_with_definition(
+        input,
+        module_version,
+        origin.as_deref(),
+        "the module proxy's Origin",
+    )?;
     match (&input.commit, origin) {
-        (Some(ours), Some(theirs)) if ours.as_str() != theirs => Err(GoError::CommitMismatch {
-            name: input.name.clone(),
-            module_version: module_version.to_string(),
-            ours: ours.to_string(),
-            theirs,
-            their_source: "the module proxy's Origin",
-        }),
         (Some(ours), _) => Ok(Some(ours.to_string())),
         (None, Some(theirs)) => Ok(Some(theirs)),
         (None, None) if input.needs_commit() => Err(GoError::NoCommit {
