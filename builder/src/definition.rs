@@ -772,7 +772,7 @@ fn valid_user_name(s: &str) -> bool {
 }
 
 /// The JSON Schema of the definition format, for editors.
-pub fn schema() -> schemars::schema::RootSchema {
+pub fn schema() -> schemars::Schema {
     schemars::schema_for!(DefinitionFile)
 }
 

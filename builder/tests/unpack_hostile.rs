@@ -75,7 +75,7 @@ fn make_deb(dir: &Path, name: &str, entries: &[Raw]) -> PathBuf {
     }
     let mut data = Vec::new();
     {
-        let xz = xz2::write::XzEncoder::new(&mut data, 1);
+        let xz = liblzma::write::XzEncoder::new(&mut data, 1);
         data_tar(entries, xz).expect("data.tar");
     }
     let path = dir.join(format!("{name}.deb"));

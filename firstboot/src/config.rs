@@ -125,7 +125,6 @@ pub struct Route {
 /// An MTU, 68..=65535.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(try_from = "u32", into = "u32")]
-#[schemars(transparent)]
 pub struct Mtu(u32);
 
 impl TryFrom<u32> for Mtu {
@@ -173,7 +172,6 @@ impl Default for Kubernetes {
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
 )]
 #[serde(try_from = "String", into = "String")]
-#[schemars(transparent)]
 pub struct Hostname(String);
 
 impl Hostname {
@@ -251,10 +249,10 @@ pub struct Cidr {
 }
 
 impl JsonSchema for Cidr {
-    fn schema_name() -> String {
-        "Cidr".to_string()
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Cidr".into()
     }
-    fn json_schema(gen: &mut schemars::gen::SchemaGenerator) -> schemars::schema::Schema {
+    fn json_schema(gen: &mut schemars::SchemaGenerator) -> schemars::Schema {
         String::json_schema(gen)
     }
 }
@@ -318,7 +316,7 @@ impl fmt::Display for Cidr {
 }
 
 /// The JSON Schema of [`MachineConfig`], for the builder and editors.
-pub fn json_schema() -> schemars::schema::RootSchema {
+pub fn json_schema() -> schemars::Schema {
     schemars::schema_for!(MachineConfig)
 }
 

@@ -621,7 +621,7 @@ fn install_steps(
         .push(("write".into(), pr.finish().max(sys.monotonic_ms() - t1)));
 
     // Read back from the disk, not the page cache.
-    let _ = rustix::fs::fadvise(&f, 0, 0, rustix::fs::Advice::DontNeed);
+    let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
     if let Some(p) = drop_caches {
         if let Ok(dc) = OpenOptions::new().write(true).open(p) {
             let _ = dc.write_all_at(b"1\n", 0);

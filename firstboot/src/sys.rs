@@ -77,7 +77,9 @@ impl Sys for RealSys {
         flags: MountFlags,
         data: &str,
     ) -> io::Result<()> {
-        rustix::mount::mount(source, target, fstype, flags, data).map_err(errno)
+        let data = std::ffi::CString::new(data)
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        rustix::mount::mount(source, target, fstype, flags, data.as_c_str()).map_err(errno)
     }
     fn umount(&self, target: &Path) -> io::Result<()> {
         rustix::mount::unmount(target, rustix::mount::UnmountFlags::empty()).map_err(errno)

@@ -150,7 +150,7 @@ impl Drop for HostGuard {
             if let Ok(pid) = i32::try_from(self.child.id()) {
                 let _ = rustix::process::kill_process(
                     rustix::process::Pid::from_raw(pid).unwrap(),
-                    rustix::process::Signal::Term,
+                    rustix::process::Signal::TERM,
                 );
             }
             let t = Instant::now();
@@ -235,7 +235,7 @@ fn corrupted_config_backs_off(root: &Path, child: &mut Child, p: &ClusterParams)
     let firstboot_pid = child.id();
     let cpu0 = cpu_seconds(firstboot_pid);
     let t0 = Instant::now();
-    signal(old, rustix::process::Signal::Kill);
+    signal(old, rustix::process::Signal::KILL);
 
     // Watch the window: the status must say it is failing (not ready, backoff or starting,
     // the exit status and failure of the bad run) while the restarts go on.
@@ -519,7 +519,7 @@ fn control_plane_in_host_mode() {
         });
         let old = pid_of(&before, name).unwrap();
         let restarts = restarts_of(&before, name);
-        signal(old, rustix::process::Signal::Kill);
+        signal(old, rustix::process::Signal::KILL);
         let (after, took) = wait_for(
             &root,
             child,
@@ -538,7 +538,7 @@ fn control_plane_in_host_mode() {
     });
     let old = pid_of(&before, APISERVER).unwrap();
     let stopped_at = monotonic_ms();
-    signal(old, rustix::process::Signal::Stop);
+    signal(old, rustix::process::Signal::STOP);
     let (replaced, detected) = wait_for(
         &root,
         child,
@@ -593,7 +593,7 @@ fn control_plane_in_host_mode() {
     assert_eq!(pids.len(), 4);
     signal(
         i32::try_from(child.id()).unwrap(),
-        rustix::process::Signal::Term,
+        rustix::process::Signal::TERM,
     );
     let t = Instant::now();
     let status = loop {

@@ -134,7 +134,7 @@ fn supervises_real_processes() {
     let r = restarts(&sup, "web");
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid).unwrap(),
-        rustix::process::Signal::Kill,
+        rustix::process::Signal::KILL,
     )
     .unwrap();
     assert!(sup
@@ -153,7 +153,7 @@ fn supervises_real_processes() {
     let stopped_at = Instant::now();
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid).unwrap(),
-        rustix::process::Signal::Stop,
+        rustix::process::Signal::STOP,
     )
     .unwrap();
     assert!(sup

@@ -270,7 +270,7 @@ fn decompress(rel: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     };
     let mut out = Vec::new();
     if rel.ends_with(".xz") {
-        xz2::read::XzDecoder::new(bytes)
+        liblzma::read::XzDecoder::new(bytes)
             .read_to_end(&mut out)
             .map_err(bad)?;
     } else if rel.ends_with(".zst") {

@@ -151,7 +151,7 @@ impl Release {
 pub fn decompress(path: &str, bytes: &[u8]) -> Result<Vec<u8>, DebianError> {
     let mut out = Vec::new();
     let res = if path.ends_with(".xz") {
-        xz2::read::XzDecoder::new(bytes).read_to_end(&mut out)
+        liblzma::read::XzDecoder::new(bytes).read_to_end(&mut out)
     } else if path.ends_with(".gz") {
         flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)
     } else {
@@ -237,7 +237,7 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(PACKAGES).expect("gz");
         let gz = gz.finish().expect("gz");
-        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 6);
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
         xz.write_all(PACKAGES).expect("xz");
         let xz = xz.finish().expect("xz");
         assert_eq!(decompress("P.gz", &gz).expect("gz"), PACKAGES);

@@ -52,7 +52,7 @@ impl Compression {
         Ok(match self {
             Compression::None => Box::new(r),
             Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
-            Compression::Xz => Box::new(xz2::bufread::XzDecoder::new_multi_decoder(r)),
+            Compression::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(r)),
             Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
         })
     }

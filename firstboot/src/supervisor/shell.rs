@@ -190,8 +190,7 @@ impl Supervisor {
                 Ok(Some((pid, status))) => {
                     let code = status
                         .exit_status()
-                        .map(|c| c as i32)
-                        .or_else(|| status.terminating_signal().map(|s| 128 + s as i32));
+                        .or_else(|| status.terminating_signal().map(|s| 128 + s));
                     let name = self
                         .pids
                         .iter()
@@ -235,8 +234,8 @@ impl Supervisor {
             Action::Signal { name, signal } => {
                 if let Some(pid) = self.pids.get(&name) {
                     let sig = match signal {
-                        Signal::Term => rustix::process::Signal::Term,
-                        Signal::Kill => rustix::process::Signal::Kill,
+                        Signal::Term => rustix::process::Signal::TERM,
+                        Signal::Kill => rustix::process::Signal::KILL,
                     };
                     // The group first (children of the component), then the leader itself.
                     let _ = rustix::process::kill_process_group(*pid, sig);

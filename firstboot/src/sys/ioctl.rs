@@ -5,16 +5,16 @@ use std::ffi::c_void;
 use std::os::fd::AsFd;
 
 use rustix::io;
-use rustix::ioctl::{ioctl, Ioctl, IoctlOutput, Opcode, RawOpcode};
+use rustix::ioctl::{ioctl, Ioctl, IoctlOutput, Opcode};
 
 /// `LOOP_CTL_GET_FREE` on /dev/loop-control.
-pub const LOOP_CTL_GET_FREE: RawOpcode = 0x4C82;
+pub const LOOP_CTL_GET_FREE: Opcode = 0x4C82;
 /// `LOOP_SET_FD` on /dev/loopN.
-pub const LOOP_SET_FD: RawOpcode = 0x4C00;
+pub const LOOP_SET_FD: Opcode = 0x4C00;
 /// `LOOP_CONFIGURE` on /dev/loopN (Linux ≥ 5.8).
-pub const LOOP_CONFIGURE: RawOpcode = 0x4C0A;
+pub const LOOP_CONFIGURE: Opcode = 0x4C0A;
 /// `BLKRRPART`: re-read the partition table.
-pub const BLKRRPART: RawOpcode = 0x125F;
+pub const BLKRRPART: Opcode = 0x125F;
 
 /// `LO_FLAGS_READ_ONLY`
 pub const LO_FLAGS_READ_ONLY: u32 = 1;
@@ -22,15 +22,17 @@ pub const LO_FLAGS_READ_ONLY: u32 = 1;
 pub const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
 /// An ioctl whose argument is an integer and whose result is the syscall's return value.
-struct IntArg<const OP: RawOpcode>(usize);
+struct IntArg<const OP: Opcode>(usize);
 
 // SAFETY: the argument is passed by value (never dereferenced by the kernel for these
 // opcodes: LOOP_CTL_GET_FREE ignores it, LOOP_SET_FD takes an fd, BLKRRPART ignores it),
 // and the output is the plain integer return value.
-unsafe impl<const OP: RawOpcode> Ioctl for IntArg<OP> {
+unsafe impl<const OP: Opcode> Ioctl for IntArg<OP> {
     type Output = IoctlOutput;
-    const OPCODE: Opcode = Opcode::old(OP);
     const IS_MUTATING: bool = false;
+    fn opcode(&self) -> Opcode {
+        OP
+    }
     fn as_ptr(&mut self) -> *mut c_void {
         self.0 as *mut c_void
     }
@@ -100,8 +102,10 @@ struct Configure<'a>(&'a mut LoopConfig);
 // `repr(C)`; the pointer is valid for the duration of the call and not written.
 unsafe impl Ioctl for Configure<'_> {
     type Output = ();
-    const OPCODE: Opcode = Opcode::old(LOOP_CONFIGURE);
     const IS_MUTATING: bool = true;
+    fn opcode(&self) -> Opcode {
+        LOOP_CONFIGURE
+    }
     fn as_ptr(&mut self) -> *mut c_void {
         (self.0 as *mut LoopConfig).cast()
     }
