@@ -125,29 +125,6 @@ fn last_good(path: &Path) -> Option<MachineConfig> {
     MachineConfig::from_toml(&std::fs::read_to_string(path).ok()?).ok()
 }
 
-/// Writes `text` to `path` durably: temp file, fsync, rename (a power cut leaves the old
-/// or the new file, never half of one).
-fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    // The effective config may carry cluster CA keys: owner-only.
-    let mut f = {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?
-    };
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 /// What the agent needs from its surroundings besides [`Sys`].
 pub struct Env<'a> {
     /// Prints a line on the console (and logs it).
@@ -202,7 +179,10 @@ pub fn run(sys: &dyn Sys, p: &AgentPaths, env: &Env) -> anyhow::Result<Status> {
     }
     let lg = p.last_good();
     let text = toml::to_string(&merged.config).context("serializing the effective config")?;
-    write_durably(&lg, &text).with_context(|| format!("writing {}", lg.display()))?;
+    // The effective config may carry cluster CA keys: owner-only.
+    crate::atomic::Replace::durable(0o600)
+        .write(&lg, text.as_bytes())
+        .with_context(|| format!("writing {}", lg.display()))?;
     st.sources = merged.sources.clone();
     st.problems = merged.problems.iter().map(Problem::to_string).collect();
     st.notes = merged.notes.clone();

@@ -481,7 +481,7 @@ pub struct Paths<'a> {
 /// write it does not stop the install: the console has the same lines.
 fn publish(status: Option<&Path>, report: &Report) {
     if let (Some(path), Ok(json)) = (status, serde_json::to_string_pretty(report)) {
-        let _ = crate::pki::write_atomic(path, json.as_bytes(), 0o644);
+        let _ = crate::atomic::Replace::runtime(0o644).write(path, json.as_bytes());
     }
 }
 

@@ -1,6 +1,7 @@
 //! firstboot: Kiln's stage-1 init (PID 1 in the initramfs) and stage-2 machine agent.
 
 pub mod agent;
+pub mod atomic;
 pub mod cmdline;
 pub mod config;
 pub mod console;

@@ -2,7 +2,6 @@
 //! fsynced) only after the step succeeded, checked before running it. A power cut in the
 //! middle of a step leaves no marker, so the step runs again on the next boot.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 /// Where markers live on a machine (on the data partition).
@@ -52,18 +51,10 @@ impl Markers {
             let path = p.display().to_string();
             move |source| MarkerError::Write { path, source }
         };
-        std::fs::create_dir_all(&self.dir).map_err(werr(&self.dir))?;
         let path = self.dir.join(step);
-        let tmp = self.dir.join(format!(".{step}.tmp"));
-        let mut f = std::fs::File::create(&tmp).map_err(werr(&tmp))?;
-        f.write_all(format!("{note}\n").as_bytes())
-            .and_then(|()| f.sync_all())
-            .map_err(werr(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(werr(&path))?;
-        std::fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(werr(&self.dir))?;
-        Ok(())
+        crate::atomic::Replace::durable(0o644)
+            .write(&path, format!("{note}\n").as_bytes())
+            .map_err(werr(&path))
     }
 
     /// Runs `f` unless `step` is marked done; marks it done when `f` succeeds. Returns

@@ -121,9 +121,9 @@ pub fn write_files(dir: &Path, files: &[(String, String)]) -> Result<bool, Netwo
         if std::fs::read_to_string(&path).is_ok_and(|old| old == *text) {
             continue;
         }
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).map_err(werr(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(werr(&path))?;
+        crate::atomic::Replace::runtime(0o644)
+            .write(&path, text.as_bytes())
+            .map_err(werr(&path))?;
         changed = true;
     }
     Ok(changed)

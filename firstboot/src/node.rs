@@ -195,7 +195,8 @@ pub fn params(cfg: &MachineConfig, st: &Status) -> anyhow::Result<ClusterParams>
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     if !has_nameserver(&resolv) {
         let path = PathBuf::from(AIRGAP_RESOLV);
-        crate::pki::write_atomic(&path, b"# no upstream DNS: air-gapped node\n", 0o644)
+        crate::atomic::Replace::runtime(0o644)
+            .write(&path, b"# no upstream DNS: air-gapped node\n")
             .with_context(|| format!("writing {}", path.display()))?;
         p.resolv_conf = path;
         p.upstream_dns = false;

@@ -8,9 +8,7 @@
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -20,6 +18,8 @@ use rcgen::{
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+
+use crate::atomic::Replace;
 
 /// CA validity: ten years.
 pub const CA_VALIDITY_SECS: i64 = 10 * 365 * 86_400;
@@ -455,37 +455,17 @@ fn sign_leaf(leaf: &Leaf, issuer: &Issuer<'_, KeyPair>, now: i64) -> Result<Cert
     })
 }
 
-/// Writes `data` to `path` atomically with `mode`, creating parent directories (0700).
+/// Writes `data` to `path` durably with `mode`, creating parent directories owner-only
+/// ([`crate::atomic`]).
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
-    let werr = |source| PkiError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(parent)
-            .map_err(werr)?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let _ = fs::remove_file(&tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(werr)?;
-    f.write_all(data).map_err(werr)?;
-    f.sync_all().map_err(werr)?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(werr)?;
-    Ok(())
+    Replace::durable(mode)
+        .private_parents()
+        .write(path, data)
+        .map_err(|source| PkiError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 fn read(path: &Path) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(|source| PkiError::Read {

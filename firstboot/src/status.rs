@@ -113,15 +113,10 @@ impl Status {
         });
     }
 
-    /// Writes the JSON to `path` atomically (temp file + rename).
+    /// Writes the JSON to `path` atomically (a runtime file: under /run).
     pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let tmp = path.with_extension("json.tmp");
         let json = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
-        std::fs::write(&tmp, json + "\n")?;
-        std::fs::rename(&tmp, path)
+        crate::atomic::Replace::runtime(0o644).write(path, (json + "\n").as_bytes())
     }
 
     /// The boot summary: one line, then one per problem.
@@ -371,7 +366,11 @@ mod tests {
         s.write(&path).unwrap();
         let back: Status = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(back, s);
-        assert!(!path.with_extension("json.tmp").exists());
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["status.json"], "a temp file was left");
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_eq!(v["phases"][0]["monotonic-ms"], 1000);

@@ -222,7 +222,8 @@ pub fn run(opts: &HostOptions, stop: &AtomicBool, out: &mut dyn Write) -> anyhow
             tick_ms: u64::try_from(sup.tick.as_millis()).unwrap_or(u64::MAX),
         };
         let text = serde_json::to_string_pretty(&st).unwrap_or_default();
-        if let Err(e) = crate::pki::write_atomic(&status_path, text.as_bytes(), 0o644) {
+        if let Err(e) = crate::atomic::Replace::runtime(0o644).write(&status_path, text.as_bytes())
+        {
             log::warn!("writing {}: {e}", status_path.display());
         }
     };
