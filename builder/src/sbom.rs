@@ -99,10 +99,6 @@ pub fn licenses_from_tree(tree: &Tree, inputs: &[Input]) -> BTreeMap<String, Str
     out
 }
 
-/// Seconds since the epoch as an RFC 3339 UTC timestamp (one implementation for the
-/// whole builder: the Go inputs stamp their buildDate with it too).
-pub use crate::gobuild::rfc3339_utc as rfc3339;
-
 /// SPDX's idstring: letters, digits, `.` and `-`; anything else becomes `-`.
 fn idstring(s: &str) -> String {
     s.chars()
@@ -205,7 +201,7 @@ pub fn document(
         "name": format!("{image}-{version}"),
         "documentNamespace": format!("https://spdx.kiln.invalid/{image}/{version}/{lock_hex}"),
         "creationInfo": {
-            "created": rfc3339(epoch),
+            "created": firstboot::utc::seconds(epoch),
             "creators": [format!("Tool: kiln-{}", env!("CARGO_PKG_VERSION"))],
         },
         "packages": packages,
@@ -226,21 +222,6 @@ pub fn document(
 mod tests {
     use super::*;
     use crate::digest::{Algorithm, Digest};
-
-    #[test]
-    fn dates_are_rfc3339() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_767_225_600), "2026-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400 + 3_723), "2000-02-29T01:02:03Z");
-        let out = std::process::Command::new("date")
-            .args(["-u", "-d", "@1700000000", "+%Y-%m-%dT%H:%M:%SZ"])
-            .output()
-            .expect("date runs");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            rfc3339(1_700_000_000)
-        );
-    }
 
     #[test]
     fn reads_dep5_licenses() {

@@ -23,3 +23,4 @@ pub mod status;
 pub mod supervisor;
 pub mod sys;
 pub mod timeline;
+pub mod utc;

@@ -71,27 +71,6 @@ pub fn share_line(setup_ms: u64, gates_ms: u64, ready_ms: u64) -> String {
     )
 }
 
-/// Seconds since the epoch of a Kubernetes timestamp (`2026-11-27T16:30:00Z`).
-pub fn parse_k8s_time(t: &str) -> Option<u64> {
-    let t = t.strip_suffix('Z')?;
-    let (date, time) = t.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut h = time.splitn(3, ':').map(|x| x.parse::<i64>().ok());
-    let (hh, mm, ss) = (h.next()??, h.next()??, h.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    // Days from the civil date (H. Hinnant's algorithm), March-based years.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
-}
-
 /// Whether `kubectl`'s "<Ready status> <lastHeartbeatTime>" says Ready with a heartbeat at
 /// or after `since` (unix seconds; a few seconds of slack for clock granularity).
 pub fn ready_since(reply: &str, since: u64) -> bool {
@@ -99,7 +78,7 @@ pub fn ready_since(reply: &str, since: u64) -> bool {
     it.next() == Some("True")
         && it
             .next()
-            .and_then(parse_k8s_time)
+            .and_then(crate::utc::parse)
             .is_some_and(|t| t + 5 >= since)
 }
 
@@ -623,33 +602,8 @@ mod tests {
     }
 
     #[test]
-    fn kubernetes_timestamps_parse_back_to_what_the_status_clock_formats() {
-        for secs in [
-            0u64,
-            951_782_400,
-            1_767_225_600,
-            1_798_382_999,
-            4_102_444_800,
-        ] {
-            // rfc3339 writes milliseconds; Kubernetes writes whole seconds.
-            let text = crate::status::rfc3339(secs * 1000);
-            let k8s = format!("{}Z", &text[..19]);
-            assert_eq!(parse_k8s_time(&k8s), Some(secs), "{k8s}");
-        }
-        for bad in [
-            "",
-            "2026-11-27",
-            "2026-13-01T00:00:00Z",
-            "2026-11-27T00:00:00",
-            "x-y-zTa:b:cZ",
-        ] {
-            assert_eq!(parse_k8s_time(bad), None, "{bad}");
-        }
-    }
-
-    #[test]
     fn only_a_heartbeat_from_this_boot_counts_as_ready() {
-        let since = parse_k8s_time("2026-11-27T16:30:00Z").unwrap();
+        let since = crate::utc::parse("2026-11-27T16:30:00Z").unwrap();
         assert!(ready_since("True 2026-11-27T16:31:10Z", since));
         assert!(!ready_since("True 2026-11-27T16:20:00Z", since));
         assert!(!ready_since("False 2026-11-27T16:31:10Z", since));

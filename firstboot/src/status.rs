@@ -202,7 +202,7 @@ impl Status {
                 "{:<16}{:>9} ms  {}",
                 p.name,
                 p.monotonic_ms,
-                rfc3339(p.unix_ms)
+                crate::utc::millis(p.unix_ms)
             );
         }
         if let Some(rows) = self.components.as_array() {
@@ -250,8 +250,10 @@ impl Status {
             // The first to expire first.
             certs.sort_by(|a, b| (a.not_after, &a.file).cmp(&(b.not_after, &b.file)));
             for c in certs {
-                let when = u64::try_from(c.not_after)
-                    .map_or_else(|_| c.not_after_rfc3339.clone(), |t| rfc3339(t * 1000));
+                let when = u64::try_from(c.not_after).map_or_else(
+                    |_| c.not_after_rfc3339.clone(),
+                    |t| crate::utc::millis(t * 1000),
+                );
                 let _ = writeln!(s, "{:<36}{:<40}{}", c.file, c.subject_cn, when);
             }
             if let Some(e) = &self.certificates_error {
@@ -280,32 +282,6 @@ pub fn read_vm_hwm_kib(proc_self_status: &Path) -> Option<u64> {
 /// Reads stage 1's record, if it is there and parses.
 pub fn read_stage1(path: &Path) -> Option<Timings> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
-}
-
-/// Calendar date and time of day (UTC) for Unix seconds:
-/// (year, month, day, hour, minute, second). Howard Hinnant's civil_from_days.
-pub fn civil_utc(secs: u64) -> (i64, i64, i64, u64, u64, u64) {
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, rem / 3600, rem / 60 % 60, rem % 60)
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for Unix milliseconds.
-pub fn rfc3339(unix_ms: u64) -> String {
-    let (y, m, d, hh, mm, ss) = civil_utc(unix_ms / 1000);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{:03}Z",
-        unix_ms % 1000
-    )
 }
 
 #[cfg(test)]
@@ -539,11 +515,19 @@ mod tests {
         assert!(row("CERTIFICATE") < a && a < e && e < c, "{table}");
         assert_eq!(
             words(e),
-            ["etcd/server.crt", "kiln-host", &rfc3339(1_821_536_000_000)]
+            [
+                "etcd/server.crt",
+                "kiln-host",
+                &crate::utc::millis(1_821_536_000_000)
+            ]
         );
         assert_eq!(
             words(c),
-            ["ca.crt", "kubernetes", &rfc3339(2_105_360_000_000)]
+            [
+                "ca.crt",
+                "kubernetes",
+                &crate::utc::millis(2_105_360_000_000)
+            ]
         );
         // No components, no certificates: no such sections.
         let plain = Status::new(None, at(0)).table();
@@ -613,22 +597,5 @@ mod tests {
         assert!(crate::pki::Pki::certs(&dir.path().join("none"))
             .unwrap()
             .is_empty());
-    }
-
-    #[test]
-    fn rfc3339_matches_date() {
-        // GNU date as the oracle.
-        for ms in [0u64, 951_782_400_000, 1_700_000_000_123, 4_102_444_799_999] {
-            let out = std::process::Command::new("date")
-                .args(["-u", "-d", &format!("@{}", ms / 1000), "+%Y-%m-%dT%H:%M:%S"])
-                .output()
-                .unwrap();
-            let want = format!(
-                "{}.{:03}Z",
-                String::from_utf8_lossy(&out.stdout).trim(),
-                ms % 1000
-            );
-            assert_eq!(rfc3339(ms), want);
-        }
     }
 }

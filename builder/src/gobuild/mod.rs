@@ -826,7 +826,7 @@ fn ldflags(
     commit: Option<&str>,
     module_version: &str,
 ) -> Result<String, GoError> {
-    let date = rfc3339_utc(epoch);
+    let date = firstboot::utc::seconds(epoch);
     let need_commit = |what: &str| {
         commit.ok_or_else(|| GoError::NoCommit {
             name: input.name.clone(),
@@ -875,23 +875,10 @@ fn ldflags(
     Ok(flags.join(" "))
 }
 
-/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (what Kubernetes' buildDate uses).
-pub fn rfc3339_utc(epoch: u64) -> String {
-    let (y, m, d, hh, mm, ss) = firstboot::status::civil_utc(epoch);
-    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339_utc(1_700_000_000), "2023-11-14T22:13:20Z");
-    }
 
     fn input(toml_text: &str) -> GoInput {
         toml::from_str(toml_text).unwrap()
