@@ -241,7 +241,7 @@ pub fn run(sys: &dyn Sys, p: &AgentPaths, env: &Env) -> anyhow::Result<Status> {
             st.problems.push(e.to_string());
         }
     }
-    st.rss_hwm_kib = status::read_vm_hwm_kib(&p.proc_self_status());
+    st.rss_hwm_kib = crate::memory::read_vm_hwm_kib(&p.proc_self_status());
     save(&st)?;
     for line in st.summary() {
         say(&line);

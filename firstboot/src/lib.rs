@@ -12,6 +12,7 @@ pub mod install;
 pub mod k8s;
 pub mod logging;
 pub mod markers;
+pub mod memory;
 pub mod network;
 pub mod node;
 pub mod notify;

@@ -660,7 +660,7 @@ pub fn prepare_root(
     overlay_etc(sys, l)?;
     mount_tmp(sys, l)?;
     machine_id(sys, &l.sysroot())?;
-    t.rss_hwm_kib = crate::status::read_vm_hwm_kib(&l.proc().join("self/status"));
+    t.rss_hwm_kib = crate::memory::read_vm_hwm_kib(&l.proc().join("self/status"));
     t.switch_root = sys.monotonic_ms();
     let json = serde_json::to_string_pretty(&t).map_err(|e| fail("writing stage1.json", e))?;
     let path = l.stage1_json();

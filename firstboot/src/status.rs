@@ -264,21 +264,6 @@ impl Status {
     }
 }
 
-/// The `VmHWM:` (peak resident set, KiB) of a `/proc/<pid>/status` text.
-pub fn vm_hwm_kib(proc_status: &str) -> Option<u64> {
-    let rest = proc_status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim();
-    rest.strip_suffix("kB")?.trim().parse().ok()
-}
-
-/// This process's peak resident set in KiB, from `proc_self_status`
-/// (`/proc/self/status` on a machine).
-pub fn read_vm_hwm_kib(proc_self_status: &Path) -> Option<u64> {
-    vm_hwm_kib(&std::fs::read_to_string(proc_self_status).ok()?)
-}
-
 /// Reads stage 1's record, if it is there and parses.
 pub fn read_stage1(path: &Path) -> Option<Timings> {
     serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
@@ -427,26 +412,6 @@ mod tests {
         // A phase recorded before the one it is measured from (agent restarted) is no figure.
         s.phase(STAGE2_START, at(800));
         assert_eq!(s.between(STAGE2_START, HOSTNAME_SET), None);
-    }
-
-    #[test]
-    fn vm_hwm_is_read_from_proc_status() {
-        let text =
-            "Name:\tfirstboot\nVmPeak:\t   12000 kB\nVmHWM:\t    3968 kB\nVmRSS:\t    3900 kB\n";
-        assert_eq!(vm_hwm_kib(text), Some(3968));
-        assert_eq!(vm_hwm_kib("VmRSS:\t 10 kB\n"), None);
-        assert_eq!(vm_hwm_kib("VmHWM:\t lots kB\n"), None);
-        assert_eq!(vm_hwm_kib("VmHWM:\t 12 MB\n"), None);
-        // This test process: a real peak, at least its current resident set.
-        let real = read_vm_hwm_kib(Path::new("/proc/self/status")).unwrap();
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let rss: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap();
-        assert!(real >= rss && rss > 0, "VmHWM {real} < VmRSS {rss}");
-        assert_eq!(read_vm_hwm_kib(Path::new("/nonexistent/status")), None);
     }
 
     fn cert(file: &str, cn: &str, not_after: i64) -> CertInfo {
