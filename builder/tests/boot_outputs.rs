@@ -1,12 +1,11 @@
 //! Boot outputs checked by host tools as oracles (unsquashfs, cpio, sfdisk, qemu-img,
 //! xorriso), built twice for byte identity, and refused cleanly on bad inputs.
 
-mod boot_common;
 
 use std::fs;
 use std::path::Path;
 
-use boot_common::{build_all, identity, kernel, outputs, tool, EPOCH};
+use kiln_tests::boot::{build_all, identity, kernel, outputs, tool, EPOCH};
 use kiln::boot::{self, disk, initramfs, BootError};
 
 #[test]
@@ -42,7 +41,7 @@ fn squashfs_keeps_owners_and_modes_from_the_tree() {
     let stat = tool("unsquashfs", &["-s", o.squashfs.to_str().expect("utf8")]);
     assert!(stat.contains("Compression zstd"), "{stat}");
     // One inode per Tree entry; the hard link shares its target's.
-    let tree = boot_common::root_tree();
+    let tree = kiln_tests::boot::root_tree();
     let links = tree
         .iter()
         .filter(|(_, e)| matches!(e.kind, kiln::tree::Kind::Hardlink(_)))
@@ -361,7 +360,7 @@ fn a_missing_kernel_fails_clearly_and_leaves_nothing() {
     assert!(matches!(err, BootError::MissingKernel { .. }), "{err}");
     assert!(err.to_string().contains("no-vmlinuz"), "{err}");
     let err = boot::pxe::write(
-        &boot_common::identity(),
+        &kiln_tests::boot::identity(),
         &missing,
         &o.initramfs,
         None,
@@ -405,7 +404,7 @@ fn an_unknown_module_is_refused() {
         compression: initramfs::Compression::Gzip,
     };
     let target = out.path().join("initramfs");
-    let err = initramfs::build(boot_common::kernel_tree(), &spec, &target).expect_err("typo");
+    let err = initramfs::build(kiln_tests::boot::kernel_tree(), &spec, &target).expect_err("typo");
     assert!(err.to_string().contains("virtio_blkk"), "{err}");
     assert!(!target.exists());
 }

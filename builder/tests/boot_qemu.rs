@@ -2,7 +2,6 @@
 //! initramfs, which loads the whole modules.load closure with insmod and prints a
 //! marker on the serial console. Slow (tens of seconds each).
 
-mod boot_common;
 
 use std::fs;
 use std::io::Read;
@@ -10,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use boot_common::{outputs, INIT_REACHED};
+use kiln_tests::boot::{outputs, INIT_REACHED};
 
 const TIMEOUT: Duration = Duration::from_secs(240);
 

@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kiln::debian::{self, DebianRequest};
+use kiln_tests::run;
 
 const SUITE: &str = "bookworm";
 const PACKAGES: &[&str] = &[
@@ -34,18 +35,6 @@ fn http_get(url: &str) -> Result<Vec<u8>, reqwest::Error> {
     Ok(resp.bytes()?.to_vec())
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn ensure_apt_lists() {
     let has_lists = std::fs::read_dir("/var/lib/apt/lists")

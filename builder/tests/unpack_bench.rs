@@ -3,7 +3,6 @@
 //! .deb in `$KILN_BENCH_DEBS` (default `$KILN_CACHE/benchdebs`) into a Tree written
 //! as tar, next to `dpkg-deb -x` of the same .debs plus `tar --sort=name`.
 
-mod unpack_support;
 
 use std::fs;
 use std::path::PathBuf;
@@ -13,7 +12,7 @@ use std::time::Instant;
 use kiln::output::tar::write_tar;
 use kiln::tree::Tree;
 use kiln::unpack::{add_debs, merged_usr, ContentStore, DebInput, Limits};
-use unpack_support::{kiln_cache, run};
+use kiln_tests::{kiln_cache, run_bytes};
 
 fn peak_rss_kib() -> u64 {
     fs::read_to_string("/proc/self/status")
@@ -81,10 +80,10 @@ fn bench_assembly_against_dpkg_deb() {
     let root = work.join("dpkg-root");
     fs::create_dir_all(&root).expect("root");
     for d in &debs {
-        run(Command::new("dpkg-deb").arg("-x").arg(d).arg(&root));
+        run_bytes(Command::new("dpkg-deb").arg("-x").arg(d).arg(&root));
     }
     let oracle_tar = work.join("dpkg.tar");
-    run(Command::new("tar")
+    run_bytes(Command::new("tar")
         .arg("--sort=name")
         .arg("-C")
         .arg(&root)

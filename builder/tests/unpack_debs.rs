@@ -2,7 +2,6 @@
 //! symlink targets, mtimes, file sha256) and `tar -tv --numeric-owner` of the
 //! package's data (uid/gid), with the merged-/usr mapping applied to the oracle.
 
-mod unpack_support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -13,7 +12,7 @@ use std::process::Command;
 use kiln::digest::{Algorithm, Digest};
 use kiln::tree::{Kind, Tree, TreePath};
 use kiln::unpack::{add_deb, add_debs, merged_usr, ContentStore, DebInput, Limits};
-use unpack_support::{fixture_deb, merged, run};
+use kiln_tests::{mirror::fixture_deb, merged, run_bytes};
 
 #[derive(Debug, PartialEq)]
 enum Node {
@@ -84,11 +83,11 @@ fn tree_node(tree: &Tree, path: &TreePath) -> Option<Node> {
 
 /// uid/gid per merged path from `dpkg-deb --fsys-tarfile | tar -tv --numeric-owner`.
 fn owners(deb: &Path) -> BTreeMap<String, (u32, u32)> {
-    let tarball = run(Command::new("dpkg-deb").arg("--fsys-tarfile").arg(deb));
+    let tarball = run_bytes(Command::new("dpkg-deb").arg("--fsys-tarfile").arg(deb));
     let dir = tempfile::tempdir().expect("tmp");
     let tf = dir.path().join("data.tar");
     fs::write(&tf, tarball).expect("write");
-    let listing = run(Command::new("tar")
+    let listing = run_bytes(Command::new("tar")
         .args(["-tvf"])
         .arg(&tf)
         .arg("--numeric-owner"));
@@ -109,14 +108,14 @@ fn owners(deb: &Path) -> BTreeMap<String, (u32, u32)> {
 }
 
 fn check_against_dpkg(package: &str) {
-    let deb = fixture_deb(package);
+    let deb = fixture_deb(package).expect("fixture .deb").path;
     let cache = tempfile::tempdir().expect("cache");
     let store = ContentStore::open(cache.path()).expect("store");
     let mut tree = Tree::new(u64::MAX);
     merged_usr(&mut tree).expect("merged usr");
     let control = add_deb(&mut tree, &deb, package, &store, &Limits::default()).expect("add_deb");
     assert_eq!(control.package, package);
-    let fields = run(Command::new("dpkg-deb")
+    let fields = run_bytes(Command::new("dpkg-deb")
         .args(["-f"])
         .arg(&deb)
         .args(["Version", "Architecture"]));
@@ -131,7 +130,7 @@ fn check_against_dpkg(package: &str) {
     );
 
     let out = tempfile::tempdir().expect("out");
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(out.path()));
+    run_bytes(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(out.path()));
     let mut oracle = BTreeMap::new();
     walk(out.path(), out.path(), &mut oracle);
     assert!(
@@ -217,7 +216,7 @@ fn warm_build_reads_the_index_and_matches_the_cold_one() {
     let inputs: Vec<DebInput> = names
         .iter()
         .map(|n| DebInput {
-            path: fixture_deb(n),
+            path: fixture_deb(n).expect("fixture .deb").path,
             origin: n.to_string(),
             sha256: None,
         })

@@ -1,7 +1,6 @@
 //! `write_tar` read back by GNU tar (the oracle), byte-identical on a second
 //! write; release tarballs made by GNU tar extracted through an extraction map.
 
-mod unpack_support;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -12,7 +11,7 @@ use kiln::digest::{Algorithm, Digest};
 use kiln::output::tar::write_tar;
 use kiln::tree::{Kind, Tree, TreePath};
 use kiln::unpack::{add_deb, add_tar_archive, merged_usr, ContentStore, Limits};
-use unpack_support::{fixture_deb, run};
+use kiln_tests::{mirror::fixture_deb, run_bytes};
 
 fn mode_string(kind: char, mode: u32) -> String {
     let mut s = String::new();
@@ -49,7 +48,7 @@ fn written_tar_is_read_back_by_gnu_tar_and_is_deterministic() {
     let mut tree = Tree::new(1_700_000_000);
     merged_usr(&mut tree).expect("merged");
     for p in ["hostname", "passwd", "busybox-static", "coreutils"] {
-        add_deb(&mut tree, &fixture_deb(p), p, &store, &Limits::default()).expect("add");
+        add_deb(&mut tree, &fixture_deb(p).expect("fixture .deb").path, p, &store, &Limits::default()).expect("add");
     }
     // A long name and a long symlink target need GNU long-name records.
     let long = format!("usr/share/kiln/{}", "x".repeat(140));
@@ -69,7 +68,7 @@ fn written_tar_is_read_back_by_gnu_tar_and_is_deterministic() {
         "two writes differ"
     );
 
-    let listing = run(Command::new("tar")
+    let listing = run_bytes(Command::new("tar")
         .arg("--numeric-owner")
         .arg("--full-time")
         .arg("-tvf")
@@ -105,7 +104,7 @@ fn written_tar_is_read_back_by_gnu_tar_and_is_deterministic() {
     // Extracting with GNU tar gives the tree's contents.
     let x = dir.path().join("x");
     fs::create_dir(&x).expect("x");
-    run(Command::new("tar").arg("-xf").arg(&a).arg("-C").arg(&x));
+    run_bytes(Command::new("tar").arg("-xf").arg(&a).arg("-C").arg(&x));
     let mut files = 0;
     for (path, entry) in tree.iter() {
         if let Kind::File(c) = &entry.kind {
@@ -157,7 +156,7 @@ fn release_tarball_goes_through_its_extraction_map() {
         } else {
             cmd.arg(flag);
         }
-        run(cmd.arg("-cf").arg(&archive).arg("k"));
+        run_bytes(cmd.arg("-cf").arg(&archive).arg("k"));
         let cache = tempfile::tempdir().expect("cache");
         let store = ContentStore::open(cache.path()).expect("store");
         let mut map = BTreeMap::new();

@@ -26,6 +26,7 @@ use firstboot::supervisor::machine::backoff_delay;
 use firstboot::supervisor::shell::monotonic_ms;
 use firstboot::supervisor::{ComponentSpec, HttpProbe, SupervisedStatus, TlsProbe};
 use kiln::gobuild::{self, GoInput};
+use kiln_tests::run_combined;
 
 fn cache_root() -> PathBuf {
     match std::env::var_os("KILN_CACHE") {
@@ -57,16 +58,6 @@ fn binaries(inputs: &[&str]) -> BTreeMap<String, PathBuf> {
     out
 }
 
-fn run(cmd: &mut Command) -> String {
-    let o = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "{cmd:?} failed: {text}");
-    text
-}
 
 /// Every `--flag` in `args` appears in `binary --help`.
 fn flags_exist(binary: &Path, args: &[String]) {
@@ -192,7 +183,7 @@ fn cpu_seconds(pid: u32) -> f64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state).
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz: f64 = run(Command::new("getconf").arg("CLK_TCK"))
+    let hz: f64 = run_combined(Command::new("getconf").arg("CLK_TCK"))
         .trim()
         .parse()
         .unwrap();
@@ -359,7 +350,7 @@ fn control_plane_in_host_mode() {
     q.paths.cni_conf = cfg.join("cni");
     files::write_files(&files::control_plane_files(&q)).unwrap();
     files::write_files(&files::node_files(&q).unwrap()).unwrap();
-    run(Command::new(bin.join("kube-proxy"))
+    run_combined(Command::new(bin.join("kube-proxy"))
         .arg(format!(
             "--config={}",
             cfg.join(files::KUBE_PROXY_CONFIG).display()
@@ -371,7 +362,7 @@ fn control_plane_in_host_mode() {
 
     // containerd's own loader: our settings replace its defaults (a misplaced key would
     // leave the default in place next to ours).
-    let dump = run(Command::new(bin.join("containerd"))
+    let dump = run_combined(Command::new(bin.join("containerd"))
         .arg("--config")
         .arg(cfg.join(files::CONTAINERD_CONFIG))
         .args(["config", "dump"]));
@@ -418,7 +409,7 @@ fn control_plane_in_host_mode() {
         cold
     );
     // The scheduler's own config loader (it needs the kubeconfig, which exists now).
-    let written = run(Command::new(bin.join("kube-scheduler"))
+    let written = run_combined(Command::new(bin.join("kube-scheduler"))
         .arg(format!(
             "--config={}",
             cfg.join(files::SCHEDULER_CONFIG).display()
@@ -436,7 +427,7 @@ fn control_plane_in_host_mode() {
     // 3. kubectl with the admin kubeconfig (group bound to cluster-admin by the addons).
     let admin = root.join("pki/admin.conf");
     let kubectl = |args: &[&str]| {
-        run(Command::new(bin.join("kubectl"))
+        run_combined(Command::new(bin.join("kubectl"))
             .arg("--kubeconfig")
             .arg(&admin)
             .args(args))

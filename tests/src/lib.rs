@@ -1,5 +1,6 @@
 //! Kiln's test support: local mirror server, the `kiln` binary, directory snapshots,
 //! QEMU harness.
+pub mod boot;
 pub mod images;
 pub mod mirror;
 pub mod qemu;
@@ -80,6 +81,47 @@ pub fn tar_member(tar_path: &Path, path: &str) -> Vec<u8> {
         }
     }
     panic!("{path} not in {}", tar_path.display());
+}
+
+/// Runs `cmd` to completion and returns its stdout (lossy UTF-8). Panics, naming the command
+/// with its status, stdout and stderr, unless it ran and succeeded.
+pub fn run(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run_bytes(cmd)).into_owned()
+}
+
+/// [`run`], returning stdout as bytes.
+pub fn run_bytes(cmd: &mut Command) -> Vec<u8> {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(o.status.success(), "{cmd:?} failed: {}", text(&o));
+    o.stdout
+}
+
+/// [`run`], returning stdout followed by stderr (for tools that report on stderr).
+pub fn run_combined(cmd: &mut Command) -> String {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(o.status.success(), "{cmd:?} failed: {}", text(&o));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Maps a path of an unmerged Debian tree to its merged-/usr place.
+pub fn merged(path: &str) -> String {
+    for top in ["bin", "sbin", "lib", "lib64"] {
+        if path == top {
+            return format!("usr/{top}");
+        }
+        if let Some(rest) = path.strip_prefix(&format!("{top}/")) {
+            return format!("usr/{top}/{rest}");
+        }
+    }
+    path.to_string()
 }
 
 /// stdout and stderr of a finished command, for assertion messages.

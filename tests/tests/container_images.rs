@@ -14,18 +14,10 @@ use kiln::container_image::{bake, ContainerImage};
 use kiln::tree::{Tree, TreePath};
 use kiln::unpack::{self, ContentStore, DebInput, Limits};
 use kiln_tests::mirror::fixture_deb;
+use kiln_tests::run;
 
 const EPOCH: u64 = 1_767_225_600;
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// A static Go program built with the host toolchain (standard library only, no network),
 /// with its own GOCACHE.

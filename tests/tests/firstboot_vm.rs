@@ -9,15 +9,10 @@ use std::time::Duration;
 
 use kiln_tests::images::minimal;
 use kiln_tests::qemu::{Firmware, Vm, VmSpec};
-use kiln_tests::text;
+use kiln_tests::run;
 
 /// One boot to the login prompt under TCG on a busy machine.
 const BOOT: Duration = Duration::from_secs(300);
-
-fn run(cmd: &mut Command) {
-    let o = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(o.status.success(), "{cmd:?}: {}", text(&o));
-}
 
 /// A copy-on-write overlay over the built qcow2, so the build stays pristine.
 fn overlay(dir: &Path) -> PathBuf {

@@ -23,16 +23,10 @@ use std::time::{Duration, Instant};
 use kiln_tests::images::minimal;
 use kiln_tests::mirror::{Behaviour, Mirror};
 use kiln_tests::qemu::{Firmware, Vm, VmSpec};
-use kiln_tests::text;
+use kiln_tests::run;
 use sha2::{Digest as _, Sha256};
 
 const LONG: Duration = Duration::from_secs(600);
-
-fn run(c: &mut Command) -> String {
-    let o = c.output().expect("command runs");
-    assert!(o.status.success(), "{c:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
 
 fn sha256_file(p: &Path) -> String {
     let mut h = Sha256::new();

@@ -1,12 +1,13 @@
 //! Shared fixtures for the boot tests: a real Debian kernel package (downloaded with
 //! apt into $KILN_CACHE/fixtures and unpacked once), the host's static busybox as a
 //! stand-in for firstboot, a small root Tree, and one build of every boot output.
-#![allow(dead_code)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+
+use crate::run;
 
 use kiln::boot::{self, initramfs, BootIdentity};
 use kiln::tree::{Content, Entry, Kind, Tree, TreePath};
@@ -14,22 +15,7 @@ use kiln::tree::{Content, Entry, Kind, Tree, TreePath};
 pub const EPOCH: u64 = 1_700_000_000;
 pub const INIT_REACHED: &str = "kiln: stage 1 test init reached";
 
-pub fn cache() -> PathBuf {
-    match std::env::var_os("KILN_CACHE") {
-        Some(c) => PathBuf::from(c),
-        None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/kiln"),
-    }
-}
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 pub struct Kernel {
     pub root: PathBuf,
@@ -49,7 +35,7 @@ pub fn kernel() -> &'static Kernel {
             .expect("linux-image-amd64 depends on a 6.1 kernel")
             .to_string();
         let kver = pkg.trim_start_matches("linux-image-").to_string();
-        let fixtures = cache().join("fixtures");
+        let fixtures = crate::kiln_cache().join("fixtures");
         fs::create_dir_all(&fixtures).expect("fixtures dir");
         let find_deb = || {
             fs::read_dir(&fixtures)
