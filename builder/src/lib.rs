@@ -1,29 +1,24 @@
 //! Kiln: bakes immutable, bootable single-node Kubernetes machine images.
 //!
-//! Data flow (see the README): definition -> lock -> fetch -> Tree -> outputs.
+//! Layers, each calling only the ones below it (see the README's Layout):
+//! `cli` (arguments, dispatch, `kiln run`) -> `pipeline` (`kiln lock` and `kiln build` as
+//! functions of options, returning summaries) -> stages: `definition`, `lock`, `fetch` and
+//! `cache`, `debian`, `gobuild`, `unpack`, `assemble`, `container_image` and `oci`,
+//! `outputs` -> foundations: `tree`, `digest`, `selfbuild`.
 
 pub mod assemble;
-pub mod boot;
-pub mod build;
 pub mod cache;
 pub mod cli;
-pub mod commands;
 pub mod container_image;
 pub mod debian;
 pub mod definition;
 pub mod digest;
 pub mod fetch;
 pub mod gobuild;
-pub mod images;
-pub mod inspect;
 pub mod lock;
-pub mod manifest;
 pub mod oci;
-pub mod output;
-pub mod run;
-pub mod sbom;
+pub mod outputs;
+pub mod pipeline;
 pub mod selfbuild;
-pub mod staging;
-pub mod timeline;
 pub mod tree;
 pub mod unpack;

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
         .format_timestamp(None)
         .format_target(false)
         .init();
-    match kiln::commands::run(cli) {
+    match kiln::cli::dispatch::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kiln: error: {e:#}");

@@ -296,7 +296,7 @@ pub fn write_archive(
             .operating_system(255)
             .write(compressed, Compression::new(GZIP_LEVEL));
         let mut plain = HashingWriter::new(gz);
-        crate::output::tar::write_tar(layer, &mut plain).map_err(layer_err)?;
+        crate::outputs::tar::write_tar(layer, &mut plain).map_err(layer_err)?;
         let (gz, diff_id, _) = plain.finish();
         let compressed = gz.finish().map_err(layer_err)?;
         let (mut file, digest, size) = compressed.finish();

@@ -1,12 +1,11 @@
 //! Boot outputs checked by host tools as oracles (unsquashfs, cpio, sfdisk, qemu-img,
 //! xorriso), built twice for byte identity, and refused cleanly on bad inputs.
 
-
 use std::fs;
 use std::path::Path;
 
+use kiln::outputs::boot::{self, disk, initramfs, BootError};
 use kiln_tests::boot::{build_all, identity, kernel, outputs, tool, EPOCH};
-use kiln::boot::{self, disk, initramfs, BootError};
 
 #[test]
 fn squashfs_keeps_owners_and_modes_from_the_tree() {

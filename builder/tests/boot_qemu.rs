@@ -2,7 +2,6 @@
 //! initramfs, which loads the whole modules.load closure with insmod and prints a
 //! marker on the serial console. Slow (tens of seconds each).
 
-
 use std::fs;
 use std::io::Read;
 use std::path::Path;

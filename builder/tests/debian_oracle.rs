@@ -35,7 +35,6 @@ fn http_get(url: &str) -> Result<Vec<u8>, reqwest::Error> {
     Ok(resp.bytes()?.to_vec())
 }
 
-
 fn ensure_apt_lists() {
     let has_lists = std::fs::read_dir("/var/lib/apt/lists")
         .map(|d| {

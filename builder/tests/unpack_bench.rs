@@ -3,13 +3,12 @@
 //! .deb in `$KILN_BENCH_DEBS` (default `$KILN_CACHE/benchdebs`) into a Tree written
 //! as tar, next to `dpkg-deb -x` of the same .debs plus `tar --sort=name`.
 
-
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use kiln::output::tar::write_tar;
+use kiln::outputs::tar::write_tar;
 use kiln::tree::Tree;
 use kiln::unpack::{add_debs, merged_usr, ContentStore, DebInput, Limits};
 use kiln_tests::{kiln_cache, run_bytes};
@@ -83,13 +82,15 @@ fn bench_assembly_against_dpkg_deb() {
         run_bytes(Command::new("dpkg-deb").arg("-x").arg(d).arg(&root));
     }
     let oracle_tar = work.join("dpkg.tar");
-    run_bytes(Command::new("tar")
-        .arg("--sort=name")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&oracle_tar)
-        .arg("."));
+    run_bytes(
+        Command::new("tar")
+            .arg("--sort=name")
+            .arg("-C")
+            .arg(&root)
+            .arg("-cf")
+            .arg(&oracle_tar)
+            .arg("."),
+    );
     let oracle = t.elapsed().as_secs_f64();
     println!(
         "dpkg-deb -x + tar --sort=name: {oracle:.2} s, tar {} MB ({} debs)",

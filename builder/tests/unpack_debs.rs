@@ -2,7 +2,6 @@
 //! symlink targets, mtimes, file sha256) and `tar -tv --numeric-owner` of the
 //! package's data (uid/gid), with the merged-/usr mapping applied to the oracle.
 
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -12,7 +11,7 @@ use std::process::Command;
 use kiln::digest::{Algorithm, Digest};
 use kiln::tree::{Kind, Tree, TreePath};
 use kiln::unpack::{add_deb, add_debs, merged_usr, ContentStore, DebInput, Limits};
-use kiln_tests::{mirror::fixture_deb, merged, run_bytes};
+use kiln_tests::{merged, mirror::fixture_deb, run_bytes};
 
 #[derive(Debug, PartialEq)]
 enum Node {
@@ -87,10 +86,12 @@ fn owners(deb: &Path) -> BTreeMap<String, (u32, u32)> {
     let dir = tempfile::tempdir().expect("tmp");
     let tf = dir.path().join("data.tar");
     fs::write(&tf, tarball).expect("write");
-    let listing = run_bytes(Command::new("tar")
-        .args(["-tvf"])
-        .arg(&tf)
-        .arg("--numeric-owner"));
+    let listing = run_bytes(
+        Command::new("tar")
+            .args(["-tvf"])
+            .arg(&tf)
+            .arg("--numeric-owner"),
+    );
     let mut m = BTreeMap::new();
     for line in String::from_utf8_lossy(&listing).lines() {
         let cols: Vec<&str> = line.split_whitespace().collect();
@@ -115,10 +116,12 @@ fn check_against_dpkg(package: &str) {
     merged_usr(&mut tree).expect("merged usr");
     let control = add_deb(&mut tree, &deb, package, &store, &Limits::default()).expect("add_deb");
     assert_eq!(control.package, package);
-    let fields = run_bytes(Command::new("dpkg-deb")
-        .args(["-f"])
-        .arg(&deb)
-        .args(["Version", "Architecture"]));
+    let fields = run_bytes(
+        Command::new("dpkg-deb")
+            .args(["-f"])
+            .arg(&deb)
+            .args(["Version", "Architecture"]),
+    );
     let fields = String::from_utf8_lossy(&fields);
     assert!(
         fields.contains(&format!("Version: {}", control.version)),

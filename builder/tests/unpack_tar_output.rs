@@ -1,14 +1,13 @@
 //! `write_tar` read back by GNU tar (the oracle), byte-identical on a second
 //! write; release tarballs made by GNU tar extracted through an extraction map.
 
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use kiln::digest::{Algorithm, Digest};
-use kiln::output::tar::write_tar;
+use kiln::outputs::tar::write_tar;
 use kiln::tree::{Kind, Tree, TreePath};
 use kiln::unpack::{add_deb, add_tar_archive, merged_usr, ContentStore, Limits};
 use kiln_tests::{mirror::fixture_deb, run_bytes};
@@ -48,7 +47,14 @@ fn written_tar_is_read_back_by_gnu_tar_and_is_deterministic() {
     let mut tree = Tree::new(1_700_000_000);
     merged_usr(&mut tree).expect("merged");
     for p in ["hostname", "passwd", "busybox-static", "coreutils"] {
-        add_deb(&mut tree, &fixture_deb(p).expect("fixture .deb").path, p, &store, &Limits::default()).expect("add");
+        add_deb(
+            &mut tree,
+            &fixture_deb(p).expect("fixture .deb").path,
+            p,
+            &store,
+            &Limits::default(),
+        )
+        .expect("add");
     }
     // A long name and a long symlink target need GNU long-name records.
     let long = format!("usr/share/kiln/{}", "x".repeat(140));
@@ -68,11 +74,13 @@ fn written_tar_is_read_back_by_gnu_tar_and_is_deterministic() {
         "two writes differ"
     );
 
-    let listing = run_bytes(Command::new("tar")
-        .arg("--numeric-owner")
-        .arg("--full-time")
-        .arg("-tvf")
-        .arg(&a));
+    let listing = run_bytes(
+        Command::new("tar")
+            .arg("--numeric-owner")
+            .arg("--full-time")
+            .arg("-tvf")
+            .arg(&a),
+    );
     let listing = String::from_utf8(listing).expect("utf8 listing");
     let lines: Vec<&str> = listing.lines().collect();
     assert_eq!(lines.len(), tree.len(), "one tar entry per tree entry");

@@ -58,7 +58,6 @@ fn binaries(inputs: &[&str]) -> BTreeMap<String, PathBuf> {
     out
 }
 
-
 /// Every `--flag` in `args` appears in `binary --help`.
 fn flags_exist(binary: &Path, args: &[String]) {
     let o = Command::new(binary).arg("--help").output().unwrap();
@@ -350,22 +349,26 @@ fn control_plane_in_host_mode() {
     q.paths.cni_conf = cfg.join("cni");
     files::write_files(&files::control_plane_files(&q)).unwrap();
     files::write_files(&files::node_files(&q).unwrap()).unwrap();
-    run_combined(Command::new(bin.join("kube-proxy"))
-        .arg(format!(
-            "--config={}",
-            cfg.join(files::KUBE_PROXY_CONFIG).display()
-        ))
-        .arg(format!("--write-config-to={}", cfg.join("p.out").display())));
+    run_combined(
+        Command::new(bin.join("kube-proxy"))
+            .arg(format!(
+                "--config={}",
+                cfg.join(files::KUBE_PROXY_CONFIG).display()
+            ))
+            .arg(format!("--write-config-to={}", cfg.join("p.out").display())),
+    );
     let p_out = std::fs::read_to_string(cfg.join("p.out")).unwrap();
     assert!(p_out.contains("clusterCIDR: 10.244.0.0/16"), "{p_out}");
     assert!(p_out.contains("mode: iptables"), "{p_out}");
 
     // containerd's own loader: our settings replace its defaults (a misplaced key would
     // leave the default in place next to ours).
-    let dump = run_combined(Command::new(bin.join("containerd"))
-        .arg("--config")
-        .arg(cfg.join(files::CONTAINERD_CONFIG))
-        .args(["config", "dump"]));
+    let dump = run_combined(
+        Command::new(bin.join("containerd"))
+            .arg("--config")
+            .arg(cfg.join(files::CONTAINERD_CONFIG))
+            .args(["config", "dump"]),
+    );
     for want in [
         "SystemdCgroup = true".to_string(),
         "sandbox = 'registry.k8s.io/pause:3.10.1'".to_string(),
@@ -409,13 +412,15 @@ fn control_plane_in_host_mode() {
         cold
     );
     // The scheduler's own config loader (it needs the kubeconfig, which exists now).
-    let written = run_combined(Command::new(bin.join("kube-scheduler"))
-        .arg(format!(
-            "--config={}",
-            cfg.join(files::SCHEDULER_CONFIG).display()
-        ))
-        .arg(format!("--write-config-to={}", cfg.join("s.out").display()))
-        .arg("--secure-port=0"));
+    let written = run_combined(
+        Command::new(bin.join("kube-scheduler"))
+            .arg(format!(
+                "--config={}",
+                cfg.join(files::SCHEDULER_CONFIG).display()
+            ))
+            .arg(format!("--write-config-to={}", cfg.join("s.out").display()))
+            .arg("--secure-port=0"),
+    );
     assert!(written.contains("Wrote configuration"), "{written}");
     let s_out = std::fs::read_to_string(cfg.join("s.out")).unwrap();
     assert!(s_out.contains("scheduler.conf"), "{s_out}");
@@ -427,10 +432,12 @@ fn control_plane_in_host_mode() {
     // 3. kubectl with the admin kubeconfig (group bound to cluster-admin by the addons).
     let admin = root.join("pki/admin.conf");
     let kubectl = |args: &[&str]| {
-        run_combined(Command::new(bin.join("kubectl"))
-            .arg("--kubeconfig")
-            .arg(&admin)
-            .args(args))
+        run_combined(
+            Command::new(bin.join("kubectl"))
+                .arg("--kubeconfig")
+                .arg(&admin)
+                .args(args),
+        )
     };
     assert_eq!(kubectl(&["get", "--raw", "/readyz"]).trim(), "ok");
     let ns = kubectl(&["get", "namespaces", "-o", "name"]);

@@ -9,13 +9,11 @@ use std::sync::OnceLock;
 
 use crate::run;
 
-use kiln::boot::{self, initramfs, BootIdentity};
+use kiln::outputs::boot::{self, initramfs, BootIdentity};
 use kiln::tree::{Content, Entry, Kind, Tree, TreePath};
 
 pub const EPOCH: u64 = 1_700_000_000;
 pub const INIT_REACHED: &str = "kiln: stage 1 test init reached";
-
-
 
 pub struct Kernel {
     pub root: PathBuf,

@@ -9,15 +9,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::build::GoBuilt;
-use kiln::container_image::{bake, ContainerImage};
+use kiln::container_image::bake;
+use kiln::definition::container_image::ContainerImage;
+use kiln::gobuild::GoBuilt;
 use kiln::tree::{Tree, TreePath};
 use kiln::unpack::{self, ContentStore, DebInput, Limits};
 use kiln_tests::mirror::fixture_deb;
 use kiln_tests::run;
 
 const EPOCH: u64 = 1_767_225_600;
-
 
 /// A static Go program built with the host toolchain (standard library only, no network),
 /// with its own GOCACHE.

@@ -875,6 +875,12 @@ fn ldflags(
     Ok(flags.join(" "))
 }
 
+/// A go input and what its build gave.
+pub struct GoBuilt {
+    pub input: GoInput,
+    pub output: GoBuildOutput,
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

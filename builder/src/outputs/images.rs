@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::boot::{
+use crate::definition::{Definition, OutputFormat};
+use crate::outputs::boot::{
     disk, initramfs, install, iso, modules, pxe, squashfs, BootIdentity, ToolVersion,
 };
-use crate::definition::{Definition, OutputFormat};
 use crate::tree::{Kind, Tree, TreePath};
 
 /// The kernel the image boots: `boot/vmlinuz-<kver>` in the tree (exactly one).
@@ -45,8 +45,8 @@ fn copy_out(tree: &Tree, path: &TreePath, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn tool(v: ToolVersion) -> crate::manifest::Tool {
-    crate::manifest::Tool {
+fn tool(v: ToolVersion) -> crate::outputs::manifest::Tool {
+    crate::outputs::manifest::Tool {
         name: v.tool,
         version: v.version,
     }
@@ -60,7 +60,7 @@ pub fn write(
     firstboot: &Path,
     staging: &Path,
     timings: &mut std::collections::BTreeMap<String, f64>,
-) -> Result<Vec<crate::manifest::Tool>> {
+) -> Result<Vec<crate::outputs::manifest::Tool>> {
     let bootable: Vec<OutputFormat> = formats
         .iter()
         .copied()
@@ -137,7 +137,7 @@ pub fn write(
             .partitions
             .iter()
             .find(|p| p.label == disk::LABEL_ROOT_A)
-            .map(|p| (p.last_lba + 1) * crate::boot::gpt::SECTOR);
+            .map(|p| (p.last_lba + 1) * crate::outputs::boot::gpt::SECTOR);
         tools.extend(report.tools.into_iter().map(tool));
         lap("raw", t);
         if wants(OutputFormat::Qcow2) {

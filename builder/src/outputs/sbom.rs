@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use crate::manifest::Input;
+use crate::outputs::manifest::Input;
 use crate::tree::{Kind, Tree, TreePath};
 
 /// Debian short license names mapped to SPDX identifiers.

@@ -1,4 +1,6 @@
-//! `kiln lock` and `kiln build`: the data flow of design.md, from definition to outputs.
+//! `kiln lock` and `kiln build` as functions: the data flow of design.md, from definition to
+//! outputs. They take options (no command-line types), report progress through a `say`
+//! callback and return summaries; printing is the CLI's.
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Write};
@@ -9,29 +11,63 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::cache::{write_atomic_bytes, Cache};
-use crate::cli::{BuildArgs, FetchArgs, LockArgs};
 use crate::debian::{self, DebianRequest};
 use crate::definition::{Definition, OutputFormat};
 use crate::digest::Digest;
 use crate::fetch::{FetchError, FetchRequest, Fetcher, FetcherOptions, Rewrite};
-use crate::gobuild::GoError;
+use crate::gobuild::{GoBuilt, GoError};
 use crate::lock::{self, lock_path, Lock, LOCK_VERSION};
-use crate::manifest::{self, Input, Manifest, OutputFile, Tool};
-use crate::staging::Staging;
+use crate::outputs::manifest::{self, Input, Manifest, OutputFile, Tool};
+use crate::outputs::staging::Staging;
 use crate::tree::{Content, Entry, Tree, TreePath};
 use crate::unpack::{self, ContentStore, DebInput, Limits};
 
 /// Where apt's configuration lives on the host.
 const HOST_APT: &str = "/etc/apt";
 
-fn cache_of(args: &FetchArgs) -> Result<Cache> {
+/// Where inputs come from.
+#[derive(Debug, Clone, Default)]
+pub struct FetchOptions {
+    /// Never touch the network.
+    pub offline: bool,
+    /// URL rewrites, `FROM=TO`.
+    pub mirror: Vec<String>,
+    /// The content cache; default: `$KILN_CACHE`, else `~/.cache/kiln`.
+    pub cache: Option<PathBuf>,
+    /// Downloads at the same time.
+    pub jobs: usize,
+}
+
+/// What `kiln lock` resolves.
+#[derive(Debug, Clone)]
+pub struct LockOptions {
+    /// The definition; the lock is written next to it.
+    pub definition: PathBuf,
+    pub fetch: FetchOptions,
+}
+
+/// What `kiln build` builds.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The definition; its lock is read from next to it.
+    pub definition: PathBuf,
+    /// Outputs to write; empty: the definition's.
+    pub formats: Vec<OutputFormat>,
+    /// The output directory.
+    pub out: PathBuf,
+    /// Accept Go binaries that differ from the lock and rewrite its go pins.
+    pub relock: bool,
+    pub fetch: FetchOptions,
+}
+
+fn cache_of(args: &FetchOptions) -> Result<Cache> {
     match &args.cache {
         Some(dir) => Ok(Cache::at(dir)),
         None => Cache::from_env().context("locating the cache directory"),
     }
 }
 
-fn fetcher_of(args: &FetchArgs) -> Result<Fetcher> {
+fn fetcher_of(args: &FetchOptions) -> Result<Fetcher> {
     let rewrites = args
         .mirror
         .iter()
@@ -54,7 +90,22 @@ fn mirror_of(d: &crate::definition::Debian) -> Result<String> {
     }
 }
 
-pub fn lock(args: &LockArgs) -> Result<()> {
+/// What `kiln lock` wrote.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LockSummary {
+    /// The lock file.
+    pub path: PathBuf,
+    pub packages: usize,
+    pub artifacts: usize,
+    pub go_inputs: usize,
+    /// Debian packages added (`+ name version`), changed (`~ name old -> new`) and removed
+    /// (`- name version`) against the previous lock.
+    pub changes: Vec<String>,
+}
+
+/// Resolves every input of the definition and writes its lock (temp file, rename).
+pub fn lock(args: &LockOptions) -> Result<LockSummary> {
     let def = crate::definition::load(&args.definition)?;
     let path = lock_path(&args.definition);
     let previous = Lock::read(&path, &args.definition).ok();
@@ -97,20 +148,19 @@ pub fn lock(args: &LockArgs) -> Result<()> {
         artifact: Lock::artifacts_of(&def),
         go,
     };
-    report_changes(previous.as_ref(), &new);
+    let changes = changes(previous.as_ref(), &new);
     write_atomic_bytes(&path, new.to_toml().as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
-    eprintln!(
-        "{}: {} packages, {} artifacts, {} go inputs",
-        path.display(),
-        new.debian.as_ref().map_or(0, |d| d.debs.len()),
-        new.artifact.len(),
-        new.go.len()
-    );
-    Ok(())
+    Ok(LockSummary {
+        packages: new.debian.as_ref().map_or(0, |d| d.debs.len()),
+        artifacts: new.artifact.len(),
+        go_inputs: new.go.len(),
+        path,
+        changes,
+    })
 }
 
-fn report_changes(old: Option<&Lock>, new: &Lock) {
+fn changes(old: Option<&Lock>, new: &Lock) -> Vec<String> {
     let versions = |l: Option<&Lock>| -> BTreeMap<String, String> {
         l.and_then(|l| l.debian.as_ref())
             .map(|d| {
@@ -122,18 +172,52 @@ fn report_changes(old: Option<&Lock>, new: &Lock) {
             .unwrap_or_default()
     };
     let (a, b) = (versions(old), versions(Some(new)));
+    let mut out = Vec::new();
     for (name, v) in &b {
         match a.get(name) {
-            None if old.is_some() => eprintln!("  + {name} {v}"),
-            Some(ov) if ov != v => eprintln!("  ~ {name} {ov} -> {v}"),
+            None if old.is_some() => out.push(format!("+ {name} {v}")),
+            Some(ov) if ov != v => out.push(format!("~ {name} {ov} -> {v}")),
             _ => {}
         }
     }
     for (name, v) in &a {
         if !b.contains_key(name) {
-            eprintln!("  - {name} {v}");
+            out.push(format!("- {name} {v}"));
         }
     }
+    out
+}
+
+/// `kiln lock --check`: how the definition's lock disagrees with it (empty: up to date).
+/// Never touches the network.
+pub fn check_lock(definition: &Path) -> Result<(PathBuf, Vec<String>)> {
+    let def = crate::definition::load(definition)?;
+    let path = lock_path(definition);
+    let lock = Lock::read(&path, definition)?;
+    let m = lock.mismatches(&def);
+    Ok((path, m))
+}
+
+/// Reads a definition and its lock and checks that they agree.
+/// With `relock`, disagreements about go inputs are left for the build to repair.
+pub fn definition_and_lock(def_path: &Path, relock: bool) -> Result<(Definition, Lock)> {
+    let def = crate::definition::load(def_path)?;
+    let path = lock_path(def_path);
+    let lock = Lock::read(&path, def_path)?;
+    let mut m = lock.mismatches(&def);
+    if relock {
+        let go = lock.go_mismatches(&def);
+        m.retain(|x| !go.contains(x));
+    }
+    if !m.is_empty() {
+        anyhow::bail!(
+            "{} is out of date ({}); run `kiln lock {}`",
+            path.display(),
+            m.join("; "),
+            def_path.display()
+        );
+    }
+    Ok((def, lock))
 }
 
 /// What `kiln build --json` prints.
@@ -268,18 +352,12 @@ pub fn assemble(
     }
     add_firstboot(&mut tree, def, firstboot)?;
     crate::assemble::apply(&mut tree, def)?;
-    if let Ok((kver, _)) = crate::images::kernel_of(&tree) {
-        let n = crate::boot::depmod::add_indexes(&mut tree, &kver)
+    if let Ok((kver, _)) = crate::outputs::images::kernel_of(&tree) {
+        let n = crate::outputs::boot::depmod::add_indexes(&mut tree, &kver)
             .with_context(|| format!("generating the module indexes of kernel {kver}"))?;
         log::info!("depmod: {n} module index files for {kver}");
     }
     Ok(tree)
-}
-
-/// A go input and what its build gave.
-pub struct GoBuilt {
-    pub input: crate::gobuild::GoInput,
-    pub output: crate::gobuild::GoBuildOutput,
 }
 
 /// Builds every go input of the definition (cache hits are instant) and checks each against
@@ -289,6 +367,7 @@ fn build_go(
     lock: &mut Lock,
     cache_root: &Path,
     relock: bool,
+    say: &dyn Fn(&str),
 ) -> Result<Vec<GoBuilt>> {
     let mut out = Vec::new();
     let mut changed = false;
@@ -322,7 +401,10 @@ fn build_go(
         }
         for b in &output.binaries {
             if !output.report.cache_hit {
-                eprintln!("go {}: built {} ({} bytes)", input.name, b.name, b.size);
+                say(&format!(
+                    "go {}: built {} ({} bytes)",
+                    input.name, b.name, b.size
+                ));
             }
         }
         out.push(GoBuilt {
@@ -334,7 +416,7 @@ fn build_go(
         let path = lock_path(&def.path);
         write_atomic_bytes(&path, lock.to_toml().as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
-        eprintln!("{}: go pins updated (--relock)", path.display());
+        say(&format!("{}: go pins updated (--relock)", path.display()));
     }
     Ok(out)
 }
@@ -417,14 +499,16 @@ fn write_file(
     Ok(())
 }
 
-pub fn build(args: &BuildArgs) -> Result<()> {
+/// Builds the definition's outputs into `args.out` (they appear only once all succeeded).
+/// `say` gets progress lines (Go binaries built, lock pins rewritten).
+pub fn build(args: &BuildOptions, say: &dyn Fn(&str)) -> Result<BuildSummary> {
     let started = Instant::now();
     let mut seconds = BTreeMap::new();
-    let (def, mut lock) = crate::commands::definition_and_lock(&args.definition, args.relock)?;
-    let formats: Vec<OutputFormat> = if args.format.is_empty() {
+    let (def, mut lock) = definition_and_lock(&args.definition, args.relock)?;
+    let formats: Vec<OutputFormat> = if args.formats.is_empty() {
         def.outputs.clone()
     } else {
-        args.format.clone()
+        args.formats.clone()
     };
     let fetcher = fetcher_of(&args.fetch)?;
     let t = Instant::now();
@@ -432,7 +516,7 @@ pub fn build(args: &BuildArgs) -> Result<()> {
     seconds.insert("fetch".to_string(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let go = build_go(&def, &mut lock, fetcher.cache().root(), args.relock)?;
+    let go = build_go(&def, &mut lock, fetcher.cache().root(), args.relock, say)?;
     if !def.go.is_empty() {
         seconds.insert("go".to_string(), t.elapsed().as_secs_f64());
     }
@@ -493,10 +577,10 @@ pub fn build(args: &BuildArgs) -> Result<()> {
     if formats.contains(&OutputFormat::Tar) {
         let t = Instant::now();
         let p = staging.dir().join(format!("{base}.tar"));
-        write_file(&p, |w| crate::output::tar::write_tar(&tree, w))?;
+        write_file(&p, |w| crate::outputs::tar::write_tar(&tree, w))?;
         seconds.insert("tar".to_string(), t.elapsed().as_secs_f64());
     }
-    tools.extend(crate::images::write(
+    tools.extend(crate::outputs::images::write(
         &def,
         &tree,
         &formats,
@@ -561,8 +645,8 @@ pub fn build(args: &BuildArgs) -> Result<()> {
         tools,
         outputs: outputs.clone(),
     };
-    let licenses = crate::sbom::licenses_from_tree(&tree, &inputs);
-    let sbom = crate::sbom::document(
+    let licenses = crate::outputs::sbom::licenses_from_tree(&tree, &inputs);
+    let sbom = crate::outputs::sbom::document(
         &def.name,
         &def.version,
         def.epoch,
@@ -600,25 +684,5 @@ pub fn build(args: &BuildArgs) -> Result<()> {
             .collect(),
         seconds,
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
-    } else {
-        for o in &summary.outputs {
-            eprintln!(
-                "{}  {}  ({} bytes)",
-                o.sha256,
-                out.join(&o.name).display(),
-                o.size
-            );
-        }
-        eprintln!(
-            "built {} {} in {:.1}s ({} downloaded, {} cached)",
-            def.name,
-            def.version,
-            started.elapsed().as_secs_f64(),
-            summary.downloaded,
-            summary.cached
-        );
-    }
-    Ok(())
+    Ok(summary)
 }

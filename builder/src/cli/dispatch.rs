@@ -1,4 +1,5 @@
-//! Orchestration of the `kiln` subcommands.
+//! Runs a parsed command line: turns arguments into the pipeline's options and prints
+//! what it returns.
 
 use anyhow::{bail, Result};
 
@@ -6,9 +7,11 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::cli::{Cli, Command, KubeconfigArgs, LockArgs, SecretsCommand, SecretsGenArgs};
+use crate::cli::{
+    BuildArgs, Cli, Command, FetchArgs, KubeconfigArgs, LockArgs, SecretsCommand, SecretsGenArgs,
+};
 use crate::definition;
-use crate::lock::{lock_path, Lock};
+use crate::pipeline::{self, BuildOptions, BuildSummary, FetchOptions, LockOptions};
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -18,17 +21,17 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Lock(args) if args.check => lock_check(&args),
-        Command::Lock(args) => crate::build::lock(&args),
-        Command::Build(args) => crate::build::build(&args),
+        Command::Lock(args) => lock(&args),
+        Command::Build(args) => build(&args),
         Command::Secrets(SecretsCommand::Gen(args)) => secrets_gen(&args),
         Command::Kubeconfig(args) => kubeconfig(&args),
-        Command::Run(args) => crate::run::run(&args),
+        Command::Run(args) => crate::cli::run::run(&args),
         Command::Inspect(args) => {
-            let r = crate::inspect::inspect(&args.output)?;
+            let r = crate::outputs::inspect::inspect(&args.output)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                crate::inspect::print(&r);
+                crate::outputs::inspect::print(&r);
             }
             Ok(())
         }
@@ -86,11 +89,41 @@ fn kubeconfig(args: &KubeconfigArgs) -> Result<()> {
     }
 }
 
+impl From<&FetchArgs> for FetchOptions {
+    fn from(a: &FetchArgs) -> Self {
+        FetchOptions {
+            offline: a.offline,
+            mirror: a.mirror.clone(),
+            cache: a.cache.clone(),
+            jobs: a.jobs,
+        }
+    }
+}
+
+fn say(line: &str) {
+    eprintln!("{line}");
+}
+
+fn lock(args: &LockArgs) -> Result<()> {
+    let s = pipeline::lock(&LockOptions {
+        definition: args.definition.clone(),
+        fetch: (&args.fetch).into(),
+    })?;
+    for c in &s.changes {
+        eprintln!("  {c}");
+    }
+    eprintln!(
+        "{}: {} packages, {} artifacts, {} go inputs",
+        s.path.display(),
+        s.packages,
+        s.artifacts,
+        s.go_inputs
+    );
+    Ok(())
+}
+
 fn lock_check(args: &LockArgs) -> Result<()> {
-    let def = definition::load(&args.definition)?;
-    let path = lock_path(&args.definition);
-    let lock = Lock::read(&path, &args.definition)?;
-    let m = lock.mismatches(&def);
+    let (path, m) = pipeline::check_lock(&args.definition)?;
     if m.is_empty() {
         eprintln!("{}: up to date", path.display());
         return Ok(());
@@ -106,27 +139,40 @@ fn lock_check(args: &LockArgs) -> Result<()> {
     )
 }
 
-/// Reads a definition and its lock and checks that they agree.
-/// With `relock`, disagreements about go inputs are left for the build to repair.
-pub fn definition_and_lock(
-    def_path: &std::path::Path,
-    relock: bool,
-) -> Result<(definition::Definition, Lock)> {
-    let def = definition::load(def_path)?;
-    let path = lock_path(def_path);
-    let lock = Lock::read(&path, def_path)?;
-    let mut m = lock.mismatches(&def);
-    if relock {
-        let go = lock.go_mismatches(&def);
-        m.retain(|x| !go.contains(x));
+fn build(args: &BuildArgs) -> Result<()> {
+    let summary = pipeline::build(
+        &BuildOptions {
+            definition: args.definition.clone(),
+            formats: args.format.clone(),
+            out: args.out.clone(),
+            relock: args.relock,
+            fetch: (&args.fetch).into(),
+        },
+        &say,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print_summary(&summary);
     }
-    if !m.is_empty() {
-        bail!(
-            "{} is out of date ({}); run `kiln lock {}`",
-            path.display(),
-            m.join("; "),
-            def_path.display()
+    Ok(())
+}
+
+fn print_summary(s: &BuildSummary) {
+    for o in &s.outputs {
+        eprintln!(
+            "{}  {}  ({} bytes)",
+            o.sha256,
+            s.out.join(&o.name).display(),
+            o.size
         );
     }
-    Ok((def, lock))
+    eprintln!(
+        "built {} {} in {:.1}s ({} downloaded, {} cached)",
+        s.image,
+        s.version,
+        s.seconds.get("total").copied().unwrap_or_default(),
+        s.downloaded,
+        s.cached
+    );
 }

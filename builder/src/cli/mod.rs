@@ -1,4 +1,9 @@
-//! The `kiln` command line. Doc comments are the help text.
+//! The `kiln` command line: argument types (doc comments are the help text), `dispatch`
+//! (runs a parsed command line, prints what the pipeline returns) and `kiln run`.
+
+pub mod dispatch;
+pub mod run;
+pub mod timeline;
 
 use std::path::PathBuf;
 

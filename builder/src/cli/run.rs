@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::cli::dispatch::{now, read_secrets, write_private};
 use crate::cli::RunArgs;
-use crate::commands::{now, read_secrets, write_private};
 
 /// OVMF firmware (Debian's `ovmf` package).
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
@@ -493,8 +493,10 @@ pub fn run(args: &RunArgs) -> Result<()> {
         // firstboot's timeline (printed at node Ready, again after a reboot) as a picture.
         if let Some(t) = firstboot::timeline::Timeline::from_console(&log) {
             if drawn.as_ref() != Some(&t) {
-                let svg =
-                    crate::timeline::render_svg(&t, &format!("{}: boot to node Ready", image_name));
+                let svg = crate::cli::timeline::render_svg(
+                    &t,
+                    &format!("{}: boot to node Ready", image_name),
+                );
                 if let Err(e) = crate::cache::write_atomic_bytes(&timeline_svg, svg.as_bytes()) {
                     eprintln!("kiln: writing {}: {e}", timeline_svg.display());
                 }

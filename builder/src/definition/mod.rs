@@ -2,6 +2,8 @@
 //! everything that goes into an image. Parsing is strict: unknown keys are errors,
 //! and every error names the file, line, column and key.
 
+pub mod container_image;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -9,10 +11,10 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::container_image::ContainerImage;
 use crate::digest::Digest;
 use crate::gobuild::GoInput;
 use crate::tree::TreePath;
+use container_image::ContainerImage;
 
 /// How deep `extends` chains may go before Kiln suspects a cycle.
 const MAX_EXTENDS: usize = 8;
@@ -682,7 +684,7 @@ fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError>
             }
         }
     }
-    crate::container_image::validate(&f.container_image, &f.go)
+    container_image::validate(&f.container_image, &f.go)
         .map_err(|(key, message)| invalid(&key, message))?;
     for l in &f.local {
         check_path("local.dest", &l.dest)?;
