@@ -373,44 +373,15 @@ pub fn host_debian_uris() -> Vec<String> {
     host_debian_uris_in(Path::new("/etc/apt"))
 }
 
-/// [`host_debian_uris`] under another apt configuration directory.
+/// [`host_debian_uris`] under another apt configuration directory, read by the builder's
+/// own apt sources parser. Panics, naming the error, when it cannot be read: for tests.
 pub fn host_debian_uris_in(etc_apt: &Path) -> Vec<String> {
-    let mut files = vec![etc_apt.join("sources.list")];
-    if let Ok(rd) = std::fs::read_dir(etc_apt.join("sources.list.d")) {
-        let mut more: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        more.sort();
-        files.extend(more);
-    }
-    let mut uris = Vec::new();
-    for f in files {
-        let Ok(text) = std::fs::read_to_string(&f) else {
-            continue;
-        };
-        let deb822 = f.extension().is_some_and(|e| e == "sources");
-        for line in text.lines() {
-            let line = line.trim();
-            if line.starts_with('#') {
-                continue;
-            }
-            if deb822 {
-                if let Some(v) = line.strip_prefix("URIs:") {
-                    uris.extend(v.split_whitespace().map(str::to_string));
-                }
-            } else if let Some(rest) = line.strip_prefix("deb ") {
-                // deb [options] URI suite components
-                let rest = rest.trim_start();
-                let rest = match rest.strip_prefix('[') {
-                    Some(r) => r.split_once(']').map_or("", |(_, after)| after),
-                    None => rest,
-                };
-                if let Some(uri) = rest.split_whitespace().next() {
-                    uris.push(uri.to_string());
-                }
-            }
-        }
-    }
-    let mut out: Vec<String> = uris
+    let (entries, _) = kiln::debian::sources::read_sources(etc_apt)
+        .unwrap_or_else(|e| panic!("reading the apt sources under {}: {e}", etc_apt.display()));
+    let mut out: Vec<String> = entries
         .into_iter()
+        .filter(|e| e.types.iter().any(|t| t == "deb"))
+        .flat_map(|e| e.uris)
         .map(|u| u.trim_end_matches('/').to_string())
         .filter(|u| !u.ends_with("-security"))
         .collect();
@@ -543,7 +514,7 @@ mod tests {
         .expect("write");
         std::fs::write(
             dir.path().join("sources.list.d/d.sources"),
-            "Types: deb\nURIs: http://n.example/debian/\nSuites: bookworm\n\nTypes: deb\nURIs: http://n.example/debian-security\n",
+            "Types: deb\nURIs: http://n.example/debian/\nSuites: bookworm\n\nTypes: deb\nURIs: http://n.example/debian-security\nSuites: bookworm-security\n",
         )
         .expect("write");
         assert_eq!(

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
+use crate::debian::control::parse_paragraphs;
 use crate::outputs::manifest::Input;
 use crate::tree::{Kind, Tree, TreePath};
 
@@ -40,21 +41,13 @@ pub fn debian_license(copyright: &str) -> Option<String> {
     if !copyright.starts_with("Format:") {
         return None;
     }
-    for para in copyright.split("\n\n") {
-        let mut files_star = false;
-        let mut license = None;
-        for line in para.lines() {
-            if let Some(v) = line.strip_prefix("Files:") {
-                files_star = v.split_whitespace().any(|f| f == "*");
-            } else if let Some(v) = line.strip_prefix("License:") {
-                license = Some(v.trim().to_string());
-            }
-        }
-        if files_star {
-            return license.filter(|l| !l.is_empty());
-        }
-    }
-    None
+    let paragraphs = parse_paragraphs(copyright, "copyright").ok()?;
+    let files_star = paragraphs.iter().find(|p| {
+        p.get("Files")
+            .is_some_and(|f| f.split_whitespace().any(|f| f == "*"))
+    })?;
+    let license = files_star.get("License")?.lines().next()?.trim();
+    (!license.is_empty()).then(|| license.to_string())
 }
 
 /// A Debian license expression (`GPL-2+ or Artistic`) as an SPDX expression.
@@ -228,6 +221,10 @@ mod tests {
         let c = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: debian/*\nLicense: MIT\n\nFiles: *\nCopyright: someone\nLicense: GPL-2+ or Artistic\n";
         let l = debian_license(c).expect("license");
         assert_eq!(l, "GPL-2+ or Artistic");
+        // `Files:` with its patterns on continuation lines (libacl1, libbsd0, polkitd...).
+        let c = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles:\n *\nCopyright:\n someone\nLicense: GPL-2+\n full text\n .\n more\n\nFiles:\n debian/*\nLicense: MIT\n";
+        assert_eq!(debian_license(c).as_deref(), Some("GPL-2+"));
+        assert_eq!(debian_license("Format: x\nno colon\n"), None);
         assert_eq!(spdx_expression(&l), "GPL-2.0-or-later OR Artistic-1.0-Perl");
         assert_eq!(
             spdx_expression("Weird License"),

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::archive::{read_tar, Compression, LimitReader};
 use super::{file_sha256, index, insert_members, Limits, Member, UnpackError};
+use crate::debian::control::parse_paragraphs;
 use crate::digest::Digest;
 use crate::tree::Tree;
 use crate::unpack::store::ContentStore;
@@ -32,29 +33,20 @@ pub struct DebControl {
 }
 
 impl DebControl {
-    /// Parses a `control` file.
+    /// Parses a `control` file (deb822, [`crate::debian::control`]). A multi-line value
+    /// keeps its continuation lines, each without its leading whitespace.
     pub fn parse(text: &str) -> Result<Self, String> {
+        let paragraphs = parse_paragraphs(text, "control").map_err(|e| e.to_string())?;
         let mut fields: BTreeMap<String, String> = BTreeMap::new();
-        let mut last: Option<String> = None;
-        for line in text.lines() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            if line.starts_with(' ') || line.starts_with('\t') {
-                let Some(k) = &last else {
-                    return Err(format!("continuation line before any field: {line:?}"));
-                };
-                if let Some(v) = fields.get_mut(k) {
-                    v.push('\n');
-                    v.push_str(line.trim_start());
-                }
-                continue;
-            }
-            let Some((k, v)) = line.split_once(':') else {
-                return Err(format!("line without a field name: {line:?}"));
-            };
-            fields.insert(k.trim().to_string(), v.trim().to_string());
-            last = Some(k.trim().to_string());
+        for (k, v) in paragraphs.iter().flat_map(|p| p.fields()) {
+            // The first line trimmed (empty for a field whose value starts on the next
+            // line), each continuation line without its indent.
+            let value: Vec<&str> = v
+                .lines()
+                .enumerate()
+                .map(|(i, l)| if i == 0 { l.trim() } else { l.trim_start() })
+                .collect();
+            fields.insert(k.to_string(), value.join("\n"));
         }
         let get = |k: &str| {
             fields
@@ -323,7 +315,7 @@ mod tests {
     fn control_fields_parse() {
         let c = DebControl::parse(
             "Package: libfoo1\nSource: foo (1.2-3)\nVersion: 1.2-3+b1\nArchitecture: amd64\n\
-             Description: a library\n more text\n .\n end\n",
+             Description: a library\n more text\n .\n end\nConffiles:\n /etc/a 0123\n /etc/b 4567\n",
         )
         .expect("parse");
         assert_eq!(c.package, "libfoo1");
@@ -332,6 +324,10 @@ mod tests {
         assert_eq!(
             c.fields.get("Description").map(String::as_str),
             Some("a library\nmore text\n.\nend")
+        );
+        assert_eq!(
+            c.fields.get("Conffiles").map(String::as_str),
+            Some("\n/etc/a 0123\n/etc/b 4567")
         );
         assert!(DebControl::parse("Package: x\n").is_err());
         assert!(DebControl::parse(" oops\n").is_err());
