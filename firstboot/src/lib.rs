@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod atomic;
 pub mod cmdline;
+pub mod commands;
 pub mod config;
 pub mod console;
 pub mod gpt;
