@@ -4,7 +4,7 @@
 //! `cli` (arguments, dispatch, `kiln run`) -> `pipeline` (`kiln lock` and `kiln build` as
 //! functions of options, returning summaries) -> stages: `definition`, `lock`, `fetch` and
 //! `cache`, `debian`, `gobuild`, `unpack`, `assemble`, `container_image` and `oci`,
-//! `outputs` -> foundations: `tree`, `digest`, `selfbuild`.
+//! `outputs` -> foundations: `tree`, `digest`, `selfbuild`, `qemu` (argv of a VM).
 
 pub mod assemble;
 pub mod cache;
@@ -19,6 +19,7 @@ pub mod lock;
 pub mod oci;
 pub mod outputs;
 pub mod pipeline;
+pub mod qemu;
 pub mod selfbuild;
 pub mod tree;
 pub mod unpack;

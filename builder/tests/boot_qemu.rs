@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kiln::qemu;
 use kiln_tests::boot::{outputs, INIT_REACHED};
 
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -21,25 +22,23 @@ enum Firmware {
 fn boot(name: &str, fw: Firmware, args: &[&str]) -> String {
     let work = tempfile::tempdir().expect("tmp");
     let log = work.path().join("serial.log");
+    let firmware = match fw {
+        Firmware::SeaBios => qemu::Firmware::Bios,
+        Firmware::Ovmf => {
+            let vars = work.path().join("OVMF_VARS.fd");
+            fs::copy(qemu::OVMF_VARS, &vars).expect("ovmf vars");
+            qemu::Firmware::Uefi { vars }
+        }
+    };
+    let mut spec = qemu::VmSpec::new(1024, firmware, &log, work.path().join("monitor.sock"));
+    spec.extra = ["-no-reboot"]
+        .iter()
+        .chain(args)
+        .map(|a| a.to_string())
+        .collect();
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-accel", "tcg", "-m", "1024", "-smp", "2", "-display", "none",
-    ])
-    .args(["-no-reboot", "-nodefaults", "-monitor", "none"])
-    .arg("-serial")
-    .arg(format!("file:{}", log.display()));
-    if let Firmware::Ovmf = fw {
-        let vars = work.path().join("OVMF_VARS.fd");
-        fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &vars).expect("ovmf vars");
-        cmd.arg("-drive")
-            .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd")
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ));
-    }
-    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.args(spec.argv());
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().expect("qemu-system-x86_64 installed");
     let status = loop {

@@ -2,9 +2,12 @@
 //! serial console captured to a file, user-mode networking only, and the VM killed
 //! when the handle drops.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use kiln::qemu;
+pub use kiln::qemu::{HostFwd, UserNet};
 
 /// Firmware to boot with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,15 +25,8 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Extra QEMU arguments (drives, fw_cfg, -boot, ...).
     pub args: Vec<String>,
-    /// User-mode network with these `hostfwd` rules (`tcp:127.0.0.1:H-:G`), and an
-    /// optional TFTP root and boot file for PXE.
-    pub net: Option<Net>,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct Net {
-    pub hostfwd: Vec<String>,
-    pub tftp: Option<(PathBuf, String)>,
+    /// QEMU's user-mode network (forwards from 127.0.0.1 only), or none.
+    pub net: Option<UserNet>,
 }
 
 impl VmSpec {
@@ -39,7 +35,7 @@ impl VmSpec {
             firmware,
             memory_mib: 1536,
             args: Vec::new(),
-            net: Some(Net::default()),
+            net: Some(UserNet::default()),
         }
     }
 
@@ -75,6 +71,26 @@ impl VmSpec {
         self.args.push(a.into());
         self
     }
+
+    /// The machine as the builder's QEMU command line sees it, with its console, monitor
+    /// and variable store in `dir`.
+    fn machine(&self, dir: &Path) -> qemu::VmSpec {
+        let firmware = match self.firmware {
+            Firmware::Bios => qemu::Firmware::Bios,
+            Firmware::Uefi => qemu::Firmware::Uefi {
+                vars: dir.join("OVMF_VARS.fd"),
+            },
+        };
+        let mut m = qemu::VmSpec::new(
+            self.memory_mib,
+            firmware,
+            dir.join("serial.log"),
+            dir.join("monitor.sock"),
+        );
+        m.net = self.net.clone();
+        m.extra = self.args.clone();
+        m
+    }
 }
 
 /// A running VM.
@@ -87,51 +103,12 @@ pub struct Vm {
 impl Vm {
     pub fn start(spec: &VmSpec) -> std::io::Result<Vm> {
         let dir = tempfile::tempdir()?;
+        let machine = spec.machine(dir.path());
+        if let qemu::Firmware::Uefi { vars } = &machine.firmware {
+            std::fs::copy(qemu::OVMF_VARS, vars)?;
+        }
         let mut c = Command::new("qemu-system-x86_64");
-        c.args([
-            "-accel",
-            "tcg",
-            "-smp",
-            "2",
-            "-display",
-            "none",
-            "-nodefaults",
-        ])
-        .args(["-m", &spec.memory_mib.to_string()])
-        .arg("-serial")
-        .arg(format!("file:{}", dir.path().join("serial.log").display()))
-        .arg("-monitor")
-        .arg(format!(
-            "unix:{},server=on,wait=off",
-            dir.path().join("monitor.sock").display()
-        ))
-        .args(["-device", "virtio-rng-pci"]);
-        if spec.firmware == Firmware::Uefi {
-            let vars = dir.path().join("OVMF_VARS.fd");
-            std::fs::copy("/usr/share/OVMF/OVMF_VARS.fd", &vars)?;
-            c.arg("-drive")
-                .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd")
-                .arg("-drive")
-                .arg(format!(
-                    "if=pflash,format=raw,unit=1,file={}",
-                    vars.display()
-                ));
-        }
-        if let Some(net) = &spec.net {
-            let mut n = "user,id=n0,restrict=off".to_string();
-            for f in &net.hostfwd {
-                assert!(
-                    f.contains("127.0.0.1:"),
-                    "host forwards bind loopback only: {f}"
-                );
-                n.push_str(&format!(",hostfwd={f}"));
-            }
-            if let Some((root, file)) = &net.tftp {
-                n.push_str(&format!(",tftp={},bootfile={file}", root.display()));
-            }
-            c.args(["-netdev", &n, "-device", "virtio-net-pci,netdev=n0"]);
-        }
-        c.args(&spec.args)
+        c.args(machine.argv())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kiln_tests::images::minimal;
-use kiln_tests::qemu::{Firmware, Net, Vm, VmSpec};
+use kiln_tests::qemu::{Firmware, UserNet, Vm, VmSpec};
 use kiln_tests::{snapshot, text};
 
 const BOOT: Duration = Duration::from_secs(480);
@@ -78,9 +78,9 @@ fn pxe_through_ipxe_and_tftp() {
     let b = minimal();
     let mut spec = VmSpec::new(Firmware::Bios).arg("-boot").arg("n");
     spec.memory_mib = 2048;
-    spec.net = Some(Net {
-        hostfwd: Vec::new(),
+    spec.net = Some(UserNet {
         tftp: Some((b.pxe(), "boot.ipxe".into())),
+        ..UserNet::default()
     });
     reaches_systemd("PXE", &spec, "kiln.root=embedded");
 }

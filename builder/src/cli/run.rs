@@ -15,10 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::dispatch::{now, read_secrets, write_private};
 use crate::cli::RunArgs;
-
-/// OVMF firmware (Debian's `ovmf` package).
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS.fd";
+use crate::qemu::{Drive, Firmware, HostFwd, Kernel, UserNet, VmSpec, OVMF_VARS};
 
 /// What kind of output is booted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -343,68 +340,70 @@ pub fn run(args: &RunArgs) -> Result<()> {
         _ => None,
     };
     let qemu_err = state.join("qemu.err");
+    let firmware = if args.bios {
+        Firmware::Bios
+    } else {
+        Firmware::Uefi {
+            vars: state.join("OVMF_VARS.fd"),
+        }
+    };
+    let mut spec = VmSpec::new(args.memory, firmware, &console, &monitor);
+    spec.cpus = args.cpus;
+    // A hardware watchdog for systemd's RuntimeWatchdogSec: a hung guest is reset.
+    spec.watchdog = true;
+    spec.fw_cfg
+        .push(("opt/kiln/config".into(), config_path.clone()));
+    match &boot {
+        Boot::Disk { .. } => {
+            let (path, format) = disk.clone().unwrap_or_default();
+            spec.drives.push(Drive::Disk {
+                path,
+                format: format.to_string(),
+                snapshot: false,
+            });
+        }
+        Boot::Iso(iso) => spec.drives.push(Drive::Cdrom(iso.clone())),
+        Boot::Pxe {
+            kernel,
+            initramfs,
+            cmdline,
+        } => {
+            spec.kernel = Some(Kernel {
+                kernel: kernel.clone(),
+                initrd: initramfs.clone(),
+                cmdline: cmdline.clone(),
+            })
+        }
+    }
+    let mut hostfwd = vec![HostFwd {
+        host_port: api_port,
+        guest_port: 6443,
+    }];
+    if let (Some(host), Some(guest)) = (node_port_host, args.node_port) {
+        hostfwd.push(HostFwd {
+            host_port: host,
+            guest_port: guest,
+        });
+    }
+    spec.net = Some(UserNet {
+        restrict: true,
+        hostfwd,
+        tftp: None,
+    });
     let qemu = |accel: &str| -> Result<Command> {
-        let mut c = Command::new("qemu-system-x86_64");
-        c.args(["-accel", accel, "-display", "none", "-nodefaults"])
-            .args(["-smp", &args.cpus.to_string()])
-            .args(["-m", &args.memory.to_string()])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-monitor")
-            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
-            .args(["-device", "virtio-rng-pci"])
-            // A hardware watchdog for systemd's RuntimeWatchdogSec: a hung guest is reset.
-            .args(["-device", "i6300esb"])
-            .arg("-fw_cfg")
-            .arg(format!(
-                "name=opt/kiln/config,file={}",
-                config_path.display()
-            ));
-        if !args.bios {
-            let vars = state.join("OVMF_VARS.fd");
-            std::fs::copy(OVMF_VARS, &vars)
+        // Each start gets a fresh variable store.
+        if let Firmware::Uefi { vars } = &spec.firmware {
+            std::fs::copy(OVMF_VARS, vars)
                 .with_context(|| format!("copying {OVMF_VARS} (is the ovmf package installed?)"))?;
-            c.arg("-drive")
-                .arg(format!(
-                    "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-                ))
-                .arg("-drive")
-                .arg(format!(
-                    "if=pflash,format=raw,unit=1,file={}",
-                    vars.display()
-                ));
         }
-        match &boot {
-            Boot::Disk { .. } => {
-                let (disk, fmt) = disk.clone().unwrap_or_default();
-                c.arg("-drive")
-                    .arg(format!("file={},format={fmt},if=virtio", disk.display()));
+        let mut c = Command::new("qemu-system-x86_64");
+        c.args(
+            VmSpec {
+                accel: accel.into(),
+                ..spec.clone()
             }
-            Boot::Iso(iso) => {
-                c.arg("-drive")
-                    .arg(format!(
-                        "file={},format=raw,media=cdrom,readonly=on",
-                        iso.display()
-                    ))
-                    .args(["-boot", "d"]);
-            }
-            Boot::Pxe {
-                kernel,
-                initramfs,
-                cmdline,
-            } => {
-                c.arg("-kernel")
-                    .arg(kernel)
-                    .arg("-initrd")
-                    .arg(initramfs)
-                    .args(["-append", cmdline]);
-            }
-        }
-        let mut net = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{api_port}-:6443");
-        if let (Some(host), Some(guest)) = (node_port_host, args.node_port) {
-            net.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
-        }
-        c.args(["-netdev", &net, "-device", "virtio-net-pci,netdev=n0"]);
+            .argv(),
+        );
         c.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(
