@@ -9,6 +9,10 @@ use sha2::{Digest as _, Sha256};
 
 /// The GPT name of the data partition.
 pub const DATA_LABEL: &str = "kiln-data";
+/// Entries in a table [`Gpt::new`] makes (the usual 128, 16 KiB of them).
+pub const ENTRY_COUNT: u32 = 128;
+/// Bytes per entry in a table [`Gpt::new`] makes.
+pub const ENTRY_SIZE: u32 = 128;
 /// Linux filesystem data, 0FC63DAF-8483-4772-8E79-3D69D8477DE4, in on-disk byte order.
 pub const LINUX_FS_TYPE: [u8; 16] = [
     0xAF, 0x3D, 0xC6, 0x0F, 0x83, 0x84, 0x72, 0x47, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4,
@@ -43,35 +47,6 @@ fn io_err(action: &'static str) -> impl FnOnce(io::Error) -> GptError {
     move |source| GptError::Io { action, source }
 }
 
-/// CRC-32 (IEEE, reflected), as GPT uses.
-pub fn crc32(data: &[u8]) -> u32 {
-    const fn table() -> [u32; 256] {
-        let mut t = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut k = 0;
-            while k < 8 {
-                c = if c & 1 != 0 {
-                    0xEDB8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                k += 1;
-            }
-            t[i] = c;
-            i += 1;
-        }
-        t
-    }
-    const T: [u32; 256] = table();
-    let mut c = !0u32;
-    for &b in data {
-        c = T[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
-    }
-    !c
-}
-
 fn le64(b: &[u8], at: usize) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[at..at + 8]);
@@ -84,7 +59,7 @@ fn le32(b: &[u8], at: usize) -> u32 {
 }
 
 /// One partition entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
     pub type_guid: [u8; 16],
     pub part_guid: [u8; 16],
@@ -117,7 +92,8 @@ impl Entry {
             name: String::from_utf16_lossy(&units),
         }
     }
-    fn write(&self, b: &mut [u8]) {
+    /// The entry's 128 bytes (the rest of a larger entry slot is zeroed).
+    pub fn encode(&self, b: &mut [u8]) {
         b.fill(0);
         b[0..16].copy_from_slice(&self.type_guid);
         b[16..32].copy_from_slice(&self.part_guid);
@@ -142,6 +118,43 @@ pub struct Gpt {
 }
 
 impl Gpt {
+    /// A new table for a disk of `disk_sectors` sectors of `sector` bytes, with
+    /// [`ENTRY_COUNT`] entries of [`ENTRY_SIZE`] bytes after the primary header;
+    /// `entries` fill the first slots. [`Gpt::write`] puts it on the disk.
+    pub fn new(
+        sector: u64,
+        disk_sectors: u64,
+        disk_guid: [u8; 16],
+        entries: Vec<Entry>,
+    ) -> Result<Gpt, GptError> {
+        let table = u64::from(ENTRY_COUNT * ENTRY_SIZE);
+        let entry_sectors = table.div_ceil(sector);
+        if sector < 512 || entries.len() > ENTRY_COUNT as usize {
+            return Err(GptError::BadHeader("too many partitions"));
+        }
+        if disk_sectors < 3 + 2 * entry_sectors {
+            return Err(GptError::BadHeader("disk too small for a GPT"));
+        }
+        let mut header = vec![0u8; sector as usize];
+        header[0..8].copy_from_slice(b"EFI PART");
+        header[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        header[12..16].copy_from_slice(&92u32.to_le_bytes());
+        header[40..48].copy_from_slice(&(2 + entry_sectors).to_le_bytes());
+        header[56..72].copy_from_slice(&disk_guid);
+        header[72..80].copy_from_slice(&2u64.to_le_bytes());
+        header[80..84].copy_from_slice(&ENTRY_COUNT.to_le_bytes());
+        header[84..88].copy_from_slice(&ENTRY_SIZE.to_le_bytes());
+        let mut all = entries;
+        all.resize(ENTRY_COUNT as usize, Entry::default());
+        Ok(Gpt {
+            sector,
+            header,
+            entry_size: ENTRY_SIZE as usize,
+            entries: all,
+            raw_entries: vec![0u8; table as usize],
+        })
+    }
+
     /// Reads and checks the primary header and entry array.
     pub fn read<D: Read + Seek>(dev: &mut D, sector: u64) -> Result<Gpt, GptError> {
         let mut header = vec![0u8; sector as usize];
@@ -158,7 +171,7 @@ impl Gpt {
         }
         let mut h = header[..hsize].to_vec();
         h[16..20].fill(0);
-        if crc32(&h) != le32(&header, 16) {
+        if crc32fast::hash(&h) != le32(&header, 16) {
             return Err(GptError::BadHeader("header CRC mismatch"));
         }
         let count = le32(&header, 80) as usize;
@@ -171,7 +184,7 @@ impl Gpt {
             .map_err(io_err("seeking to the GPT entries"))?;
         dev.read_exact(&mut raw_entries)
             .map_err(io_err("reading the GPT entries"))?;
-        if crc32(&raw_entries) != le32(&header, 88) {
+        if crc32fast::hash(&raw_entries) != le32(&header, 88) {
             return Err(GptError::BadHeader("entry array CRC mismatch"));
         }
         let entries = raw_entries.chunks(entry_size).map(Entry::parse).collect();
@@ -213,7 +226,7 @@ impl Gpt {
     fn serialize_entries(&mut self) {
         let size = self.entry_size;
         for (i, e) in self.entries.iter().enumerate() {
-            e.write(&mut self.raw_entries[i * size..i * size + 128]);
+            e.encode(&mut self.raw_entries[i * size..i * size + size]);
         }
     }
 
@@ -222,16 +235,22 @@ impl Gpt {
         h[24..32].copy_from_slice(&my_lba.to_le_bytes());
         h[32..40].copy_from_slice(&other_lba.to_le_bytes());
         h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
-        h[88..92].copy_from_slice(&crc32(&self.raw_entries).to_le_bytes());
+        h[88..92].copy_from_slice(&crc32fast::hash(&self.raw_entries).to_le_bytes());
         h[16..20].fill(0);
         let hsize = le32(&h, 12) as usize;
-        let c = crc32(&h[..hsize]);
+        let c = crc32fast::hash(&h[..hsize]);
         h[16..20].copy_from_slice(&c.to_le_bytes());
         h
     }
 
-    /// Writes primary and backup headers and entry arrays for a disk of `disk_sectors`.
-    fn write<D: Write + Seek>(&mut self, dev: &mut D, disk_sectors: u64) -> Result<(), GptError> {
+    /// Writes primary and backup headers and entry arrays for a disk of `disk_sectors`:
+    /// the backup first and the primary header last, so that until that last write
+    /// (the commit point) the disk still holds the old, consistent table.
+    pub fn write<D: Write + Seek>(
+        &mut self,
+        dev: &mut D,
+        disk_sectors: u64,
+    ) -> Result<(), GptError> {
         self.serialize_entries();
         let last = disk_sectors - 1;
         let backup_entries = last - self.entry_sectors();
@@ -269,9 +288,12 @@ pub fn data_part_guid(disk_guid: &[u8; 16]) -> [u8; 16] {
     let d = h.finalize();
     let mut g = [0u8; 16];
     g.copy_from_slice(&d[..16]);
-    g[7] = (g[7] & 0x0F) | 0x40; // time_hi_and_version, stored little-endian
-    g[8] = (g[8] & 0x3F) | 0x80; // variant
-    g
+    // The hash read as on-disk (mixed-endian) bytes, made a version-4 RFC 4122 UUID.
+    uuid::Builder::from_bytes_le(g)
+        .with_version(uuid::Version::Random)
+        .with_variant(uuid::Variant::RFC4122)
+        .into_uuid()
+        .to_bytes_le()
 }
 
 /// What [`ensure_data_partition`] did.
@@ -299,6 +321,30 @@ impl DataPartition {
     }
 }
 
+/// A protective MBR for a disk of `disk_sectors` sectors: one 0xEE partition over the disk
+/// and `boot_code` (at most 440 bytes are used) in front.
+pub fn protective_mbr(disk_sectors: u64, boot_code: Option<&[u8]>) -> [u8; 512] {
+    let mut m = [0u8; 512];
+    if let Some(code) = boot_code {
+        let n = code.len().min(440);
+        m[..n].copy_from_slice(&code[..n]);
+    }
+    let e = &mut m[446..462];
+    e[1..4].copy_from_slice(&[0x00, 0x02, 0x00]);
+    e[4] = 0xEE;
+    e[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
+    e[8..12].copy_from_slice(&1u32.to_le_bytes());
+    m[510] = 0x55;
+    m[511] = 0xAA;
+    set_protective_size(&mut m, disk_sectors);
+    m
+}
+
+fn set_protective_size(mbr: &mut [u8; 512], disk_sectors: u64) {
+    let size = u32::try_from(disk_sectors - 1).unwrap_or(u32::MAX);
+    mbr[446 + 12..446 + 16].copy_from_slice(&size.to_le_bytes());
+}
+
 fn update_protective_mbr<D: Read + Write + Seek>(
     dev: &mut D,
     disk_sectors: u64,
@@ -309,8 +355,7 @@ fn update_protective_mbr<D: Read + Write + Seek>(
     dev.read_exact(&mut mbr)
         .map_err(io_err("reading the MBR"))?;
     if mbr[510..512] == [0x55, 0xAA] && mbr[446 + 4] == 0xEE {
-        let size = (disk_sectors - 1).min(0xFFFF_FFFF) as u32;
-        mbr[446 + 12..446 + 16].copy_from_slice(&size.to_le_bytes());
+        set_protective_size(&mut mbr, disk_sectors);
         dev.seek(SeekFrom::Start(0))
             .map_err(io_err("writing the MBR"))?;
         dev.write_all(&mbr).map_err(io_err("writing the MBR"))?;
@@ -434,14 +479,14 @@ pub fn check_backup<D: Read + Seek>(dev: &mut D, sector: u64) -> Result<(), GptE
     let hsize = (le32(&h, 12) as usize).clamp(92, sector as usize);
     let mut z = h[..hsize].to_vec();
     z[16..20].fill(0);
-    if crc32(&z) != le32(&h, 16) || le64(&h, 24) != last || le64(&h, 32) != 1 {
+    if crc32fast::hash(&z) != le32(&h, 16) || le64(&h, 24) != last || le64(&h, 32) != 1 {
         return Err(GptError::BadHeader("backup header CRC or LBAs wrong"));
     }
     let mut raw = vec![0u8; primary.raw_entries.len()];
     dev.seek(SeekFrom::Start(le64(&h, 72) * sector))
         .and_then(|_| dev.read_exact(&mut raw))
         .map_err(io_err("reading the backup GPT entries"))?;
-    if raw != primary.raw_entries || crc32(&raw) != le32(&h, 88) {
+    if raw != primary.raw_entries || crc32fast::hash(&raw) != le32(&h, 88) {
         return Err(GptError::BadHeader(
             "backup entries differ from the primary",
         ));
@@ -457,17 +502,14 @@ pub(crate) mod tests {
     use std::process::Command;
 
     #[test]
-    fn crc32_check_value() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-    }
-
-    #[test]
     fn derived_guid_is_v4_shaped_and_stable() {
         let g = data_part_guid(&[7; 16]);
         assert_eq!(g, data_part_guid(&[7; 16]));
         assert_ne!(g, data_part_guid(&[8; 16]));
         assert_eq!(g[7] >> 4, 4);
         assert_eq!(g[8] >> 6, 2);
+        // Pinned: a change here would give every existing disk's kiln-data a new GUID.
+        assert_eq!(hex::encode(g), "2165966e3da03c4495846cdaae42f849");
     }
 
     fn have_sfdisk() -> bool {

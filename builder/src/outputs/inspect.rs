@@ -48,20 +48,7 @@ pub struct Report {
 
 /// Mixed-endian GPT GUID bytes as the usual text form.
 fn guid_text(g: &[u8; 16]) -> String {
-    format!(
-        "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{}",
-        g[3],
-        g[2],
-        g[1],
-        g[0],
-        g[5],
-        g[4],
-        g[7],
-        g[6],
-        g[8],
-        g[9],
-        hex::encode(&g[10..16])
-    )
+    uuid::Uuid::from_bytes_le(*g).to_string()
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String> {

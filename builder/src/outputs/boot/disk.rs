@@ -118,7 +118,7 @@ pub fn layout(spec: &DiskSpec<'_>, squashfs_size: u64) -> Result<Gpt> {
     let part = |label: &str, ty: &str, start: u64, size: u64| -> Result<Partition> {
         Ok(Partition {
             label: label.to_string(),
-            type_guid: Uuid::parse(ty).ok_or(BootError::BadPath {
+            type_guid: Uuid::parse_str(ty).map_err(|_| BootError::BadPath {
                 path: ty.to_string(),
                 reason: "bad type GUID constant",
             })?,

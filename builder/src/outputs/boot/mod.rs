@@ -44,52 +44,7 @@ pub struct BootIdentity {
     pub extra_args: String,
 }
 
-/// A 16-byte UUID in canonical (RFC 4122, big-endian) byte order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Uuid(pub [u8; 16]);
-
-impl Uuid {
-    /// The mixed-endian layout GPT stores on disk (first three fields little-endian).
-    pub fn to_gpt_bytes(self) -> [u8; 16] {
-        let b = self.0;
-        let mut g = b;
-        g[0..4].copy_from_slice(&[b[3], b[2], b[1], b[0]]);
-        g[4..6].copy_from_slice(&[b[5], b[4]]);
-        g[6..8].copy_from_slice(&[b[7], b[6]]);
-        g
-    }
-
-    /// Parses `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (for constants and tests).
-    pub fn parse(s: &str) -> Option<Uuid> {
-        let hex: String = s.chars().filter(|c| *c != '-').collect();
-        if hex.len() != 32 || s.len() != 36 {
-            return None;
-        }
-        let bytes = hex::decode(hex).ok()?;
-        let mut out = [0u8; 16];
-        out.copy_from_slice(&bytes);
-        Some(Uuid(out))
-    }
-
-    pub fn hex(self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl std::fmt::Display for Uuid {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let h = hex::encode(self.0);
-        write!(
-            f,
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
-    }
-}
+pub use uuid::Uuid;
 
 impl BootIdentity {
     pub fn new(name: &str, version: &str) -> Self {
@@ -129,9 +84,7 @@ impl BootIdentity {
         let h = self.hash(role);
         let mut b = [0u8; 16];
         b.copy_from_slice(&h[..16]);
-        b[6] = (b[6] & 0x0f) | 0x40;
-        b[8] = (b[8] & 0x3f) | 0x80;
-        Uuid(b)
+        uuid::Builder::from_random_bytes(b).into_uuid()
     }
 
     /// A FAT volume serial (shown by Linux and GRUB as `XXXX-XXXX`).
@@ -250,14 +203,14 @@ mod tests {
         assert_eq!(s.len(), 36);
         assert_eq!(&s[14..15], "4");
         assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
-        assert_eq!(Uuid::parse(&s), Some(a));
+        assert_eq!(Uuid::parse_str(&s).ok(), Some(a));
     }
 
     #[test]
     fn gpt_byte_order_swaps_first_three_fields() {
-        let esp = Uuid::parse("c12a7328-f81f-11d2-ba4b-00a0c93ec93b").expect("uuid");
+        let esp = Uuid::parse_str("c12a7328-f81f-11d2-ba4b-00a0c93ec93b").expect("uuid");
         assert_eq!(
-            hex::encode(esp.to_gpt_bytes()),
+            hex::encode(esp.to_bytes_le()),
             "28732ac11ff8d211ba4b00a0c93ec93b"
         );
         assert_eq!(fat_serial_string(0x1234abcd), "1234-ABCD");
