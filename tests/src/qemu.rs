@@ -25,7 +25,7 @@ pub struct VmSpec {
     pub memory_mib: u32,
     /// Extra QEMU arguments (drives, fw_cfg, -boot, ...).
     pub args: Vec<String>,
-    /// QEMU's user-mode network (forwards from 127.0.0.1 only), or none.
+    /// QEMU's user-mode network (forwards from 127.0.0.1 only, guest isolated), or none.
     pub net: Option<UserNet>,
 }
 
@@ -35,7 +35,12 @@ impl VmSpec {
             firmware,
             memory_mib: 1536,
             args: Vec::new(),
-            net: Some(UserNet::default()),
+            // Isolated as `kiln run` is: the guest reaches its forwards, DHCP and TFTP of the
+            // user-mode stack, and nothing else.
+            net: Some(UserNet {
+                restrict: true,
+                ..UserNet::default()
+            }),
         }
     }
 

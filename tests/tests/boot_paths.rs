@@ -79,6 +79,7 @@ fn pxe_through_ipxe_and_tftp() {
     let mut spec = VmSpec::new(Firmware::Bios).arg("-boot").arg("n");
     spec.memory_mib = 2048;
     spec.net = Some(UserNet {
+        restrict: true,
         tftp: Some((b.pxe(), "boot.ipxe".into())),
         ..UserNet::default()
     });
