@@ -191,19 +191,22 @@ fn changes(old: Option<&Lock>, new: &Lock) -> Vec<String> {
 /// `kiln lock --check`: how the definition's lock disagrees with it (empty: up to date).
 /// Never touches the network.
 pub fn check_lock(definition: &Path) -> Result<(PathBuf, Vec<String>)> {
-    let def = crate::definition::load(definition)?;
-    let path = lock_path(definition);
-    let lock = Lock::read(&path, definition)?;
-    let m = lock.mismatches(&def);
-    Ok((path, m))
+    let (def, path, lock) = read_with_lock(definition)?;
+    Ok((path, lock.mismatches(&def)))
+}
+
+/// The definition at `def_path`, where its lock is, and the lock.
+fn read_with_lock(def_path: &Path) -> Result<(Definition, PathBuf, Lock)> {
+    let def = crate::definition::load(def_path)?;
+    let path = lock_path(def_path);
+    let lock = Lock::read(&path, def_path)?;
+    Ok((def, path, lock))
 }
 
 /// Reads a definition and its lock and checks that they agree.
 /// With `relock`, disagreements about go inputs are left for the build to repair.
 pub fn definition_and_lock(def_path: &Path, relock: bool) -> Result<(Definition, Lock)> {
-    let def = crate::definition::load(def_path)?;
-    let path = lock_path(def_path);
-    let lock = Lock::read(&path, def_path)?;
+    let (def, path, lock) = read_with_lock(def_path)?;
     let mut m = lock.mismatches(&def);
     if relock {
         let go = lock.go_mismatches(&def);

@@ -1,5 +1,6 @@
 //! QEMU's command line from a description of the machine: where `kiln run` and the test
-//! harness both get their argv. Pure: it touches no file and starts no process.
+//! harness both get their argv. [`VmSpec::argv`] is pure; the one file this module writes
+//! is a UEFI machine's fresh variable store ([`Firmware::fresh_vars`]).
 //!
 //! Networking is QEMU's user-mode stack only, and host forwards bind 127.0.0.1 by
 //! construction ([`HostFwd`] has no address to get wrong).
@@ -18,6 +19,17 @@ pub enum Firmware {
     Bios,
     /// OVMF (UEFI) with `vars`, this VM's private copy of the variable store.
     Uefi { vars: PathBuf },
+}
+
+impl Firmware {
+    /// Gives a UEFI machine a fresh copy of the variable store template (each start boots
+    /// with its own, unchanged by earlier boots); nothing to do for BIOS.
+    pub fn fresh_vars(&self) -> std::io::Result<()> {
+        match self {
+            Firmware::Bios => Ok(()),
+            Firmware::Uefi { vars } => std::fs::copy(OVMF_VARS, vars).map(drop),
+        }
+    }
 }
 
 /// A drive.

@@ -24,12 +24,11 @@ fn boot(name: &str, fw: Firmware, args: &[&str]) -> String {
     let log = work.path().join("serial.log");
     let firmware = match fw {
         Firmware::SeaBios => qemu::Firmware::Bios,
-        Firmware::Ovmf => {
-            let vars = work.path().join("OVMF_VARS.fd");
-            fs::copy(qemu::OVMF_VARS, &vars).expect("ovmf vars");
-            qemu::Firmware::Uefi { vars }
-        }
+        Firmware::Ovmf => qemu::Firmware::Uefi {
+            vars: work.path().join("OVMF_VARS.fd"),
+        },
     };
+    firmware.fresh_vars().expect("ovmf vars");
     let mut spec = qemu::VmSpec::new(1024, firmware, &log, work.path().join("monitor.sock"));
     spec.extra = ["-no-reboot"]
         .iter()

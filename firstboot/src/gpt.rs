@@ -127,11 +127,14 @@ impl Gpt {
         disk_guid: [u8; 16],
         entries: Vec<Entry>,
     ) -> Result<Gpt, GptError> {
-        let table = u64::from(ENTRY_COUNT * ENTRY_SIZE);
-        let entry_sectors = table.div_ceil(sector);
-        if sector < 512 || entries.len() > ENTRY_COUNT as usize {
+        if sector < 512 {
+            return Err(GptError::BadHeader("sector size below 512 bytes"));
+        }
+        if entries.len() > ENTRY_COUNT as usize {
             return Err(GptError::BadHeader("too many partitions"));
         }
+        let table = u64::from(ENTRY_COUNT * ENTRY_SIZE);
+        let entry_sectors = table.div_ceil(sector);
         if disk_sectors < 3 + 2 * entry_sectors {
             return Err(GptError::BadHeader("disk too small for a GPT"));
         }

@@ -45,10 +45,10 @@ pub fn kiln_bin() -> PathBuf {
 
 /// Kiln's cache directory as `kiln` sees it: `$KILN_CACHE`, else `~/.cache/kiln`.
 pub fn kiln_cache() -> PathBuf {
-    match std::env::var_os("KILN_CACHE") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/kiln"),
-    }
+    kiln::cache::Cache::from_env()
+        .expect("KILN_CACHE or HOME is set")
+        .root()
+        .to_path_buf()
 }
 
 /// Runs `kiln` with `args` in the workspace root; `env` adds variables.
@@ -91,24 +91,27 @@ pub fn run(cmd: &mut Command) -> String {
 
 /// [`run`], returning stdout as bytes.
 pub fn run_bytes(cmd: &mut Command) -> Vec<u8> {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(o.status.success(), "{cmd:?} failed: {}", text(&o));
-    o.stdout
+    succeeded(cmd).stdout
 }
 
 /// [`run`], returning stdout followed by stderr (for tools that report on stderr).
 pub fn run_combined(cmd: &mut Command) -> String {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(o.status.success(), "{cmd:?} failed: {}", text(&o));
+    let o = succeeded(cmd);
     format!(
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// The output of `cmd`, which must have run and succeeded (else a panic naming it, with its
+/// status and both streams).
+fn succeeded(cmd: &mut Command) -> Output {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(o.status.success(), "{cmd:?} failed: {}", text(&o));
+    o
 }
 
 /// Maps a path of an unmerged Debian tree to its merged-/usr place.

@@ -2,12 +2,12 @@
 //! serial console captured to a file, user-mode networking only, and the VM killed
 //! when the handle drops.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln::qemu;
-pub use kiln::qemu::{HostFwd, UserNet};
+pub use kiln::qemu::UserNet;
 
 /// Firmware to boot with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,10 @@ pub enum Firmware {
 pub struct VmSpec {
     pub firmware: Firmware,
     pub memory_mib: u32,
-    /// Extra QEMU arguments (drives, fw_cfg, -boot, ...).
+    pub drives: Vec<qemu::Drive>,
+    /// `-fw_cfg` files: (name, file).
+    pub fw_cfg: Vec<(String, PathBuf)>,
+    /// Extra QEMU arguments, after the drives.
     pub args: Vec<String>,
     /// QEMU's user-mode network (forwards from 127.0.0.1 only, guest isolated), or none.
     pub net: Option<UserNet>,
@@ -34,6 +37,8 @@ impl VmSpec {
         VmSpec {
             firmware,
             memory_mib: 1536,
+            drives: Vec::new(),
+            fw_cfg: Vec::new(),
             args: Vec::new(),
             // Isolated as `kiln run` is: the guest reaches its forwards, DHCP and TFTP of the
             // user-mode stack, and nothing else.
@@ -46,29 +51,21 @@ impl VmSpec {
 
     /// A virtio disk; `snapshot` keeps the file unchanged.
     pub fn disk(mut self, path: &Path, format: &str, snapshot: bool) -> Self {
-        let mut d = format!("file={},format={format},if=virtio", path.display());
-        if snapshot {
-            d.push_str(",snapshot=on");
-        }
-        self.args.extend(["-drive".into(), d]);
+        self.drives.push(qemu::Drive::Disk {
+            path: path.to_path_buf(),
+            format: format.into(),
+            snapshot,
+        });
         self
     }
 
     pub fn cdrom(mut self, iso: &Path) -> Self {
-        self.args.extend([
-            "-drive".into(),
-            format!("file={},format=raw,media=cdrom,readonly=on", iso.display()),
-            "-boot".into(),
-            "d".into(),
-        ]);
+        self.drives.push(qemu::Drive::Cdrom(iso.to_path_buf()));
         self
     }
 
     pub fn fw_cfg_file(mut self, name: &str, file: &Path) -> Self {
-        self.args.extend([
-            "-fw_cfg".into(),
-            format!("name={name},file={}", file.display()),
-        ]);
+        self.fw_cfg.push((name.into(), file.to_path_buf()));
         self
     }
 
@@ -92,6 +89,8 @@ impl VmSpec {
             dir.join("serial.log"),
             dir.join("monitor.sock"),
         );
+        m.drives = self.drives.clone();
+        m.fw_cfg = self.fw_cfg.clone();
         m.net = self.net.clone();
         m.extra = self.args.clone();
         m
@@ -109,9 +108,7 @@ impl Vm {
     pub fn start(spec: &VmSpec) -> std::io::Result<Vm> {
         let dir = tempfile::tempdir()?;
         let machine = spec.machine(dir.path());
-        if let qemu::Firmware::Uefi { vars } = &machine.firmware {
-            std::fs::copy(qemu::OVMF_VARS, vars)?;
-        }
+        machine.firmware.fresh_vars()?;
         let mut c = Command::new("qemu-system-x86_64");
         c.args(machine.argv())
             .stdin(Stdio::null())

@@ -391,11 +391,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
         tftp: None,
     });
     let qemu = |accel: &str| -> Result<Command> {
-        // Each start gets a fresh variable store.
-        if let Firmware::Uefi { vars } = &spec.firmware {
-            std::fs::copy(OVMF_VARS, vars)
-                .with_context(|| format!("copying {OVMF_VARS} (is the ovmf package installed?)"))?;
-        }
+        spec.firmware
+            .fresh_vars()
+            .with_context(|| format!("copying {OVMF_VARS} (is the ovmf package installed?)"))?;
         let mut c = Command::new("qemu-system-x86_64");
         c.args(
             VmSpec {
