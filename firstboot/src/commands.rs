@@ -11,8 +11,8 @@ use std::time::Duration;
 use crate::agent::{self, AgentPaths};
 use crate::cmdline::Cmdline;
 use crate::console::Console;
+use crate::host::HostOptions;
 use crate::install;
-use crate::k8s::host::HostOptions;
 use crate::notify::{self, Notifier};
 use crate::stage1::{self, Layout, OnFailure};
 use crate::status::Status;
@@ -216,5 +216,5 @@ pub fn host(opts: &HostOptions) -> anyhow::Result<()> {
         bin,
         ..opts.clone()
     };
-    crate::k8s::host::run(&opts, &stop, &mut std::io::stdout())
+    crate::host::run(&opts, &stop, &mut std::io::stdout())
 }

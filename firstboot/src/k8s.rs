@@ -1,7 +1,7 @@
 //! Kubernetes component configuration (kubeadm style), as pure functions of [`ClusterParams`]:
 //! the supervised components ([`components`]), their configuration files ([`files`]) and the
-//! addon objects applied once through the API ([`addons`]); plus host mode ([`host`]), which
-//! runs the control plane on 127.0.0.1 under a directory, for integration tests.
+//! addon objects applied once through the API ([`addons`]). Nothing here does IO: the node
+//! driver ([`crate::driver`]) writes the files and runs the components.
 //!
 //! Component configs are written as JSON (every component reads JSON where it reads YAML);
 //! containerd's config is TOML.
@@ -9,7 +9,6 @@
 pub mod addons;
 pub mod components;
 pub mod files;
-pub mod host;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};

@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use firstboot::driver::write_files;
+use firstboot::host::{self, HostOptions, HostStatus};
 use firstboot::k8s::components::{self, APISERVER, CONTROLLER_MANAGER, ETCD, SCHEDULER};
-use firstboot::k8s::host::{self, HostOptions, HostStatus};
 use firstboot::k8s::{files, ClusterParams};
 use firstboot::supervisor::machine::backoff_delay;
 use firstboot::supervisor::shell::monotonic_ms;
@@ -347,8 +348,8 @@ fn control_plane_in_host_mode() {
     let mut q = p.clone();
     q.paths.config = cfg.clone();
     q.paths.cni_conf = cfg.join("cni");
-    files::write_files(&files::control_plane_files(&q)).unwrap();
-    files::write_files(&files::node_files(&q).unwrap()).unwrap();
+    write_files(&files::control_plane_files(&q)).unwrap();
+    write_files(&files::node_files(&q).unwrap()).unwrap();
     run_combined(
         Command::new(bin.join("kube-proxy"))
             .arg(format!(

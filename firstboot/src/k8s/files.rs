@@ -1,8 +1,6 @@
 //! Component configuration files: kube-scheduler, the apiserver's AuthenticationConfiguration,
 //! kubelet, kube-proxy, containerd, CNI; plus the kernel modules and sysctls the node needs.
 
-use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -232,51 +230,15 @@ pub fn node_files(p: &ClusterParams) -> Result<Vec<GeneratedFile>, K8sError> {
     ])
 }
 
-/// Creates the state directories the components expect (etcd's 0700).
-pub fn prepare_dirs(p: &ClusterParams) -> Result<(), K8sError> {
-    for (dir, mode) in [
+/// The state directories the components expect, with their modes (etcd's and the
+/// controllers' certificates 0700).
+pub fn state_dirs(p: &ClusterParams) -> Vec<(PathBuf, u32)> {
+    vec![
         (p.paths.etcd_data(), 0o700),
         (p.paths.controller_manager_certs(), 0o700),
         (p.paths.scheduler_certs(), 0o700),
         (p.paths.config.clone(), 0o755),
-    ] {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(mode)
-            .create(&dir)
-            .map_err(|source| K8sError::Mkdir {
-                path: dir.clone(),
-                source,
-            })?;
-        // An existing directory keeps its mode with DirBuilder: enforce it.
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(|source| {
-            K8sError::Mkdir {
-                path: dir.clone(),
-                source,
-            }
-        })?;
-    }
-    Ok(())
-}
-
-/// Writes `files` atomically; returns the paths whose contents changed (so the caller can
-/// restart the components that read them).
-pub fn write_files(files: &[GeneratedFile]) -> Result<Vec<PathBuf>, K8sError> {
-    let mut changed = Vec::new();
-    for f in files {
-        if fs::read(&f.path).ok().as_deref() == Some(f.contents.as_bytes()) {
-            continue;
-        }
-        crate::pki::write_atomic(&f.path, f.contents.as_bytes(), f.mode).map_err(|source| {
-            K8sError::Write {
-                path: f.path.clone(),
-                source,
-            }
-        })?;
-        changed.push(f.path.clone());
-    }
-    Ok(changed)
+    ]
 }
 
 #[cfg(test)]
@@ -400,23 +362,5 @@ mod tests {
         assert!(sysctl_conf()
             .lines()
             .any(|l| l == "net.ipv4.ip_forward = 1"));
-    }
-
-    #[test]
-    fn write_files_reports_only_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = GeneratedFile {
-            path: dir.path().join("a/b.json"),
-            contents: "{}\n".into(),
-            mode: 0o600,
-        };
-        assert_eq!(
-            write_files(std::slice::from_ref(&f)).unwrap(),
-            vec![f.path.clone()]
-        );
-        assert!(write_files(std::slice::from_ref(&f)).unwrap().is_empty());
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(&f.path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
     }
 }

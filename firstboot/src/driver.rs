@@ -1,0 +1,564 @@
+//! The one node driver. Node mode (the agent on the machine, [`crate::node`]) and host mode
+//! (`firstboot host`, the control plane under a directory for tests, [`crate::host`]) run
+//! this same loop: the PKI, the configuration files, the supervisor, and beside it a thread
+//! that applies the addons once the apiserver is ready and makes the slow cluster checks.
+//! A [`Profile`] says what differs (components, paths, which checks); [`Hooks`] say where
+//! progress goes (console, status file, systemd; or JSON lines and `status.json`).
+//!
+//! The Kubernetes side ([`crate::k8s`]) is pure: it computes components and files from
+//! [`ClusterParams`]; the IO is here.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::k8s::files::{self, GeneratedFile};
+use crate::k8s::{addons, components, ClusterParams, K8sError};
+use crate::pki::{Pki, Secrets};
+use crate::supervisor::{Managed, Supervisor};
+
+/// Where the addon list is written (in the profile's config directory).
+pub const ADDONS_FILE: &str = "addons.json";
+
+/// What a run of the driver supervises and checks.
+pub struct Profile<'a> {
+    pub params: ClusterParams,
+    pub components: Vec<Managed>,
+    /// Every generated configuration file, the addon list included.
+    pub files: Vec<GeneratedFile>,
+    /// Operator-supplied cluster CAs (node mode; host mode generates its own).
+    pub secrets: Option<&'a Secrets>,
+    /// The node checks besides the addons: baked images imported, node Ready, CoreDNS ready.
+    pub node_checks: bool,
+    /// Each component's output to the journal under its own name (node mode).
+    pub journal: bool,
+    /// How long the components get to stop before SIGKILL.
+    pub shutdown_grace: Duration,
+}
+
+impl<'a> Profile<'a> {
+    /// The control plane alone: etcd, kube-apiserver, controller-manager, scheduler.
+    pub fn control_plane(params: ClusterParams) -> Result<Profile<'a>, K8sError> {
+        let mut files = files::control_plane_files(&params);
+        files.push(addon_list(&params)?);
+        Ok(Profile {
+            components: components::control_plane(&params)?,
+            files,
+            params,
+            secrets: None,
+            node_checks: false,
+            journal: false,
+            shutdown_grace: Duration::from_secs(60),
+        })
+    }
+
+    /// The whole single node: the control plane, containerd, kubelet and kube-proxy.
+    pub fn node(params: ClusterParams, secrets: Option<&'a Secrets>) -> Result<Self, K8sError> {
+        let mut files = files::control_plane_files(&params);
+        files.extend(files::node_files(&params)?);
+        files.push(addon_list(&params)?);
+        Ok(Profile {
+            components: components::all(&params)?,
+            files,
+            params,
+            secrets,
+            node_checks: true,
+            journal: true,
+            shutdown_grace: Duration::from_secs(30),
+        })
+    }
+
+    /// The component names, in the profile's order.
+    pub fn names(&self) -> Vec<String> {
+        self.components
+            .iter()
+            .map(|m| m.spec.name.clone())
+            .collect()
+    }
+}
+
+fn addon_list(p: &ClusterParams) -> Result<GeneratedFile, K8sError> {
+    Ok(GeneratedFile {
+        path: p.paths.config_file(ADDONS_FILE),
+        contents: addons::list_json(p)?,
+        mode: 0o644,
+    })
+}
+
+/// What happened, in the order it happened; each is reported once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The PKI and the configuration files are written.
+    Configured {
+        pki_written: usize,
+    },
+    ComponentReady(String),
+    /// Every component is ready (for the first time).
+    AllReady,
+    AddonsApplied,
+    ImagesImported,
+    NodeReady,
+    CorednsReady,
+    /// Asked to stop: the components are being stopped.
+    Stopping,
+    Stopped {
+        clean: bool,
+    },
+}
+
+/// When a component was first spawned and first ready, on the supervisor's clock (ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FirstStart {
+    pub spawned: Option<u64>,
+    pub ready: Option<u64>,
+}
+
+/// The run so far, as the hooks see it.
+pub struct Run<'s> {
+    pub sup: &'s Supervisor,
+    /// Each component's first spawn and readiness (the supervisor keeps only the latest).
+    pub first: &'s BTreeMap<String, FirstStart>,
+    /// Each component with the components it waits for.
+    pub deps: &'s [(String, Vec<String>)],
+    pub params: &'s ClusterParams,
+}
+
+/// Where a mode sends the driver's progress.
+pub trait Hooks {
+    fn event(&mut self, event: &Event, run: &Run);
+    /// Called after every supervisor step (status files, watchdog pings).
+    fn tick(&mut self, run: &Run);
+}
+
+/// Creates the state directories the components expect, with their modes enforced.
+pub fn prepare_dirs(p: &ClusterParams) -> Result<(), K8sError> {
+    for (dir, mode) in files::state_dirs(p) {
+        let mkdir = |source| K8sError::Mkdir {
+            path: dir.clone(),
+            source,
+        };
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(&dir)
+            .map_err(mkdir)?;
+        // An existing directory keeps its mode with DirBuilder: enforce it.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).map_err(mkdir)?;
+    }
+    Ok(())
+}
+
+/// Writes `files` atomically; returns the paths whose contents changed (so the caller can
+/// restart the components that read them).
+pub fn write_files(files: &[GeneratedFile]) -> Result<Vec<PathBuf>, K8sError> {
+    let mut changed = Vec::new();
+    for f in files {
+        if fs::read(&f.path).ok().as_deref() == Some(f.contents.as_bytes()) {
+            continue;
+        }
+        crate::pki::write_atomic(&f.path, f.contents.as_bytes(), f.mode).map_err(|source| {
+            K8sError::Write {
+                path: f.path.clone(),
+                source,
+            }
+        })?;
+        changed.push(f.path.clone());
+    }
+    Ok(changed)
+}
+
+/// Applies `manifest` with `kubectl apply --server-side` as the super-admin.
+pub fn apply_with_kubectl(
+    kubectl: &Path,
+    kubeconfig: &Path,
+    manifest: &Path,
+) -> anyhow::Result<()> {
+    let out = Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=kiln",
+            // The manifests are ours (checked against the real apiserver in the host-mode
+            // test); client-side validation would first download the OpenAPI document,
+            // which takes over 30 s on an emulated node and fails the apply.
+            "--validate=false",
+            "-f",
+        ])
+        .arg(manifest)
+        .output()
+        .with_context(|| format!("running {}", kubectl.display()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "kubectl apply -f {} failed ({}): {}",
+            manifest.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the profile until `stop` is set, then stops every component: SIGTERM, then SIGKILL
+/// after the profile's grace. Returns whether every component stopped within it. A
+/// supervisor failure stops the components too, then is returned.
+pub fn run(profile: Profile, hooks: &mut dyn Hooks, stop: &AtomicBool) -> anyhow::Result<bool> {
+    let p = profile.params;
+    let now_s = i64::try_from(crate::status::unix_ms() / 1000).unwrap_or(0);
+    let report = Pki::ensure(&p.paths.pki, &p.pki_params(now_s)?, profile.secrets)
+        .with_context(|| format!("creating the PKI under {}", p.paths.pki.display()))?;
+    prepare_dirs(&p)?;
+    write_files(&profile.files)?;
+    let mut sup = Supervisor::new(profile.components).context("setting up the supervisor")?;
+    sup.journal = profile.journal;
+    let deps: Vec<(String, Vec<String>)> = sup
+        .state()
+        .components
+        .iter()
+        .map(|c| (c.spec.name.clone(), c.spec.depends_on.clone()))
+        .collect();
+    let mut first: BTreeMap<String, FirstStart> = BTreeMap::new();
+    macro_rules! run_view {
+        () => {
+            Run {
+                sup: &sup,
+                first: &first,
+                deps: &deps,
+                params: &p,
+            }
+        };
+    }
+    hooks.event(
+        &Event::Configured {
+            pki_written: report.written.len(),
+        },
+        &run_view!(),
+    );
+
+    let flags = Flags::default();
+    let checks_done = Arc::new(AtomicBool::new(false));
+    {
+        let (p, flags, done) = (p.clone(), flags.clone(), Arc::clone(&checks_done));
+        let node_checks = profile.node_checks;
+        std::thread::spawn(move || checker(&p, node_checks, &flags, &done));
+    }
+
+    let mut seen_ready = std::collections::BTreeSet::new();
+    let mut told = Checks::default();
+    let mut all_ready = false;
+    let mut failed: Option<anyhow::Error> = None;
+    while !stop.load(Ordering::SeqCst) {
+        if let Err(e) = sup.step() {
+            failed = Some(e.into());
+            break;
+        }
+        let mut events = Vec::new();
+        for c in &sup.state().components {
+            let f = first.entry(c.spec.name.clone()).or_default();
+            f.spawned = f.spawned.or(c.started_at);
+            f.ready = f.ready.or(c.ready_at);
+            if c.ready() && seen_ready.insert(c.spec.name.clone()) {
+                events.push(Event::ComponentReady(c.spec.name.clone()));
+            }
+            match c.spec.name.as_str() {
+                components::APISERVER => flags.apiserver.store(c.ready(), Ordering::SeqCst),
+                components::CONTAINERD => flags.containerd.store(c.ready(), Ordering::SeqCst),
+                _ => {}
+            }
+        }
+        if !all_ready && sup.state().all_ready() {
+            all_ready = true;
+            events.push(Event::AllReady);
+        }
+        let now = flags.checks.lock().map(|c| c.clone()).unwrap_or_default();
+        for (is, was, event) in [
+            (
+                now.addons_applied,
+                &mut told.addons_applied,
+                Event::AddonsApplied,
+            ),
+            (
+                now.images_imported,
+                &mut told.images_imported,
+                Event::ImagesImported,
+            ),
+            (now.node_ready, &mut told.node_ready, Event::NodeReady),
+            (
+                now.coredns_ready,
+                &mut told.coredns_ready,
+                Event::CorednsReady,
+            ),
+        ] {
+            if is && !*was {
+                *was = true;
+                events.push(event);
+            }
+        }
+        for e in &events {
+            hooks.event(e, &run_view!());
+        }
+        hooks.tick(&run_view!());
+        std::thread::sleep(sup.tick);
+    }
+    checks_done.store(true, Ordering::SeqCst);
+    hooks.event(&Event::Stopping, &run_view!());
+    let clean = sup.shutdown(profile.shutdown_grace)?;
+    hooks.event(&Event::Stopped { clean }, &run_view!());
+    match failed {
+        Some(e) => Err(e.context("supervising the components")),
+        None => Ok(clean),
+    }
+}
+
+/// Results of the slow cluster checks (kubectl runs), made off the supervision loop.
+#[derive(Debug, Default, Clone)]
+struct Checks {
+    addons_applied: bool,
+    images_imported: bool,
+    node_ready: bool,
+    coredns_ready: bool,
+}
+
+/// What the supervision loop and the checker share.
+#[derive(Clone, Default)]
+struct Flags {
+    apiserver: Arc<AtomicBool>,
+    containerd: Arc<AtomicBool>,
+    checks: Arc<Mutex<Checks>>,
+}
+
+/// `kubectl --kubeconfig PKI/KUBECONFIG ARGS`'s trimmed stdout when it succeeds.
+fn kubectl(p: &ClusterParams, kubeconfig: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(p.paths.binary("kubectl"))
+        .arg("--kubeconfig")
+        .arg(p.paths.pki_file(kubeconfig))
+        .arg("--request-timeout=10s")
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Whether `kubectl`'s "<Ready status> <lastHeartbeatTime>" says Ready with a heartbeat at
+/// or after `since` (unix seconds; a few seconds of slack for clock granularity).
+pub fn ready_since(reply: &str, since: u64) -> bool {
+    let mut it = reply.split_whitespace();
+    it.next() == Some("True")
+        && it
+            .next()
+            .and_then(crate::utc::parse)
+            .is_some_and(|t| t + 5 >= since)
+}
+
+/// Runs the slow checks every few seconds until `done`: addons applied once the apiserver
+/// is ready; with `node_checks` also the baked images imported once containerd runs, node
+/// Ready and CoreDNS ready.
+fn checker(p: &ClusterParams, node_checks: bool, flags: &Flags, done: &Arc<AtomicBool>) {
+    let mut c = Checks::default();
+    let kubectl_bin = p.paths.binary("kubectl");
+    let addons_path = p.paths.config_file(ADDONS_FILE);
+    // A node object left from before a reboot still says Ready until its lease runs out:
+    // only a heartbeat from this boot's kubelet counts.
+    let started_unix = crate::status::unix_ms() / 1000;
+    // Importing the baked images takes minutes on an emulated node: its own thread, so
+    // the checks below (node Ready) do not wait for it.
+    let imported = Arc::new(AtomicBool::new(false));
+    if node_checks {
+        let (p, imported, done) = (p.clone(), Arc::clone(&imported), Arc::clone(done));
+        let containerd = Arc::clone(&flags.containerd);
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                if containerd.load(Ordering::SeqCst) && import_images(&p) {
+                    imported.store(true, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(3));
+            }
+        });
+    }
+    let mut warned = false;
+    while !done.load(Ordering::SeqCst) {
+        if flags.apiserver.load(Ordering::SeqCst) {
+            if !c.addons_applied && kubectl_bin.is_file() {
+                match apply_with_kubectl(
+                    &kubectl_bin,
+                    &p.paths.pki_file("super-admin.conf"),
+                    &addons_path,
+                ) {
+                    Ok(()) => c.addons_applied = true,
+                    Err(e) => log::warn!("applying addons: {e:#}"),
+                }
+            } else if !c.addons_applied && !warned {
+                warned = true;
+                log::warn!(
+                    "no {}: addons (admin RBAC binding, CoreDNS) not applied",
+                    kubectl_bin.display()
+                );
+            }
+            if node_checks {
+                // The node's own reads use its local break-glass credentials: the admin
+                // kubeconfig's RBAC binding is one of the addons, and node Ready must not
+                // wait for them.
+                let ready = kubectl(
+                    p,
+                    "super-admin.conf",
+                    &[
+                        "get",
+                        "node",
+                        p.hostname.as_str(),
+                        "-o",
+                        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} \
+                         {.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime}",
+                    ],
+                );
+                c.node_ready = ready
+                    .as_deref()
+                    .is_some_and(|r| ready_since(r, started_unix));
+                let dns = kubectl(
+                    p,
+                    "super-admin.conf",
+                    &[
+                        "-n",
+                        "kube-system",
+                        "get",
+                        "deployment",
+                        "coredns",
+                        "-o",
+                        "jsonpath={.status.readyReplicas}",
+                    ],
+                );
+                c.coredns_ready = dns
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n > 0);
+            }
+        }
+        c.images_imported = imported.load(Ordering::SeqCst);
+        if let Ok(mut shared) = flags.checks.lock() {
+            *shared = c.clone();
+        }
+        // Naps of half a second, so the first apply follows the apiserver's readiness
+        // closely; otherwise a round every 3 s.
+        let api_before = flags.apiserver.load(Ordering::SeqCst);
+        for _ in 0..6 {
+            if done.load(Ordering::SeqCst)
+                || (!api_before && flags.apiserver.load(Ordering::SeqCst))
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+/// Imports the images baked into /usr/lib/kiln/images into containerd and pins them; true
+/// when done (containerd may still be coming up: then it is tried again).
+fn import_images(p: &ClusterParams) -> bool {
+    let ctr = crate::images::Ctr::new(p.paths.binary("ctr")).at(p.paths.containerd_socket());
+    match crate::images::import_all(
+        Path::new(crate::images::IMAGES_DIR),
+        &ctr,
+        &crate::images::HostRun,
+    ) {
+        Ok(r) => {
+            log::info!("images: imported {:?}, pinned {:?}", r.imported, r.pinned);
+            true
+        }
+        Err(e) => {
+            log::warn!("importing the baked images: {e}");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(root: &Path) -> ClusterParams {
+        crate::host::params(&crate::host::HostOptions {
+            root: root.to_path_buf(),
+            bin: "/opt/k8s/bin".into(),
+            json: false,
+            apiserver_port: 16443,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn write_files_reports_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = GeneratedFile {
+            path: dir.path().join("a/b.json"),
+            contents: "{}\n".into(),
+            mode: 0o600,
+        };
+        assert_eq!(
+            write_files(std::slice::from_ref(&f)).unwrap(),
+            vec![f.path.clone()]
+        );
+        assert!(write_files(std::slice::from_ref(&f)).unwrap().is_empty());
+        let mode = fs::metadata(&f.path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    #[test]
+    fn state_dirs_get_their_modes_even_when_they_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = params(dir.path());
+        fs::create_dir_all(p.paths.etcd_data()).unwrap();
+        fs::set_permissions(p.paths.etcd_data(), fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_dirs(&p).unwrap();
+        for (d, mode) in files::state_dirs(&p) {
+            let got = fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+            assert_eq!(got, mode, "{}", d.display());
+        }
+    }
+
+    #[test]
+    fn the_profiles_differ_in_components_files_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cp = Profile::control_plane(params(dir.path())).unwrap();
+        let node = Profile::node(params(dir.path()), None).unwrap();
+        assert_eq!(
+            cp.names(),
+            [
+                components::ETCD,
+                components::APISERVER,
+                components::CONTROLLER_MANAGER,
+                components::SCHEDULER
+            ]
+        );
+        assert!(node.names().len() > cp.names().len());
+        assert!(cp.names().iter().all(|n| node.names().contains(n)));
+        for prof in [&cp, &node] {
+            assert!(prof
+                .files
+                .iter()
+                .any(|f| f.path == prof.params.paths.config_file(ADDONS_FILE)));
+        }
+        assert!(node.files.len() > cp.files.len());
+        assert!(!cp.node_checks && node.node_checks);
+        // One layout for both: only the profile's components and files differ.
+        assert_eq!(cp.params.paths, node.params.paths);
+    }
+
+    #[test]
+    fn only_a_heartbeat_from_this_boot_counts_as_ready() {
+        let since = crate::utc::parse("2026-11-27T16:30:00Z").unwrap();
+        assert!(ready_since("True 2026-11-27T16:31:10Z", since));
+        assert!(!ready_since("True 2026-11-27T16:20:00Z", since));
+        assert!(!ready_since("False 2026-11-27T16:31:10Z", since));
+        assert!(!ready_since("True", since));
+    }
+}
