@@ -151,6 +151,10 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 /// which is then fsynced and renamed over `path` (and the directory fsynced). Readers see the
 /// old file or the complete new one, never a half-written one; on error nothing is left behind.
 /// Parent directories are created.
+///
+/// Not firstboot's `atomic::Replace`: that one names its temp file `.NAME.tmp` (one writer per
+/// file, the mode set at creation), while here parallel downloads may write the same blob at
+/// once, so each writer gets a temp file of its own.
 pub fn write_atomic<F>(path: &Path, write: F) -> io::Result<()>
 where
     F: FnOnce(&mut dyn Write) -> io::Result<()>,

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use crate::definition::container_image::{ContainerFile, ContainerImage, Source};
 use crate::gobuild::GoBuilt;
@@ -35,12 +34,11 @@ pub enum ContainerImageError {
         #[source]
         source: io::Error,
     },
-    #[error("container image {image}: `{binary} --list` failed ({status}): {stderr}")]
+    #[error("container image {image}: {source}")]
     AppletsFailed {
         image: String,
-        binary: String,
-        status: String,
-        stderr: String,
+        #[source]
+        source: crate::process::CommandError,
     },
     #[error("container image {image}: writing {path}")]
     Write {
@@ -195,7 +193,7 @@ pub fn fragment(
     for s in &img.symlinks {
         let p = TreePath::from_definition(&s.path).map_err(|e| ContainerImageError::Source {
             image: img.name.clone(),
-            from: s.path.clone(),
+            from: s.path.to_string(),
             reason: e.to_string(),
         })?;
         t.replace(&p, Entry::symlink(&s.target, &img.name).at(epoch))
@@ -224,20 +222,15 @@ pub fn busybox_applets(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
     }
-    let out = Command::new(&exe)
+    let out = crate::process::Tool::new(&exe)
         .arg("--list")
         .env_clear()
-        .output()
-        .map_err(err)?;
-    if !out.status.success() {
-        return Err(ContainerImageError::AppletsFailed {
+        .run_text()
+        .map_err(|source| ContainerImageError::AppletsFailed {
             image: image.into(),
-            binary: exe.display().to_string(),
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(parse_applets(&String::from_utf8_lossy(&out.stdout)))
+            source,
+        })?;
+    Ok(parse_applets(&out))
 }
 
 /// Applet names from `busybox --list`: one per line; anything that is not a plain file

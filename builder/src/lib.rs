@@ -19,6 +19,7 @@ pub mod lock;
 pub mod oci;
 pub mod outputs;
 pub mod pipeline;
+pub mod process;
 pub mod qemu;
 pub mod selfbuild;
 pub mod tree;

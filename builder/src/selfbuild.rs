@@ -4,7 +4,8 @@
 //! where the checkout lives.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use crate::process::Tool;
 
 /// The target triple static binaries are built for.
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -17,7 +18,7 @@ pub enum SelfBuildError {
     Spawn {
         bin: String,
         #[source]
-        source: std::io::Error,
+        source: crate::process::CommandError,
     },
     #[error("building {bin} failed (cargo exited with {status}); stderr tail:\n{tail}")]
     Failed {
@@ -88,34 +89,31 @@ pub fn binary(package: &str, bin: &str, env: &str) -> Result<PathBuf, SelfBuildE
     );
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     log::info!("building {bin} (static, {TARGET})");
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            package,
-            "--bin",
-            bin,
-            "--target",
-            TARGET,
-        ])
-        .current_dir(&ws)
-        .env("RUSTFLAGS", flags)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env("SOURCE_DATE_EPOCH", "0")
-        .output()
-        .map_err(|source| SelfBuildError::Spawn {
-            bin: bin.to_string(),
-            source,
-        })?;
+    let mut cmd = Tool::new(cargo);
+    cmd.args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        package,
+        "--bin",
+        bin,
+        "--target",
+        TARGET,
+    ])
+    .current_dir(&ws)
+    .env("RUSTFLAGS", flags)
+    .env_remove("CARGO_ENCODED_RUSTFLAGS")
+    .env("SOURCE_DATE_EPOCH", "0");
+    let out = cmd.output().map_err(|source| SelfBuildError::Spawn {
+        bin: bin.to_string(),
+        source,
+    })?;
     if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = err.lines().rev().take(20).collect();
         return Err(SelfBuildError::Failed {
             bin: bin.to_string(),
             status: out.status.to_string(),
-            tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            tail: crate::process::tail(&out.stderr, &out.stdout, 20),
         });
     }
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")

@@ -6,7 +6,7 @@
 use std::io::{IsTerminal, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::dispatch::{now, read_secrets, write_private};
 use crate::cli::RunArgs;
+use crate::process::Tool;
 use crate::qemu::{Drive, Firmware, HostFwd, Kernel, UserNet, VmSpec, OVMF_VARS};
 
 /// What kind of output is booted.
@@ -152,7 +153,7 @@ pub fn kvm_verdict(qemu_err: &str, console: &str, exited: bool, elapsed: Duratio
 /// Starts the guest with KVM when it actually works (tried: the kernel must print its banner
 /// on the console within [`KVM_TRIAL`]), else with software emulation.
 fn start_guest(
-    qemu: &dyn Fn(&str) -> Result<Command>,
+    qemu: &dyn Fn(&str) -> Result<Tool>,
     monitor: &Path,
     qemu_err: &Path,
     console: &Path,
@@ -326,15 +327,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
         Boot::Disk { path, format } => {
             let overlay = state.join("overlay.qcow2");
             let _ = std::fs::remove_file(&overlay);
-            let st = Command::new("qemu-img")
+            Tool::new("qemu-img")
                 .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
                 .arg(std::fs::canonicalize(path)?)
                 .arg(&overlay)
-                .status()
-                .context("running qemu-img")?;
-            if !st.success() {
-                bail!("qemu-img create of the overlay failed ({st})");
-            }
+                .run()
+                .context("creating the overlay")?;
             Some((overlay, "qcow2"))
         }
         _ => None,
@@ -390,11 +388,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
         hostfwd,
         tftp: None,
     });
-    let qemu = |accel: &str| -> Result<Command> {
+    let qemu = |accel: &str| -> Result<Tool> {
         spec.firmware
             .fresh_vars()
             .with_context(|| format!("copying {OVMF_VARS} (is the ovmf package installed?)"))?;
-        let mut c = Command::new("qemu-system-x86_64");
+        let mut c = Tool::new("qemu-system-x86_64");
         c.args(
             VmSpec {
                 accel: accel.into(),

@@ -1,19 +1,19 @@
-//! Running the host Go toolchain with the fixed environment.
+//! Running the host Go toolchain with the fixed environment, through [`crate::process::Tool`].
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::{GoError, GoInput};
+use crate::process::{CommandError, Tool};
 
 const TAIL_LINES: usize = 30;
 
 pub struct GoCommand {
-    cmd: Command,
-    shown: Vec<String>,
+    tool: Tool,
 }
 
 pub struct Captured {
@@ -33,13 +33,33 @@ pub fn tail(text: &str) -> String {
     lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
 }
 
+impl From<CommandError> for GoError {
+    fn from(e: CommandError) -> GoError {
+        match e {
+            CommandError::Spawn { cmdline, source } => GoError::Spawn {
+                command: cmdline,
+                source,
+            },
+            CommandError::Failed {
+                cmdline,
+                status,
+                stderr_tail,
+            } => GoError::Command {
+                command: cmdline,
+                status,
+                stderr: stderr_tail,
+            },
+        }
+    }
+}
+
 impl GoCommand {
     pub fn new(input: &GoInput, dir: Option<&Path>) -> Self {
-        let mut cmd = Command::new("go");
+        let mut tool = Tool::new("go");
         if let Some(d) = dir {
-            cmd.current_dir(d);
+            tool.current_dir(d);
         }
-        cmd.env("GOTOOLCHAIN", "local")
+        tool.env("GOTOOLCHAIN", "local")
             .env("GOFLAGS", "-mod=mod -modcacherw")
             .env("GO111MODULE", "on")
             .env("GOWORK", "off")
@@ -48,16 +68,12 @@ impl GoCommand {
             .env("GOAMD64", "v1")
             .env("CGO_ENABLED", if input.cgo { "1" } else { "0" })
             .envs(&input.env)
-            .stdin(Stdio::null());
-        GoCommand {
-            cmd,
-            shown: vec!["go".into()],
-        }
+            .tail_lines(TAIL_LINES);
+        GoCommand { tool }
     }
 
     pub fn arg(&mut self, a: impl AsRef<OsStr>) -> &mut Self {
-        self.shown.push(a.as_ref().to_string_lossy().into_owned());
-        self.cmd.arg(a);
+        self.tool.arg(a);
         self
     }
 
@@ -66,24 +82,14 @@ impl GoCommand {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        for a in args {
-            self.arg(a);
-        }
+        self.tool.args(args);
         self
-    }
-
-    fn shown(&self) -> String {
-        self.shown.join(" ")
     }
 
     /// Runs to completion, returns stdout and stderr whatever the exit status.
     pub fn output_allow_fail(&mut self, log: &mut Vec<String>) -> Result<Captured, GoError> {
-        let shown = self.shown();
-        log.push(shown.clone());
-        let out = self.cmd.output().map_err(|source| GoError::Spawn {
-            command: shown,
-            source,
-        })?;
+        log.push(self.tool.cmdline().to_string());
+        let out = self.tool.output()?;
         Ok(Captured {
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -93,20 +99,8 @@ impl GoCommand {
 
     /// Runs to completion, returns stdout; a failure carries the tail of stderr.
     pub fn output(&mut self, log: &mut Vec<String>) -> Result<String, GoError> {
-        let shown = self.shown();
-        log.push(shown.clone());
-        let out = self.cmd.output().map_err(|source| GoError::Spawn {
-            command: shown.clone(),
-            source,
-        })?;
-        if !out.status.success() {
-            return Err(GoError::Command {
-                command: shown,
-                status: out.status.to_string(),
-                stderr: tail(&String::from_utf8_lossy(&out.stderr)),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        log.push(self.tool.cmdline().to_string());
+        Ok(self.tool.run_text()?)
     }
 
     /// Runs `go build`, streaming stderr; with `progress`, shows the package being
@@ -116,19 +110,13 @@ impl GoCommand {
         log: &mut Vec<String>,
         progress: Option<&str>,
     ) -> Result<(), BuildFailure> {
-        let shown = self.shown();
-        log.push(shown.clone());
+        log.push(self.tool.cmdline().to_string());
         let mut child = self
-            .cmd
+            .tool
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| {
-                BuildFailure::Go(GoError::Spawn {
-                    command: shown.clone(),
-                    source,
-                })
-            })?;
+            .map_err(|e| BuildFailure::Go(e.into()))?;
         let bar = progress.map(|label| {
             let bar = indicatif::ProgressBar::new_spinner();
             let style = indicatif::ProgressStyle::with_template(
@@ -158,7 +146,7 @@ impl GoCommand {
         }
         let status = child.wait().map_err(|source| {
             BuildFailure::Go(GoError::Spawn {
-                command: shown.clone(),
+                command: self.tool.cmdline().to_string(),
                 source,
             })
         })?;
@@ -183,13 +171,7 @@ pub fn cc_version(input: &GoInput, log: &mut Vec<String>) -> Result<String, GoEr
         .output(log)?;
     let cc = cc.trim();
     let cc = cc.split_whitespace().next().unwrap_or("gcc").to_string();
-    let out = Command::new(&cc)
-        .arg("--version")
-        .output()
-        .map_err(|source| GoError::Spawn {
-            command: format!("{cc} --version"),
-            source,
-        })?;
+    let out = Tool::new(&cc).arg("--version").output()?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
         .next()

@@ -4,10 +4,11 @@
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
+
+use crate::process::Tool;
 
 const SECTOR: u64 = 512;
 
@@ -52,18 +53,7 @@ fn guid_text(g: &[u8; 16]) -> String {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String> {
-    let o = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !o.status.success() {
-        bail!(
-            "{program} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    Ok(Tool::new(program).args(args).run_text()?)
 }
 
 /// The raw bytes `[offset, offset+len)` of a disk image (qcow2 through qemu-img).

@@ -7,8 +7,8 @@ use std::fs;
 
 use anyhow::{Context, Result};
 
-use super::command::Tool;
 use super::modules::modules_dir;
+use crate::process::Tool;
 use crate::tree::{Content, Entry, Kind, Tree, TreePath};
 
 /// The index files depmod writes that the image keeps.
@@ -64,7 +64,8 @@ pub fn add_indexes(tree: &mut Tree, kver: &str) -> Result<usize> {
         .into_iter()
         .find(|p| std::path::Path::new(p).is_file())
         .unwrap_or("depmod");
-    Tool::new(depmod, tree.epoch())
+    Tool::new(depmod)
+        .reproducible(tree.epoch())
         .arg("-b")
         .arg(stage.path())
         .arg(kver)

@@ -7,7 +7,6 @@ use std::fs::{self, File};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use super::command::{self, Tool, ToolVersion};
 use super::esp::{self, FatFile};
 use super::gpt::{self, Gpt, Partition, SECTOR};
 use super::grub::{self, MenuEntry, Platform};
@@ -15,6 +14,7 @@ use super::{
     fat_serial_string, io_err, persist, temp_dir_near, temp_sibling, BootError, BootIdentity,
     Result, Uuid,
 };
+use crate::process::{self, Tool, ToolVersion};
 
 pub const MIB: u64 = 1024 * 1024;
 pub const DEFAULT_DISK_SIZE: u64 = 8 * 1024 * MIB;
@@ -296,9 +296,10 @@ fn write_at(f: &mut File, offset: u64, src: &mut dyn Read, path: &Path) -> Resul
 /// Converts a raw image to qcow2 with `qemu-img convert` (in-order writes, no
 /// compression: identical input gives identical output).
 pub fn to_qcow2(raw: &Path, out: &Path, epoch: u64) -> Result<ToolVersion> {
-    let version = command::version("qemu-img", &["--version"])?;
+    let version = process::version("qemu-img", &["--version"])?;
     let tmp = temp_sibling(out)?;
-    Tool::new("qemu-img", epoch)
+    Tool::new("qemu-img")
+        .reproducible(epoch)
         .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
         .arg(raw)
         .arg(tmp.path())

@@ -7,8 +7,8 @@ use std::fs::{self, File, FileTimes};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::command::{self, Tool, ToolVersion};
 use super::{io_err, Result};
+use crate::process::{self, Tool, ToolVersion};
 
 /// One file to put on the FAT: `dest` like `EFI/BOOT/BOOTX64.EFI`.
 pub struct FatFile {
@@ -18,8 +18,8 @@ pub struct FatFile {
 
 pub fn versions() -> Result<Vec<ToolVersion>> {
     Ok(vec![
-        command::version("mkfs.fat", &["--help"])?,
-        command::version("mcopy", &["--version"])?,
+        process::version("mkfs.fat", &["--help"])?,
+        process::version("mcopy", &["--version"])?,
     ])
 }
 
@@ -47,14 +47,15 @@ pub fn write(
     out: &Path,
 ) -> Result<()> {
     let kib = size / 1024;
-    let mut mkfs = Tool::new("mkfs.fat", epoch)
+    let mut mkfs = Tool::new("mkfs.fat");
+    mkfs.reproducible(epoch)
         .arg("--invariant")
         .arg("-i")
         .arg(format!("{serial:08X}"))
         .arg("-n")
         .arg(label);
     if size >= 64 * 1024 * 1024 {
-        mkfs = mkfs.args(["-F", "32"]);
+        mkfs.args(["-F", "32"]);
     }
     mkfs.arg("-C").arg(out).arg(kib.to_string()).run()?;
 
@@ -70,11 +71,13 @@ pub fn write(
         }
     }
     let mtools = |prog: &str| {
-        Tool::new(prog, epoch)
+        let mut t = Tool::new(prog);
+        t.reproducible(epoch)
             .env("MTOOLS_SKIP_CHECK", "1")
             .env("MTOOLSRC", "/dev/null")
             .arg("-i")
-            .arg(out)
+            .arg(out);
+        t
     };
     for d in &dirs {
         mtools("mmd").arg(format!("::/{d}")).run()?;

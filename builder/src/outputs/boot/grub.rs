@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::command::{self, Tool, ToolVersion};
 use super::{io_err, Result, CONSOLE_ARGS};
+use crate::process::{self, Tool, ToolVersion};
 
 /// Where Debian installs GRUB's platform directories.
 pub const GRUB_LIB: &str = "/usr/lib/grub";
@@ -61,7 +61,7 @@ impl Platform {
 }
 
 pub fn version() -> Result<ToolVersion> {
-    Ok(command::version("grub-mkimage", &["--version"])?)
+    Ok(process::version("grub-mkimage", &["--version"])?)
 }
 
 /// Builds a GRUB image whose embedded `early_cfg` runs first; `prefix` is where GRUB
@@ -81,7 +81,8 @@ pub fn mkimage(
         Platform::BiosDisk | Platform::BiosCdrom => mods.push("biosdisk"),
         Platform::Efi => mods.extend(["efi_gop", "efi_uga"]),
     }
-    Tool::new("grub-mkimage", epoch)
+    Tool::new("grub-mkimage")
+        .reproducible(epoch)
         .arg("-O")
         .arg(platform.format())
         .arg("-d")

@@ -7,13 +7,13 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::command::{self, Tool, ToolVersion};
 use super::esp::{self, FatFile};
 use super::grub::{self, MenuEntry, Platform};
 use super::{
     io_err, persist, temp_dir_near, temp_sibling, BootError, BootIdentity, Result, ISO_LABEL,
     ISO_ROOT_PATH,
 };
+use crate::process::{self, Tool, ToolVersion};
 
 pub struct IsoSpec<'a> {
     pub identity: &'a BootIdentity,
@@ -129,7 +129,8 @@ pub fn write(spec: &IsoSpec<'_>, out: &Path) -> Result<Vec<ToolVersion>> {
     let mbr = PathBuf::from(grub::GRUB_LIB).join("i386-pc/boot_hybrid.img");
     let tmp = temp_sibling(out)?;
     let disk_guid = id.uuid("iso-gpt").to_string();
-    Tool::new("xorriso", spec.epoch)
+    Tool::new("xorriso")
+        .reproducible(spec.epoch)
         .args(["-as", "mkisofs", "-quiet", "-o"])
         .arg(tmp.path())
         .args(["-V", ISO_LABEL, "-iso-level", "3", "-r", "-graft-points"])
@@ -165,7 +166,7 @@ pub fn write(spec: &IsoSpec<'_>, out: &Path) -> Result<Vec<ToolVersion>> {
         .run()?;
     persist(tmp, out)?;
     let mut tools = vec![
-        command::version("xorriso", &["-version"])?,
+        process::version("xorriso", &["-version"])?,
         grub::version()?,
     ];
     tools.extend(esp::versions()?);

@@ -3,7 +3,6 @@
 //! derived from the image identity, never random; host tools run with
 //! `SOURCE_DATE_EPOCH` and their versions are returned for the manifest.
 
-pub mod command;
 pub mod cpio;
 pub mod depmod;
 pub mod disk;
@@ -22,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
-pub use command::ToolVersion;
+pub use crate::process::ToolVersion;
 
 /// Arguments every kernel command line carries (serial and VGA console).
 pub const CONSOLE_ARGS: &str = "console=tty0 console=ttyS0,115200";
@@ -109,7 +108,7 @@ pub enum BootError {
         source: io::Error,
     },
     #[error(transparent)]
-    Command(#[from] command::CommandError),
+    Command(#[from] crate::process::CommandError),
     #[error("kernel {kver}: {what} not found in the tree (is the kernel package in the image?)")]
     MissingKernel { kver: String, what: String },
     #[error("kernel {kver}: module {name:?} is neither in lib/modules nor built in")]

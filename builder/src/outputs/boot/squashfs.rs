@@ -10,8 +10,8 @@ use std::fs::{self, File, FileTimes};
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::command::{self, Tool, ToolVersion};
 use super::{io_err, persist, temp_dir_near, temp_sibling, BootError, Result};
+use crate::process::{self, Tool, ToolVersion};
 use crate::tree::{Kind, Tree, TreePath};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub struct Options {
 
 /// Writes `tree` as a squashfs image at `out`. Returns the mksquashfs version.
 pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<ToolVersion> {
-    let version = command::version("mksquashfs", &["-version"])?;
+    let version = process::version("mksquashfs", &["-version"])?;
     let stage = temp_dir_near(out)?;
     let root = stage.path().join("root");
     let pseudo = stage.path().join("pseudo");
@@ -56,7 +56,8 @@ pub fn write(tree: &Tree, out: &Path, opts: &Options) -> Result<ToolVersion> {
             "100%".into(),
         ],
     };
-    Tool::new("mksquashfs", tree.epoch())
+    Tool::new("mksquashfs")
+        .reproducible(tree.epoch())
         .arg(&root)
         .arg(tmp.path())
         .arg("-noappend")
