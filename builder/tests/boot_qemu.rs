@@ -2,66 +2,24 @@
 //! initramfs, which loads the whole modules.load closure with insmod and prints a
 //! marker on the serial console. Slow (tens of seconds each).
 
-use std::fs;
-use std::io::Read;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kiln::qemu;
 use kiln_tests::boot::{outputs, INIT_REACHED};
+use kiln_tests::qemu::{assert_cmdline, Firmware, UserNet, Vm, VmSpec};
 
 const TIMEOUT: Duration = Duration::from_secs(240);
 
-enum Firmware {
-    SeaBios,
-    Ovmf,
+/// Runs QEMU until it exits (the init powers off) or the timeout; returns the serial log.
+fn boot(name: &str, mut spec: VmSpec) -> String {
+    spec.memory_mib = 1024;
+    Vm::run_to_exit(&spec.arg("-no-reboot"), name, TIMEOUT)
 }
 
-/// Runs QEMU until it exits (the init powers off) or the timeout; returns the serial log.
-fn boot(name: &str, fw: Firmware, args: &[&str]) -> String {
-    let work = tempfile::tempdir().expect("tmp");
-    let log = work.path().join("serial.log");
-    let firmware = match fw {
-        Firmware::SeaBios => qemu::Firmware::Bios,
-        Firmware::Ovmf => qemu::Firmware::Uefi {
-            vars: work.path().join("OVMF_VARS.fd"),
-        },
-    };
-    firmware.fresh_vars().expect("ovmf vars");
-    let mut spec = qemu::VmSpec::new(1024, firmware, &log, work.path().join("monitor.sock"));
-    spec.extra = ["-no-reboot"]
-        .iter()
-        .chain(args)
-        .map(|a| a.to_string())
-        .collect();
-    let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(spec.argv());
-    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd.spawn().expect("qemu-system-x86_64 installed");
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break Some(s);
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    };
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    let serial = fs::read(&log).unwrap_or_default();
-    let serial = String::from_utf8_lossy(&serial).into_owned();
-    eprintln!(
-        "{name}: {:.1} s, status {status:?}, qemu stderr: {err}",
-        start.elapsed().as_secs_f64()
-    );
-    serial
+/// A machine with no network and nothing to boot yet.
+fn machine(fw: Firmware) -> VmSpec {
+    let mut spec = VmSpec::new(fw);
+    spec.net = None;
+    spec
 }
 
 fn check(name: &str, serial: &str, cmdline_arg: &str) {
@@ -91,78 +49,42 @@ fn check(name: &str, serial: &str, cmdline_arg: &str) {
         .lines()
         .find(|l| l.contains("kiln: cmdline"))
         .unwrap_or_default();
-    for arg in ["console=tty0", "console=ttyS0,115200", cmdline_arg] {
-        assert!(cmdline.contains(arg), "{name}: {arg} missing in {cmdline}");
-    }
-}
-
-fn disk_args(qcow2: &Path) -> Vec<String> {
-    vec![
-        "-drive".into(),
-        format!(
-            "file={},format=qcow2,if=virtio,snapshot=on",
-            qcow2.display()
-        ),
-    ]
+    assert_cmdline(name, cmdline, &[cmdline_arg]);
 }
 
 #[test]
 fn qcow2_boots_with_seabios() {
-    let args = disk_args(&outputs().qcow2);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let serial = boot("qcow2+SeaBIOS", Firmware::SeaBios, &args);
-    check("qcow2+SeaBIOS", &serial, "kiln.slot=a");
+    let spec = machine(Firmware::Bios).disk(&outputs().qcow2, "qcow2", true);
+    check("qcow2+SeaBIOS", &boot("qcow2+SeaBIOS", spec), "kiln.slot=a");
 }
 
 #[test]
 fn qcow2_boots_with_ovmf() {
-    let args = disk_args(&outputs().qcow2);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let serial = boot("qcow2+OVMF", Firmware::Ovmf, &args);
-    check("qcow2+OVMF", &serial, "kiln.slot=a");
-}
-
-fn cd_args(iso: &Path) -> Vec<String> {
-    vec![
-        "-drive".into(),
-        format!("file={},media=cdrom,if=ide,readonly=on", iso.display()),
-        "-boot".into(),
-        "d".into(),
-    ]
+    let spec = machine(Firmware::Uefi).disk(&outputs().qcow2, "qcow2", true);
+    check("qcow2+OVMF", &boot("qcow2+OVMF", spec), "kiln.slot=a");
 }
 
 #[test]
 fn iso_boots_as_cdrom_with_seabios() {
-    let args = cd_args(&outputs().iso);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let serial = boot("ISO+SeaBIOS", Firmware::SeaBios, &args);
-    check("ISO+SeaBIOS", &serial, "kiln.root=iso");
+    let spec = machine(Firmware::Bios).cdrom(&outputs().iso);
+    check("ISO+SeaBIOS", &boot("ISO+SeaBIOS", spec), "kiln.root=iso");
 }
 
 #[test]
 fn iso_boots_as_cdrom_with_ovmf() {
-    let args = cd_args(&outputs().iso);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let serial = boot("ISO+OVMF", Firmware::Ovmf, &args);
-    check("ISO+OVMF", &serial, "kiln.root=iso");
+    let spec = machine(Firmware::Uefi).cdrom(&outputs().iso);
+    check("ISO+OVMF", &boot("ISO+OVMF", spec), "kiln.root=iso");
 }
 
 #[test]
 fn pxe_boots_through_ipxe_and_user_mode_tftp() {
-    let dir = &outputs().pxe;
-    let netdev = format!("user,id=n0,tftp={},bootfile=boot.ipxe", dir.display());
-    let serial = boot(
-        "PXE",
-        Firmware::SeaBios,
-        &[
-            "-netdev",
-            &netdev,
-            "-device",
-            "virtio-net-pci,netdev=n0",
-            "-boot",
-            "n",
-        ],
-    );
+    let mut spec = machine(Firmware::Bios).arg("-boot").arg("n");
+    spec.net = Some(UserNet {
+        restrict: true,
+        tftp: Some((outputs().pxe.clone(), "boot.ipxe".into())),
+        ..UserNet::default()
+    });
+    let serial = boot("PXE", spec);
     check("PXE", &serial, "kiln.root=embedded");
     assert!(serial.contains("kiln: embedded root present"), "{serial}");
 }

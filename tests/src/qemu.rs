@@ -175,6 +175,37 @@ impl Vm {
         }
     }
 
+    /// [`Vm::wait_for`], panicking with the console's tail when `needle` does not come.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> Duration {
+        self.wait_for(needle, timeout)
+            .unwrap_or_else(|e| panic!("waiting for {needle:?}: {e}"))
+    }
+
+    /// The first console line containing `needle`, from `needle` on (the kernel's and
+    /// systemd's prefixes dropped).
+    pub fn line(&self, needle: &str) -> Option<String> {
+        let serial = self.serial();
+        let l = serial.lines().find(|l| l.contains(needle))?;
+        Some(l[l.find(needle).unwrap_or(0)..].trim_end().to_string())
+    }
+
+    /// Boots to the end: waits until QEMU exits by itself (a guest that powers off, with
+    /// `-no-reboot`), or kills it after `timeout`; returns the console.
+    pub fn run_to_exit(spec: &VmSpec, name: &str, timeout: Duration) -> String {
+        let mut vm = Vm::start(spec).unwrap_or_else(|e| panic!("{name}: starting QEMU: {e}"));
+        let ended = vm.wait_exit(timeout);
+        eprintln!(
+            "{name}: {:.1} s, {}",
+            vm.elapsed().as_secs_f64(),
+            match &ended {
+                Ok(()) => "QEMU exited".to_string(),
+                Err(e) => e.clone(),
+            }
+        );
+        vm.kill();
+        vm.serial()
+    }
+
     /// Sends a command to the QEMU monitor (e.g. `system_powerdown`).
     pub fn monitor(&self, cmd: &str) -> std::io::Result<()> {
         use std::io::Write;
@@ -205,6 +236,17 @@ impl Vm {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Asserts the kernel command line (`cmdline`, a console line) has the serial console and
+/// each of `args`.
+pub fn assert_cmdline(name: &str, cmdline: &str, args: &[&str]) {
+    for arg in ["console=tty0", "console=ttyS0,115200"].iter().chain(args) {
+        assert!(
+            cmdline.contains(arg),
+            "{name}: {arg} missing from the command line {cmdline:?}"
+        );
     }
 }
 

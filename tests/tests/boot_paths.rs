@@ -7,32 +7,21 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use kiln_tests::boot::tool;
 use kiln_tests::images::minimal;
-use kiln_tests::qemu::{Firmware, UserNet, Vm, VmSpec};
+use kiln_tests::qemu::{assert_cmdline, Firmware, UserNet, Vm, VmSpec};
 use kiln_tests::{snapshot, text};
 
 const BOOT: Duration = Duration::from_secs(480);
 
 fn reaches_systemd(name: &str, spec: &VmSpec, cmdline_arg: &str) {
     let mut vm = Vm::start(spec).expect("qemu starts");
-    let stage1 = vm
-        .wait_for("kiln: stage 1 done", BOOT)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
-    let systemd = vm
-        .wait_for("Reached target", BOOT)
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    eprintln!("{name}");
+    let stage1 = vm.expect("kiln: stage 1 done", BOOT);
+    let systemd = vm.expect("Reached target", BOOT);
     let serial = vm.serial();
-    let cmdline = serial
-        .lines()
-        .find(|l| l.contains("Command line:"))
-        .unwrap_or_default()
-        .to_string();
-    for arg in ["console=tty0", "console=ttyS0,115200", cmdline_arg] {
-        assert!(
-            cmdline.contains(arg),
-            "{name}: {arg} missing from {cmdline:?}"
-        );
-    }
+    let cmdline = vm.line("Command line:").unwrap_or_default();
+    assert_cmdline(name, &cmdline, &[cmdline_arg]);
     assert!(
         !serial.contains("kiln: stage 1 failed"),
         "{name}: {}",
@@ -84,12 +73,6 @@ fn pxe_through_ipxe_and_tftp() {
         ..UserNet::default()
     });
     reaches_systemd("PXE", &spec, "kiln.root=embedded");
-}
-
-fn tool(program: &str, args: &[&str]) -> String {
-    let o = Command::new(program).args(args).output().expect(program);
-    assert!(o.status.success(), "{program} {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 #[test]

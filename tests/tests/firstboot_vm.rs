@@ -67,30 +67,16 @@ fn with_seed(spec: VmSpec, seed: &Path) -> VmSpec {
     ))
 }
 
-/// Waits for `needle`, panicking with the console's tail.
-fn wait(vm: &mut Vm, needle: &str) -> Duration {
-    vm.wait_for(needle, BOOT)
-        .unwrap_or_else(|e| panic!("waiting for {needle:?}: {e}"))
-}
-
 /// The agent's summary line (`kiln: hostname ...`).
 fn summary(vm: &Vm) -> String {
-    vm.serial()
-        .lines()
-        .find(|l| l.contains("kiln: hostname "))
-        .map(|l| {
-            l[l.find("kiln: hostname ").unwrap_or(0)..]
-                .trim_end()
-                .to_string()
-        })
-        .unwrap_or_default()
+    vm.line("kiln: hostname ").unwrap_or_default()
 }
 
 /// Boots to the login prompt of `host`; returns the summary line. Checks the summary
 /// names `host` and the login prompt is `host login:`.
 fn boot_to_login(vm: &mut Vm, name: &str, host: &str) -> String {
-    let sum_at = wait(vm, "kiln: machine-id ");
-    let login_at = wait(vm, " login:");
+    let sum_at = vm.expect("kiln: machine-id ", BOOT);
+    let login_at = vm.expect(" login:", BOOT);
     let s = summary(vm);
     assert!(
         s.starts_with(&format!("kiln: hostname {host}, ")),
@@ -236,17 +222,14 @@ fn power_cut_during_first_boot_then_first_boot_completes() {
 
     // Cut the power in stage 1, right after the data partition was made and mounted.
     let mut vm = Vm::start(&spec).unwrap();
-    wait(
-        &mut vm,
-        "kiln: stage 1: root slot-a, /var kiln-data created",
-    );
+    vm.expect("kiln: stage 1: root slot-a, /var kiln-data created", BOOT);
     vm.kill();
     drop(vm);
 
     // Then again while systemd starts, before the agent reports.
     let mut vm = Vm::start(&spec).unwrap();
-    wait(&mut vm, "kiln: stage 1: root slot-a, /var kiln-data ");
-    wait(&mut vm, "switching root");
+    vm.expect("kiln: stage 1: root slot-a, /var kiln-data ", BOOT);
+    vm.expect("switching root", BOOT);
     std::thread::sleep(Duration::from_secs(3));
     vm.kill();
     assert!(

@@ -148,13 +148,9 @@ fn pxe_install_to_an_empty_disk_then_boot_it() {
         .arg("-device")
         .arg("virtio-net-pci,netdev=n1,bootindex=2");
     let mut vm = start_with_disk(spec, &target, "bootindex=1,serial=KILN-TARGET");
-    let wait = |vm: &mut Vm, needle: &str| {
-        vm.wait_for(needle, LONG)
-            .unwrap_or_else(|e| panic!("waiting for {needle:?}: {e}"))
-    };
-    let started = wait(&mut vm, "kiln: install: payload ");
-    let done = wait(&mut vm, "kiln: install: rebooting into the installed disk");
-    let login = wait(&mut vm, "installed-node login:");
+    let started = vm.expect("kiln: install: payload ", LONG);
+    let done = vm.expect("kiln: install: rebooting into the installed disk", LONG);
+    let login = vm.expect("installed-node login:", LONG);
     let serial = vm.serial();
     vm.kill();
     let lines: Vec<&str> = serial
@@ -251,8 +247,7 @@ fn installer_vm(dir: &Path, disk: &Path, append: &str) -> Vm {
 }
 
 fn refused(vm: &mut Vm, needles: &[&str]) -> String {
-    vm.wait_for("kiln: stage 1: waiting", LONG)
-        .unwrap_or_else(|e| panic!("the installer did not stop: {e}"));
+    vm.expect("kiln: stage 1: waiting", LONG);
     let serial = vm.serial();
     vm.kill();
     for n in needles {
@@ -388,12 +383,8 @@ fn iso_install_to_disk_entry() {
     vm.monitor("sendkey down").expect("monitor");
     std::thread::sleep(Duration::from_millis(500));
     vm.monitor("sendkey ret").expect("monitor");
-    let done = vm
-        .wait_for("kiln: install: rebooting into the installed disk", LONG)
-        .unwrap_or_else(|e| panic!("{e}"));
-    let booted = vm
-        .wait_for("kiln: stage 1: root slot-a", LONG)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let done = vm.expect("kiln: install: rebooting into the installed disk", LONG);
+    let booted = vm.expect("kiln: stage 1: root slot-a", LONG);
     let serial = vm.serial();
     vm.kill();
     eprintln!(
