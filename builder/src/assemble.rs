@@ -243,14 +243,14 @@ fn write_accounts(
         if let Some(other) = group.iter().find(|x| x.gid == g.gid && x.name != g.name) {
             return Err(AssembleError::DuplicateId {
                 what: "group",
-                name: g.name.clone(),
+                name: g.name.to_string(),
                 id: g.gid,
                 other: other.name.clone(),
             });
         }
         group.retain(|x| x.name != g.name);
         group.push(GroupLine {
-            name: g.name.clone(),
+            name: g.name.to_string(),
             gid: g.gid,
             members: Vec::new(),
         });
@@ -259,7 +259,7 @@ fn write_accounts(
         if let Some(other) = passwd.iter().find(|x| x.uid == u.uid && x.name != u.name) {
             return Err(AssembleError::DuplicateId {
                 what: "user",
-                name: u.name.clone(),
+                name: u.name.to_string(),
                 id: u.uid,
                 other: other.name.clone(),
             });
@@ -267,7 +267,7 @@ fn write_accounts(
         let gid = u.gid.unwrap_or(u.uid);
         if !group.iter().any(|g| g.gid == gid) {
             group.push(GroupLine {
-                name: u.name.clone(),
+                name: u.name.to_string(),
                 gid,
                 members: Vec::new(),
             });
@@ -275,17 +275,17 @@ fn write_accounts(
         for gname in &u.groups {
             let g = group.iter_mut().find(|g| &g.name == gname).ok_or_else(|| {
                 AssembleError::UnknownGroup {
-                    user: u.name.clone(),
+                    user: u.name.to_string(),
                     group: gname.clone(),
                 }
             })?;
-            if !g.members.contains(&u.name) {
-                g.members.push(u.name.clone());
+            if !g.members.iter().any(|m| *m == u.name) {
+                g.members.push(u.name.to_string());
             }
         }
         passwd.retain(|x| x.name != u.name);
         passwd.push(PasswdLine {
-            name: u.name.clone(),
+            name: u.name.to_string(),
             uid: u.uid,
             gid,
             gecos: u.gecos.clone(),
@@ -513,7 +513,7 @@ mod tests {
         )
         .expect("passwd master");
         let users = vec![User {
-            name: "etcd".into(),
+            name: "etcd".parse().unwrap(),
             uid: 990,
             gid: None,
             gecos: String::new(),
@@ -546,7 +546,7 @@ mod tests {
             Err(AssembleError::UnknownGroup { .. })
         ));
         let dup = vec![User {
-            name: "other".into(),
+            name: "other".parse().unwrap(),
             uid: 0,
             ..users[0].clone()
         }];

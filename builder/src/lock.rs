@@ -318,7 +318,7 @@ impl Lock {
 fn artifact_lock(a: &Artifact) -> ArtifactLock {
     ArtifactLock {
         name: a.name.clone(),
-        url: a.url.clone(),
+        url: a.url.to_string(),
         checksum: a.checksum.clone(),
     }
 }

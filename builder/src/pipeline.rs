@@ -276,7 +276,7 @@ fn fetch_inputs(def: &Definition, lock: &Lock, fetcher: &Fetcher) -> Result<Fetc
     for a in &def.artifacts {
         reqs.push(FetchRequest {
             name: a.name.clone(),
-            url: a.url.clone(),
+            url: a.url.to_string(),
             digest: a.checksum.clone(),
             size: None,
         });
@@ -338,7 +338,12 @@ pub fn assemble(
             let mode = a.mode.map_or(0o755, |m| m.0);
             tree.replace(&p, Entry::file(content, mode, &a.name).at(def.epoch))?;
         } else {
-            unpack::add_tar_archive(&mut tree, path, &a.name, &a.extract, store, &limits)
+            let extract = a
+                .extract
+                .iter()
+                .map(|(from, to)| (from.to_string(), to.to_string()))
+                .collect();
+            unpack::add_tar_archive(&mut tree, path, &a.name, &extract, store, &limits)
                 .with_context(|| format!("artifact {}", a.name))?;
         }
     }

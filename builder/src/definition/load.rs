@@ -4,6 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
 use super::{merge, validate, Definition, DefinitionError, DefinitionFile, MAX_EXTENDS};
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -16,11 +19,41 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The dotted key (`symlink.path`, `image.name`) of the innermost value whose span holds
+/// `offset`, when the text parses as TOML.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    fn walk(table: &DeTable, offset: usize, keys: &mut Vec<String>) -> bool {
+        table.iter().any(|(k, v)| {
+            keys.push(k.get_ref().to_string());
+            if walk_value(v, offset, keys) || v.span().contains(&offset) {
+                return true;
+            }
+            keys.pop();
+            false
+        })
+    }
+    fn walk_value(v: &Spanned<DeValue>, offset: usize, keys: &mut Vec<String>) -> bool {
+        match v.get_ref() {
+            DeValue::Table(t) => walk(t, offset, keys),
+            // Arrays of tables (`[[file]]`): the key names them all.
+            DeValue::Array(items) => items.iter().any(|i| walk_value(i, offset, keys)),
+            _ => false,
+        }
+    }
+    let doc = DeTable::parse(text).ok()?;
+    let mut keys = Vec::new();
+    walk(doc.get_ref(), offset, &mut keys).then(|| keys.join("."))
+}
+
 /// Parses one file (no `extends` processing).
 pub fn parse_file(path: &Path, text: &str) -> Result<DefinitionFile, DefinitionError> {
     toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
         let mut message = e.message().trim().to_string();
+        // Name the key the value sits under (the message of a checked value does not).
+        if let Some(key) = e.span().and_then(|s| key_at(text, s.start)) {
+            message.push_str(&format!(" (at {key})"));
+        }
         // Name the object too: the line the error points at, when it is short enough.
         if let Some(src) = e.span().and_then(|_| text.lines().nth(line - 1)) {
             let src = src.trim();
@@ -68,4 +101,36 @@ pub fn load(path: &Path) -> Result<Definition, DefinitionError> {
         .reduce(merge::merge)
         .unwrap_or_default();
     validate::finish(path, merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_at_an_offset_is_named_through_tables_and_arrays_of_tables() {
+        let text = "[image]\nname = \"x\"\n[[file]]\npath = \"/a\"\n[[file]]\npath = \"/b\"\n";
+        let at = |needle: &str| key_at(text, text.find(needle).unwrap()).unwrap_or_default();
+        assert_eq!(at("\"x\""), "image.name");
+        assert_eq!(at("\"/b\""), "file.path");
+        assert_eq!(key_at("a = [", 4), None, "not TOML: no key");
+    }
+
+    #[test]
+    fn a_checked_value_is_located_in_the_file_that_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("base.toml"),
+            "[image]\nname = \"b\"\nversion = \"1\"\nepoch = 0\n[disk]\nsize = \"lots\"\n",
+        )
+        .unwrap();
+        let child = dir.path().join("child.toml");
+        std::fs::write(&child, "extends = \"base.toml\"\n[image]\nname = \"c\"\n").unwrap();
+        let msg = load(&child).unwrap_err().to_string();
+        assert!(msg.contains("base.toml:6:8: "), "{msg}");
+        assert!(
+            msg.contains("\"lots\" is not a size like \"8GiB\" (at disk.size)"),
+            "{msg}"
+        );
+    }
 }

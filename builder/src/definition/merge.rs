@@ -15,7 +15,7 @@ fn pick<T>(child: Option<T>, base: Option<T>) -> Option<T> {
     child.or(base)
 }
 
-fn append_unique(mut base: Vec<String>, child: Vec<String>) -> Vec<String> {
+fn append_unique<T: PartialEq>(mut base: Vec<T>, child: Vec<T>) -> Vec<T> {
     for c in child {
         if !base.contains(&c) {
             base.push(c);
@@ -25,7 +25,7 @@ fn append_unique(mut base: Vec<String>, child: Vec<String>) -> Vec<String> {
 }
 
 /// Replace base entries that the child redefines (same key), then append the rest.
-fn merge_keyed<T>(base: Vec<T>, child: Vec<T>, key: impl Fn(&T) -> String) -> Vec<T> {
+fn merge_keyed<T, K: PartialEq>(base: Vec<T>, child: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
     let mut out: Vec<T> = base
         .into_iter()
         .filter(|b| !child.iter().any(|c| key(c) == key(b)))

@@ -6,10 +6,14 @@ pub mod container_image;
 mod load;
 mod merge;
 mod validate;
+mod values;
 
 pub use load::{load, parse_file};
 pub use merge::merge;
-pub use validate::parse_size;
+pub use values::{
+    parse_size, AccountName, Arch, ArchivePath, HttpUrl, ImageName, ImagePath, ImageVersion,
+    InstallSelector, PackageName, Size, ZstdLevel,
+};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -70,15 +74,15 @@ pub struct DefinitionFile {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ImageSection {
     /// Image name: lower-case letters, digits and `-`.
-    pub name: Option<String>,
-    pub version: Option<String>,
+    pub name: Option<ImageName>,
+    pub version: Option<ImageVersion>,
     /// Debian architecture name; only `amd64` is supported.
-    pub arch: Option<String>,
+    pub arch: Option<Arch>,
     /// SOURCE_DATE_EPOCH: every timestamp in every output is clamped to it.
     pub epoch: Option<u64>,
     /// zstd level of the squashfs root, 1-22 (default 19). Lower builds much faster: the
     /// Go binaries of a Kubernetes node make level 19 take many minutes on two cores.
-    pub compression_level: Option<u32>,
+    pub compression_level: Option<ZstdLevel>,
     /// Outputs `kiln build` writes when `--format` is not given.
     pub outputs: Option<Vec<OutputFormat>>,
 }
@@ -132,10 +136,10 @@ pub struct DebianSection {
     pub components: Option<Vec<String>>,
     /// Packages to install (their dependency closure is locked). Variants add to the base's list.
     #[serde(default)]
-    pub packages: Vec<String>,
+    pub packages: Vec<PackageName>,
     /// Packages never to install, even when something depends on them.
     #[serde(default)]
-    pub exclude: Vec<String>,
+    pub exclude: Vec<PackageName>,
     /// Also install the Essential and `Priority: required` set, as debootstrap's minbase does.
     pub essential: Option<bool>,
     /// Mirror URL; default: the host's apt configuration.
@@ -176,14 +180,14 @@ pub struct Artifact {
     /// Name used in the lock, manifest and messages.
     pub name: String,
     pub version: Option<String>,
-    pub url: String,
+    pub url: HttpUrl,
     /// `sha256:<hex>` or `sha512:<hex>`.
     pub checksum: Digest,
     /// For archives: archive path (file or directory prefix) -> path in the image.
     #[serde(default)]
-    pub extract: BTreeMap<String, String>,
+    pub extract: BTreeMap<ArchivePath, ImagePath>,
     /// For single files: where the file goes in the image.
-    pub dest: Option<String>,
+    pub dest: Option<ImagePath>,
     pub mode: Option<Mode>,
 }
 
@@ -192,14 +196,14 @@ pub struct Artifact {
 pub struct LocalFile {
     /// Path relative to the definition file.
     pub source: String,
-    pub dest: String,
+    pub dest: ImagePath,
     pub mode: Option<Mode>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct FileSpec {
-    pub path: String,
+    pub path: ImagePath,
     #[serde(default)]
     pub content: String,
     pub mode: Option<Mode>,
@@ -212,7 +216,7 @@ pub struct FileSpec {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DirSpec {
-    pub path: String,
+    pub path: ImagePath,
     pub mode: Option<Mode>,
     #[serde(default)]
     pub uid: u32,
@@ -223,14 +227,14 @@ pub struct DirSpec {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SymlinkSpec {
-    pub path: String,
+    pub path: ImagePath,
     pub target: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct User {
-    pub name: String,
+    pub name: AccountName,
     pub uid: u32,
     /// Primary group id; default: same as uid.
     pub gid: Option<u32>,
@@ -246,7 +250,7 @@ pub struct User {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Group {
-    pub name: String,
+    pub name: AccountName,
     pub gid: u32,
 }
 
@@ -275,12 +279,12 @@ pub struct KernelSection {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DiskSection {
     /// Virtual disk size, e.g. `"8GiB"`, `"512MiB"`; default 8 GiB.
-    pub size: Option<String>,
+    pub size: Option<Size>,
     /// The installer's disk selector (`kiln.install=`) baked into the PXE bundle's
     /// `boot-install.ipxe` and the ISO's "Install to disk" entry: `auto` (default),
     /// `/dev/<disk>`, or conditions `size>=20G`, `model=...`, `serial=...`, `wwid=...`
     /// joined by commas.
-    pub install: Option<String>,
+    pub install: Option<InstallSelector>,
     /// Whether the ISO carries the installer: the "Install to disk" entry and the payload
     /// it writes (default true). `false` gives a live-only ISO of about half the size; the
     /// PXE bundle keeps its installer either way.
@@ -645,15 +649,6 @@ service-cidr = "10.96.0.0/12"
     }
 
     #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("8GiB"), Some(8 << 30));
-        assert_eq!(parse_size("512M"), Some(512 << 20));
-        assert_eq!(parse_size("12"), Some(12));
-        assert_eq!(parse_size("1X"), None);
-        assert_eq!(parse_size(""), None);
-    }
-
-    #[test]
     fn schema_lists_top_level_tables() {
         let s = serde_json::to_value(schema()).expect("json");
         let props = s["properties"].as_object().expect("props");
@@ -663,5 +658,9 @@ service-cidr = "10.96.0.0/12"
             assert!(props.contains_key(k), "schema lacks {k}");
         }
         assert_eq!(s["additionalProperties"], serde_json::Value::Bool(false));
+        // Checked values are plain strings and numbers in the schema.
+        let defs = &s["$defs"];
+        assert_eq!(defs["ImageName"]["type"], "string", "{defs}");
+        assert_eq!(defs["ZstdLevel"]["type"], "integer", "{defs}");
     }
 }

@@ -1,35 +1,11 @@
-//! From a merged [`DefinitionFile`] to a checked [`Definition`]: required keys, names,
-//! sizes, paths, the machine defaults (firstboot's schema), go inputs and container images;
-//! every error names the key.
+//! From a merged [`DefinitionFile`] to a checked [`Definition`]: required keys, what relates
+//! several values (names defined twice, `dest` or `extract`), the machine defaults
+//! (firstboot's schema), go inputs and container images; every error names the key. Each
+//! single value was checked as it was parsed (`values`), where its line and column are known.
 
 use std::path::Path;
 
 use super::*;
-
-/// Parses sizes like `8GiB`, `512MiB`, `8G`, `1024` (bytes).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().ok()?;
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        "T" | "TiB" => 1 << 40,
-        _ => return None,
-    };
-    n.checked_mul(mult)
-}
-
-fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-}
 
 pub(super) fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, DefinitionError> {
     let invalid = |key: &str, message: String| DefinitionError::Invalid {
@@ -42,40 +18,20 @@ pub(super) fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, Defin
         .ok_or_else(|| invalid("image", "the [image] table is missing".into()))?;
     let name = image
         .name
-        .ok_or_else(|| invalid("image.name", "is required".into()))?;
-    if !valid_name(&name) {
-        return Err(invalid(
-            "image.name",
-            format!("{name:?} must be 1-63 lower-case letters, digits or '-'"),
-        ));
-    }
+        .ok_or_else(|| invalid("image.name", "is required".into()))?
+        .into();
     let version = image
         .version
-        .ok_or_else(|| invalid("image.version", "is required".into()))?;
-    if version.is_empty() || version.contains(char::is_whitespace) || version.contains('/') {
-        return Err(invalid(
-            "image.version",
-            format!("{version:?} must be non-empty, without spaces or '/'"),
-        ));
-    }
-    let arch = image.arch.unwrap_or_else(|| "amd64".into());
-    if arch != "amd64" {
-        return Err(invalid(
-            "image.arch",
-            format!("{arch:?} is not supported (only amd64)"),
-        ));
-    }
+        .ok_or_else(|| invalid("image.version", "is required".into()))?
+        .into();
+    let arch = image.arch.map_or_else(|| "amd64".into(), String::from);
     let epoch = image
         .epoch
         .ok_or_else(|| invalid("image.epoch", "is required (SOURCE_DATE_EPOCH)".into()))?;
     let outputs = image.outputs.unwrap_or_else(|| vec![OutputFormat::Tar]);
-    let compression_level = image.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
-    if !(1..=22).contains(&compression_level) {
-        return Err(invalid(
-            "image.compression-level",
-            format!("{compression_level} is not a zstd level (1-22)"),
-        ));
-    }
+    let compression_level = image
+        .compression_level
+        .map_or(DEFAULT_COMPRESSION_LEVEL, u32::from);
 
     let debian = match f.debian {
         None => None,
@@ -83,14 +39,6 @@ pub(super) fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, Defin
             let suite = d
                 .suite
                 .ok_or_else(|| invalid("debian.suite", "is required".into()))?;
-            for p in d.packages.iter().chain(&d.exclude) {
-                if p.is_empty() || p.contains(char::is_whitespace) {
-                    return Err(invalid(
-                        "debian.packages",
-                        format!("{p:?} is not a package name"),
-                    ));
-                }
-            }
             if let Some(pkg) = d.packages.iter().find(|p| d.exclude.contains(p)) {
                 return Err(invalid(
                     "debian.exclude",
@@ -100,8 +48,8 @@ pub(super) fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, Defin
             Some(Debian {
                 suite,
                 components: d.components.unwrap_or_else(|| vec!["main".into()]),
-                packages: d.packages,
-                exclude: d.exclude,
+                packages: d.packages.into_iter().map(String::from).collect(),
+                exclude: d.exclude.into_iter().map(String::from).collect(),
                 essential: d.essential.unwrap_or(false),
                 mirror: d.mirror,
             })
@@ -121,12 +69,6 @@ pub(super) fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, Defin
                 format!("{:?} is defined twice", a.name),
             ));
         }
-        if !(a.url.starts_with("https://") || a.url.starts_with("http://")) {
-            return Err(invalid(
-                &format!("artifact.{}.url", a.name),
-                format!("{:?} is not an http(s) URL", a.url),
-            ));
-        }
         match (&a.dest, a.extract.is_empty()) {
             (Some(_), false) => {
                 return Err(invalid(
@@ -141,14 +83,6 @@ pub(super) fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, Defin
                 ))
             }
             _ => {}
-        }
-        if let Some(d) = &a.dest {
-            check_path(&format!("artifact.{}.dest", a.name), d)?;
-        }
-        for (from, to) in &a.extract {
-            TreePath::from_archive(from)
-                .map_err(|e| invalid(&format!("artifact.{}.extract", a.name), e.to_string()))?;
-            check_path(&format!("artifact.{}.extract", a.name), to)?;
         }
     }
     let mut names = std::collections::BTreeSet::new();
@@ -172,50 +106,9 @@ pub(super) fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, Defin
     }
     container_image::validate(&f.container_image, &f.go)
         .map_err(|(key, message)| invalid(&key, message))?;
-    for l in &f.local {
-        check_path("local.dest", &l.dest)?;
-    }
-    for x in &f.file {
-        check_path("file.path", &x.path)?;
-    }
-    for x in &f.directory {
-        check_path("directory.path", &x.path)?;
-    }
-    for x in &f.symlink {
-        check_path("symlink.path", &x.path)?;
-    }
-    for u in &f.user {
-        if !valid_user_name(&u.name) {
-            return Err(invalid(
-                "user.name",
-                format!("{:?} is not a valid user name", u.name),
-            ));
-        }
-    }
-    for g in &f.group {
-        if !valid_user_name(&g.name) {
-            return Err(invalid(
-                "group.name",
-                format!("{:?} is not a valid group name", g.name),
-            ));
-        }
-    }
     let disk = f.disk.unwrap_or_default();
-    let install_selector = match disk.install {
-        None => "auto".to_string(),
-        Some(sel) => {
-            if sel.contains(char::is_whitespace) {
-                return Err(invalid("disk.install", format!("{sel:?} contains spaces")));
-            }
-            firstboot::install::select::parse(&sel).map_err(|e| invalid("disk.install", e))?;
-            sel
-        }
-    };
-    let disk_size = match disk.size {
-        None => DEFAULT_DISK_SIZE,
-        Some(s) => parse_size(&s)
-            .ok_or_else(|| invalid("disk.size", format!("{s:?} is not a size like \"8GiB\"")))?,
-    };
+    let install_selector = disk.install.map_or_else(|| "auto".into(), String::from);
+    let disk_size = disk.size.map_or(DEFAULT_DISK_SIZE, |s| s.bytes());
     let machine = f.machine.unwrap_or_default();
     if !machine.is_empty() {
         let text = toml::to_string(&machine).unwrap_or_default();
@@ -249,12 +142,4 @@ pub(super) fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, Defin
         iso_installer: disk.iso_installer.unwrap_or(true),
         machine,
     })
-}
-
-fn valid_user_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 32
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && !s.starts_with('-')
 }
