@@ -6,7 +6,9 @@
 //! backoff, resuming the partial file with a `Range` request; 4xx answers are final. On any
 //! final error the partial file is removed, so the cache holds only verified blobs.
 //!
-//! Downloads run on a bounded number of std threads over `reqwest::blocking`.
+//! Downloads run on a bounded number of std threads over `ureq` (blocking, HTTP/1.1, rustls).
+//! A stall is a single socket read that waits longer than the stall timeout (ureq's
+//! `timeout_per_read`), so a slow download that keeps making progress is never cut off.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -17,8 +19,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
-use reqwest::StatusCode;
+use ureq::http::header::{CONTENT_LENGTH, CONTENT_RANGE, RANGE};
+use ureq::http::{Response, StatusCode};
+use ureq::{Agent, Body};
 
 use crate::cache::{Cache, CacheError};
 use crate::digest::{Digest, Hasher};
@@ -193,6 +196,15 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Whether a ureq error is one of its timeouts (connect, headers, or a single read or write).
+fn is_timeout(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Timeout(_) => true,
+        ureq::Error::Io(io) => io.kind() == io::ErrorKind::TimedOut,
+        _ => false,
+    }
+}
+
 /// How one attempt ended badly.
 enum Failure {
     /// Worth another attempt (after backoff).
@@ -205,23 +217,27 @@ enum Failure {
 pub struct Fetcher {
     cache: Cache,
     opts: FetcherOptions,
-    client: reqwest::blocking::Client,
+    agent: Agent,
 }
 
 impl Fetcher {
     pub fn new(cache: Cache, opts: FetcherOptions) -> Result<Fetcher, FetchError> {
-        let client = reqwest::blocking::Client::builder()
-            .connect_timeout(opts.connect_timeout)
-            // In the blocking client this bounds waiting for headers and each body read.
-            .timeout(opts.stall_timeout)
+        let stall = Some(opts.stall_timeout);
+        let agent = Agent::config_builder()
+            // Every status comes back as a response; `send` sorts them.
+            .http_status_as_error(false)
             .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
+            .timeout_resolve(Some(opts.connect_timeout))
+            .timeout_connect(Some(opts.connect_timeout))
+            // Waiting for the response headers, in total.
+            .timeout_recv_response(stall)
+            // Each single socket read or write, body included: a stall, not a slow body
+            // (`timeout_recv_body` would bound the whole body).
+            .timeout_per_read(stall)
+            .timeout_per_write(stall)
             .build()
-            .map_err(|e| FetchError::Client(chain(&e)))?;
-        Ok(Fetcher {
-            cache,
-            opts,
-            client,
-        })
+            .new_agent();
+        Ok(Fetcher { cache, opts, agent })
     }
 
     pub fn cache(&self) -> &Cache {
@@ -345,10 +361,11 @@ impl Fetcher {
             .headers()
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let mut body = resp.body_mut().as_reader();
         let mut out = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            match resp.read(&mut buf) {
+            match body.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => out.extend_from_slice(&buf[..n]),
                 Err(e) => {
@@ -408,21 +425,16 @@ impl Fetcher {
     }
 
     /// Send a GET (with `Range: bytes=offset-` when `offset > 0`) and sort the status.
-    fn send(
-        &self,
-        name: &str,
-        url: &str,
-        offset: u64,
-    ) -> Result<reqwest::blocking::Response, Failure> {
-        let mut req = self.client.get(url);
+    fn send(&self, name: &str, url: &str, offset: u64) -> Result<Response<Body>, Failure> {
+        let mut req = self.agent.get(url);
         if offset > 0 {
             req = req.header(RANGE, format!("bytes={offset}-"));
         }
-        let resp = req.send().map_err(|e| {
+        let resp = req.call().map_err(|e| {
             Failure::Transient(FetchError::Network {
                 name: name.to_string(),
                 url: url.to_string(),
-                reason: if e.is_timeout() {
+                reason: if is_timeout(&e) {
                     format!(
                         "no answer within {:.1}s",
                         self.opts.stall_timeout.as_secs_f64()
@@ -476,10 +488,11 @@ impl Fetcher {
         expected: Option<u64>,
         e: &io::Error,
     ) -> FetchError {
+        // ureq's body reader hands its own errors over wrapped in an `io::Error`.
         let timed_out = e.kind() == io::ErrorKind::TimedOut
             || e.get_ref()
-                .and_then(|i| i.downcast_ref::<reqwest::Error>())
-                .is_some_and(|r| r.is_timeout());
+                .and_then(|i| i.downcast_ref::<ureq::Error>())
+                .is_some_and(is_timeout);
         FetchError::Truncated {
             name: name.to_string(),
             url: url.to_string(),
@@ -646,10 +659,11 @@ impl Fetcher {
             bar.set_length(len);
         }
 
+        let mut body = resp.body_mut().as_reader();
         let mut got = start;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = match resp.read(&mut buf) {
+            let n = match body.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) => {
@@ -802,5 +816,70 @@ mod tests {
         );
         assert_eq!(rewrite_url(&rw, "http://a/other"), "http://b/other");
         assert_eq!(rewrite_url(&rw, "https://z/"), "https://z/");
+    }
+
+    /// A body that keeps coming, though slower in total than the stall timeout, is not a
+    /// stall: the timeout bounds each read, not the whole body.
+    #[test]
+    fn slow_but_steady_body_is_not_a_stall() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("addr");
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                conn.read_exact(&mut byte).expect("request");
+                head.push(byte[0]);
+            }
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\n")
+                .expect("headers");
+            for b in b"12345678" {
+                std::thread::sleep(Duration::from_millis(250));
+                conn.write_all(&[*b]).expect("body");
+            }
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = FetcherOptions {
+            retries: 0,
+            progress: false,
+            stall_timeout: Duration::from_secs(1),
+            ..FetcherOptions::default()
+        };
+        let fetcher = Fetcher::new(Cache::at(dir.path()), opts).expect("fetcher");
+        let got = fetcher
+            .get_bytes(&format!("http://{addr}/slow"))
+            .expect("a slow body that keeps coming");
+        assert_eq!(got, b"12345678");
+        server.join().expect("server");
+    }
+
+    /// A server that takes the request and never answers is given up on after the stall
+    /// timeout, as a network error.
+    #[test]
+    fn silent_server_is_no_answer() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let conn = listener.accept();
+            std::thread::sleep(Duration::from_secs(5));
+            drop(conn);
+        });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = FetcherOptions {
+            retries: 0,
+            progress: false,
+            stall_timeout: Duration::from_secs(1),
+            ..FetcherOptions::default()
+        };
+        let fetcher = Fetcher::new(Cache::at(dir.path()), opts).expect("fetcher");
+        let start = std::time::Instant::now();
+        let err = fetcher
+            .get_bytes(&format!("http://{addr}/silent"))
+            .expect_err("no answer");
+        let took = start.elapsed();
+        assert!(matches!(err, FetchError::Network { .. }), "{err}");
+        assert!(err.to_string().contains("no answer within 1.0s"), "{err}");
+        assert!(took < Duration::from_secs(4), "took {took:?}");
     }
 }

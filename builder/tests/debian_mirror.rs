@@ -47,9 +47,14 @@ fn serve(files: HashMap<String, Vec<u8>>, max_requests: usize) -> String {
     format!("http://{addr}/debian")
 }
 
-fn http_get(url: &str) -> Result<Vec<u8>, reqwest::Error> {
-    let resp = reqwest::blocking::get(url)?.error_for_status()?;
-    Ok(resp.bytes()?.to_vec())
+/// GET into memory; a 4xx or 5xx is an error (ureq's default).
+fn http_get(url: &str) -> Result<Vec<u8>, ureq::Error> {
+    ureq::get(url)
+        .call()?
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
 }
 
 fn stanza(name: &str, version: &str, deps: &str) -> String {

@@ -27,12 +27,19 @@ const PACKAGES: &[&str] = &[
     "e2fsprogs",
 ];
 
-fn http_get(url: &str) -> Result<Vec<u8>, reqwest::Error> {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()?;
-    let resp = client.get(url).send()?.error_for_status()?;
-    Ok(resp.bytes()?.to_vec())
+/// GET into memory, at most 300 s in all; a 4xx or 5xx is an error (ureq's default).
+fn http_get(url: &str) -> Result<Vec<u8>, ureq::Error> {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .new_agent();
+    agent
+        .get(url)
+        .call()?
+        .body_mut()
+        .with_config()
+        .limit(u64::MAX)
+        .read_to_vec()
 }
 
 fn ensure_apt_lists() {
