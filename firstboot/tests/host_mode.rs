@@ -23,8 +23,8 @@ use firstboot::driver::write_files;
 use firstboot::host::{self, HostOptions, HostStatus};
 use firstboot::k8s::components::{self, APISERVER, CONTROLLER_MANAGER, ETCD, SCHEDULER};
 use firstboot::k8s::{files, ClusterParams};
-use firstboot::supervisor::machine::backoff_delay;
-use firstboot::supervisor::shell::monotonic_ms;
+use firstboot::supervisor::machine::{backoff_delay, FROZEN_AFTER};
+use firstboot::supervisor::shell::{monotonic_ms, STATE_CHECK_EVERY};
 use firstboot::supervisor::{ComponentSpec, HttpProbe, SupervisedStatus, TlsProbe};
 use kiln::gobuild::{self, GoInput};
 use kiln_tests::run_combined;
@@ -531,7 +531,7 @@ fn control_plane_in_host_mode() {
     }
     assert_eq!(kubectl(&["get", "--raw", "/readyz"]).trim(), "ok");
 
-    // 7. A hung apiserver: SIGSTOP, detected by the probe, killed and restarted.
+    // 7. A hung apiserver: SIGSTOP, seen stopped in its process state, killed and restarted.
     let (before, _) = wait_for(&root, child, Duration::from_secs(120), "all ready", |s| {
         s.ready
     });
@@ -579,6 +579,18 @@ fn control_plane_in_host_mode() {
         killed <= bound + 3_000,
         "killed after {killed} ms, bound {bound} ms"
     );
+    // Not by its probes: by its state, within FROZEN_AFTER and a state check (plus the same
+    // 3 s for a loaded machine), whatever its probe window.
+    assert!(
+        killed <= FROZEN_AFTER + STATE_CHECK_EVERY + 3_000,
+        "killed after {killed} ms"
+    );
+    let why = component(&replaced, APISERVER)
+        .component
+        .last_failure
+        .clone()
+        .unwrap_or_default();
+    assert!(why.contains("stopped (state T)"), "{why}");
     assert_eq!(kubectl(&["get", "--raw", "/readyz"]).trim(), "ok");
 
     // 8. A corrupted config: the scheduler fails at once on every start. Its status says so,

@@ -6,7 +6,8 @@ use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use firstboot::supervisor::machine::ComponentSpec;
+use firstboot::supervisor::machine::{ComponentSpec, FROZEN_AFTER};
+use firstboot::supervisor::shell::STATE_CHECK_EVERY;
 use firstboot::supervisor::{CommandSpec, HttpProbe, Managed, ProbeSpec, Supervisor};
 
 struct Recorder(Mutex<Vec<(String, String)>>);
@@ -146,8 +147,9 @@ fn supervises_real_processes() {
     assert_eq!(sup.status()[0].component.last_exit, Some(128 + 9));
     assert_ne!(sup.pid("web"), Some(pid));
 
-    // SIGSTOP: probes time out `failure_threshold` times, SIGTERM is ignored by the stopped
-    // process, SIGKILL after the grace period, then a restart.
+    // SIGSTOP: the process state says stopped; after FROZEN_AFTER it is killed at once
+    // (SIGTERM would wait for a SIGCONT), sooner than its probes would give up (3 timeouts
+    // of 0.5 s, then the 1 s grace), then restarted.
     let pid = sup.pid("web").unwrap();
     let r = restarts(&sup, "web");
     let stopped_at = Instant::now();
@@ -164,12 +166,19 @@ fn supervises_real_processes() {
             == r + 1)
         .unwrap());
     let took = stopped_at.elapsed();
-    // At least 3 failed probes (~0.75 s) plus the 1 s grace.
-    assert!(took >= Duration::from_millis(1_500), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(FROZEN_AFTER)
+            && took < Duration::from_millis(FROZEN_AFTER + STATE_CHECK_EVERY + 1_000),
+        "{took:?}"
+    );
     let web_status = &sup.status()[0];
     assert_eq!(web_status.component.last_exit, Some(128 + 9));
-    assert_eq!(web_status.component.last_probe_ok, Some(false));
-    assert!(web_status.last_probe_error.is_some());
+    let why = web_status
+        .component
+        .last_failure
+        .clone()
+        .unwrap_or_default();
+    assert!(why.contains("stopped (state T)"), "{why}");
     assert!(sup
         .run_until(Duration::from_secs(30), |st| st.get("web").unwrap().ready())
         .unwrap());

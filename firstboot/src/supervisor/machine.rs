@@ -4,6 +4,7 @@
 //! component: `Waiting` (for its dependencies to be ready) -> spawn -> `Running` (not ready
 //! until the first good probe) -> on exit, or `failure_threshold` consecutive failed probes,
 //! `Stopping` (SIGTERM at t, SIGKILL at t + grace) -> `Backoff` (until t + delay) -> spawn ...
+//! A process seen stopped (state `T`) for [`FROZEN_AFTER`] is hung: SIGKILL at once.
 //!
 //! Restart rate: after the first crash the component is respawned at once; after the n-th
 //! consecutive crash (n >= 2) the delay is `min(backoff_base * 2^(n-2), backoff_max)`; the
@@ -20,6 +21,11 @@ pub type Millis = u64;
 
 /// Probe period of a component not ready yet in its run (when it has a startup window).
 pub const STARTUP_PROBE_PERIOD: Millis = 250;
+
+/// A process seen stopped (state `T`, e.g. SIGSTOP) this long is hung: it is killed at once.
+/// Nothing in a healthy node stops a component, and a stopped process answers no probe, so
+/// waiting for the probes to fail would only add their whole failure window.
+pub const FROZEN_AFTER: Millis = 1_000;
 
 /// Liveness/readiness probe timing. The first good result marks the component ready.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +117,11 @@ pub enum Event {
         name: String,
         id: u64,
         ok: bool,
+    },
+    /// Its process has been seen stopped (state `T`) since `since`, and still is.
+    Frozen {
+        name: String,
+        since: Millis,
     },
     /// Its certificates or configuration changed: restart it and its dependents.
     IdentityChanged {
@@ -487,6 +498,30 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                             }
                         }
                     }
+                }
+            }
+        }
+        Event::Frozen { name, since } => {
+            if let Some(i) = state.index(&name) {
+                let c = &mut state.components[i];
+                let stopped_for = now.saturating_sub(since);
+                // Stopped since before this run started: a report about an earlier process.
+                let this_run =
+                    matches!(c.phase, Phase::Running { since: started, .. } if since >= started);
+                if this_run && stopped_for >= FROZEN_AFTER {
+                    // A stopped process acts on no signal but SIGKILL: no grace to wait out.
+                    let why = format!("process stopped (state T) for {stopped_for} ms: hung");
+                    out.push(log(&name, format!("killing: {why}")));
+                    c.last_failure = Some(why);
+                    out.push(Action::Signal {
+                        name,
+                        signal: Signal::Kill,
+                    });
+                    c.phase = Phase::Stopping {
+                        term_at: now,
+                        killed: true,
+                        after: After::Backoff,
+                    };
                 }
             }
         }
@@ -1171,5 +1206,67 @@ mod tests {
         }
         assert!(spawned(&next(&mut s, Event::Tick, t + 100_000)).is_empty());
         assert!(s.all_stopped(), "{:?}", s.status());
+    }
+
+    #[test]
+    fn a_stopped_process_is_killed_once_it_has_been_stopped_long_enough() {
+        let mut s = State::new(vec![spec("etcd", &[])]).unwrap();
+        let t = start_ready(&mut s, "etcd", 0);
+        let frozen = |since| Event::Frozen {
+            name: "etcd".into(),
+            since,
+        };
+        // Seen stopped, but not for long: a stop that ends by itself is left alone.
+        let a = next(&mut s, frozen(t), t + FROZEN_AFTER - 1);
+        assert!(signals(&a, "etcd").is_empty());
+        assert!(s.get("etcd").unwrap().ready());
+        // Stopped long enough: SIGKILL at once (SIGTERM waits for a SIGCONT), no grace.
+        let a = next(&mut s, frozen(t), t + FROZEN_AFTER);
+        assert_eq!(signals(&a, "etcd"), vec![Signal::Kill]);
+        let c = s.get("etcd").unwrap();
+        assert!(
+            c.last_failure.as_deref().unwrap().contains("stopped"),
+            "{c:?}"
+        );
+        // No second SIGKILL when the grace would have run out, and back at once once reaped
+        // (a first failure has no backoff).
+        let a = next(&mut s, Event::Tick, t + FROZEN_AFTER + 10_000);
+        assert!(signals(&a, "etcd").is_empty());
+        let a = next(
+            &mut s,
+            Event::Exited {
+                name: "etcd".into(),
+                status: Some(137),
+            },
+            t + FROZEN_AFTER + 10_001,
+        );
+        assert_eq!(spawned(&a), vec!["etcd".to_string()]);
+        // A report about a process that is not running (stale) changes nothing.
+        let before = s.clone();
+        let a = next(&mut s, frozen(0), t + FROZEN_AFTER + 10_002);
+        assert!(signals(&a, "etcd").is_empty());
+        assert_eq!(
+            s.get("etcd").unwrap().phase,
+            before.get("etcd").unwrap().phase
+        );
+    }
+
+    #[test]
+    fn a_stopped_process_without_a_probe_is_killed_too() {
+        // containerd has no probe: its failed probes could never tell a hang.
+        let mut sp = spec("containerd", &[]);
+        sp.probe = None;
+        let mut s = State::new(vec![sp]).unwrap();
+        let a = next(&mut s, Event::Tick, 0);
+        assert_eq!(spawned(&a), vec!["containerd".to_string()]);
+        let a = next(
+            &mut s,
+            Event::Frozen {
+                name: "containerd".into(),
+                since: 5_000,
+            },
+            5_000 + FROZEN_AFTER,
+        );
+        assert_eq!(signals(&a, "containerd"), vec![Signal::Kill]);
     }
 }

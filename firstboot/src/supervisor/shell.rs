@@ -62,6 +62,9 @@ pub struct Supervisor {
     probe_tx: mpsc::Sender<(String, u64, Result<(), String>)>,
     probe_rx: mpsc::Receiver<(String, u64, Result<(), String>)>,
     last_step: Option<Instant>,
+    /// Components whose process was seen stopped (state `T`), and since when.
+    stopped_since: BTreeMap<String, Millis>,
+    next_state_check: Millis,
     /// Loop period.
     pub tick: Duration,
     /// Connect children's stdout/stderr to journald streams named after the component.
@@ -87,6 +90,8 @@ impl Supervisor {
             probe_tx,
             probe_rx,
             last_step: None,
+            stopped_since: BTreeMap::new(),
+            next_state_check: 0,
             tick: Duration::from_millis(100),
             journal: false,
         })
@@ -151,9 +156,34 @@ impl Supervisor {
             self.probe_errors.insert(name.clone(), result.err());
             self.feed(Event::ProbeResult { name, id, ok });
         }
+        self.check_stopped();
         self.feed(Event::Tick);
         self.last_step = Some(Instant::now());
         Ok(())
+    }
+
+    /// Reads each running component's process state (every [`STATE_CHECK_EVERY`] ms) and
+    /// reports the stopped ones: a hang the probes would take their whole failure window to
+    /// see, and one a component without a probe (containerd) would never show.
+    fn check_stopped(&mut self) {
+        let now = self.now();
+        if now < self.next_state_check {
+            return;
+        }
+        self.next_state_check = now.saturating_add(STATE_CHECK_EVERY);
+        let mut frozen = Vec::new();
+        for (name, pid) in &self.pids {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()));
+            if stat.ok().as_deref().and_then(proc_state) == Some('T') {
+                let since = *self.stopped_since.entry(name.clone()).or_insert(now);
+                frozen.push((name.clone(), since));
+            } else {
+                self.stopped_since.remove(name);
+            }
+        }
+        for (name, since) in frozen {
+            self.feed(Event::Frozen { name, since });
+        }
     }
 
     /// Runs the loop until `done(state)` holds (returns true) or `timeout` passes (false).
@@ -198,6 +228,7 @@ impl Supervisor {
                         .map(|(n, _)| n.clone());
                     if let Some(name) = name {
                         self.pids.remove(&name);
+                        self.stopped_since.remove(&name);
                         log::info!(target: "supervisor", "{name}: exited with {code:?}");
                         exits.push((name, code));
                     }
@@ -291,6 +322,16 @@ impl Supervisor {
     }
 }
 
+/// How often [`Supervisor::step`] reads the components' process states.
+pub const STATE_CHECK_EVERY: Millis = 200;
+
+/// The state letter of a `/proc/PID/stat` line (`R`, `S`, `D`, `T` stopped, `t` traced,
+/// `Z`...): the field after the command name, which may itself hold spaces and parentheses.
+pub fn proc_state(stat: &str) -> Option<char> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.trim_start().chars().next()
+}
+
 /// CLOCK_MONOTONIC in milliseconds.
 pub fn monotonic_ms() -> Millis {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
@@ -311,4 +352,19 @@ fn forward(name: &str, stream: impl Read + Send + 'static) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_follows_the_last_parenthesis() {
+        assert_eq!(proc_state("42 (etcd) S 1 42 42 0 -1"), Some('S'));
+        assert_eq!(proc_state("42 (kube (x) y) T 1 42"), Some('T'));
+        assert_eq!(proc_state("42 (a) t 1"), Some('t'));
+        assert_eq!(proc_state("garbage"), None);
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        assert_eq!(proc_state(&own), Some('R'));
+    }
 }
