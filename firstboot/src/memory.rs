@@ -29,9 +29,11 @@ mod tests {
         assert_eq!(vm_hwm_kib("VmRSS:\t 10 kB\n"), None);
         assert_eq!(vm_hwm_kib("VmHWM:\t lots kB\n"), None);
         assert_eq!(vm_hwm_kib("VmHWM:\t 12 MB\n"), None);
-        // This test process: a real peak, at least its current resident set.
-        let real = read_vm_hwm_kib(Path::new("/proc/self/status")).unwrap();
+        // This test process: a real peak, at least its current resident set (both from one
+        // reading: the resident set may grow between two).
+        assert!(read_vm_hwm_kib(Path::new("/proc/self/status")).is_some_and(|k| k > 0));
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let real = vm_hwm_kib(&status).unwrap();
         let rss: u64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))

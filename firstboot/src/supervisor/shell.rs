@@ -364,7 +364,7 @@ mod tests {
         assert_eq!(proc_state("42 (kube (x) y) T 1 42"), Some('T'));
         assert_eq!(proc_state("42 (a) t 1"), Some('t'));
         assert_eq!(proc_state("garbage"), None);
-        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
         assert_eq!(proc_state(&own), Some('R'));
     }
 }
