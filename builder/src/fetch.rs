@@ -818,6 +818,17 @@ mod tests {
         assert_eq!(rewrite_url(&rw, "https://z/"), "https://z/");
     }
 
+    /// A fetcher with no retries and a stall timeout of one second, caching under `dir`.
+    fn one_second_stall(dir: &Path) -> Fetcher {
+        let opts = FetcherOptions {
+            retries: 0,
+            progress: false,
+            stall_timeout: Duration::from_secs(1),
+            ..FetcherOptions::default()
+        };
+        Fetcher::new(Cache::at(dir), opts).expect("fetcher")
+    }
+
     /// A body that keeps coming, though slower in total than the stall timeout, is not a
     /// stall: the timeout bounds each read, not the whole body.
     #[test]
@@ -840,13 +851,7 @@ mod tests {
             }
         });
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = FetcherOptions {
-            retries: 0,
-            progress: false,
-            stall_timeout: Duration::from_secs(1),
-            ..FetcherOptions::default()
-        };
-        let fetcher = Fetcher::new(Cache::at(dir.path()), opts).expect("fetcher");
+        let fetcher = one_second_stall(dir.path());
         let got = fetcher
             .get_bytes(&format!("http://{addr}/slow"))
             .expect("a slow body that keeps coming");
@@ -866,13 +871,7 @@ mod tests {
             drop(conn);
         });
         let dir = tempfile::tempdir().expect("tempdir");
-        let opts = FetcherOptions {
-            retries: 0,
-            progress: false,
-            stall_timeout: Duration::from_secs(1),
-            ..FetcherOptions::default()
-        };
-        let fetcher = Fetcher::new(Cache::at(dir.path()), opts).expect("fetcher");
+        let fetcher = one_second_stall(dir.path());
         let start = std::time::Instant::now();
         let err = fetcher
             .get_bytes(&format!("http://{addr}/silent"))
