@@ -27,10 +27,9 @@ pub enum BuildFailure {
     Failed(String),
 }
 
-/// The last lines of a command's stderr.
-pub fn tail(text: &str) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
+/// The last lines of a command's stderr, as a failed [`GoCommand::output`] quotes them.
+pub fn tail(stderr: &str) -> String {
+    crate::process::tail(stderr.as_bytes(), b"", TAIL_LINES)
 }
 
 impl From<CommandError> for GoError {
