@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use firstboot::supervisor::machine::{ComponentSpec, FROZEN_AFTER};
-use firstboot::supervisor::shell::STATE_CHECK_EVERY;
+use firstboot::supervisor::shell::{ProcStat, STATE_CHECK_EVERY};
 use firstboot::supervisor::{CommandSpec, HttpProbe, Managed, ProbeSpec, Supervisor};
 
 struct Recorder(Mutex<Vec<(String, String)>>);
@@ -53,15 +53,17 @@ fn web(port: u16) -> Managed {
         },
         command: CommandSpec {
             program: "/usr/bin/python3".into(),
-            args: [
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-            ]
-            .map(String::from)
-            .to_vec(),
+            // SIGUSR1 hangs it: the handler sleeps on the main thread, so the server accepts
+            // connections (the kernel's backlog) and never answers, in state S, using no CPU.
+            args: vec![
+                "-c".into(),
+                format!(
+                    "import http.server, signal, time\n\
+                     signal.signal(signal.SIGUSR1, lambda *_: time.sleep(10**6))\n\
+                     http.server.HTTPServer(('127.0.0.1', {port}), \
+                     http.server.SimpleHTTPRequestHandler).serve_forever()\n"
+                ),
+            ],
             env: vec![],
         },
         probe: Some(HttpProbe::from_url(&format!("http://127.0.0.1:{port}/"), None).unwrap()),
@@ -188,6 +190,47 @@ fn supervises_real_processes() {
     assert_eq!(back[0]["name"], "web");
     assert_eq!(back[0]["restarts"], u64::from(restarts(&sup, "web")));
     assert!(restarts(&sup, "web") >= 2, "{json}");
+
+    // A hang that is not a stop: the process sleeps (state S) and its probe times out. The
+    // probe's timeout with no CPU used since before it was sent is enough: killed at once,
+    // long before 3 failed probes and the 1 s grace would have stopped it.
+    let pid = sup.pid("web").unwrap();
+    let r = restarts(&sup, "web");
+    let hung_at = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::USR1,
+    )
+    .unwrap();
+    let mut state = None;
+    assert!(sup
+        .run_until(Duration::from_secs(30), |st| {
+            if state.is_none() && hung_at.elapsed() > Duration::from_millis(300) {
+                state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+            }
+            st.get("web").unwrap().restarts == r + 1
+        })
+        .unwrap());
+    let took = hung_at.elapsed();
+    let state = state.as_deref().and_then(ProcStat::parse).map(|s| s.state);
+    assert_eq!(state, Some('S'), "the hung server sleeps");
+    let web_status = &sup.status()[0];
+    assert_eq!(
+        web_status.component.last_exit,
+        Some(128 + 9),
+        "SIGKILL, no grace"
+    );
+    let why = web_status.component.last_failure.as_deref().unwrap_or("");
+    assert!(why.contains("no CPU"), "{why}");
+    // Worst case: a probe sent just before the hang was answered; the next, 250 ms later,
+    // times out 500 ms after that; then the next process check.
+    assert!(
+        took < Duration::from_millis(250 + 500 + STATE_CHECK_EVERY + 1_000),
+        "{took:?}"
+    );
+    assert!(sup
+        .run_until(Duration::from_secs(30), |st| st.get("web").unwrap().ready())
+        .unwrap());
 
     // Shutdown: everything reaped, nothing restarted.
     assert!(sup.shutdown(Duration::from_secs(10)).unwrap());

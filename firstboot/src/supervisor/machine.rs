@@ -4,7 +4,9 @@
 //! component: `Waiting` (for its dependencies to be ready) -> spawn -> `Running` (not ready
 //! until the first good probe) -> on exit, or `failure_threshold` consecutive failed probes,
 //! `Stopping` (SIGTERM at t, SIGKILL at t + grace) -> `Backoff` (until t + delay) -> spawn ...
-//! A process seen stopped (state `T`) for [`FROZEN_AFTER`] is hung: SIGKILL at once.
+//! A process seen stopped (state `T`) for [`FROZEN_AFTER`] is hung: SIGKILL at once. So is
+//! one whose probe timed out while it used no CPU time at all for at least the second half of
+//! that probe's wait (a deadlock, a frozen cgroup: it sleeps, so its state says nothing).
 //!
 //! Restart rate: after the first crash the component is respawned at once; after the n-th
 //! consecutive crash (n >= 2) the delay is `min(backoff_base * 2^(n-2), backoff_max)`; the
@@ -91,8 +93,10 @@ pub enum Phase {
         ready_since: Option<Millis>,
         failures: u32,
         next_probe: Millis,
-        /// Id and deadline of the probe in flight.
-        in_flight: Option<(u64, Millis)>,
+        /// The probe in flight.
+        in_flight: Option<InFlight>,
+        /// The last probe timed out (and none has been answered since): when it was sent.
+        unanswered: Option<Millis>,
     },
     Stopping {
         term_at: Millis,
@@ -103,6 +107,15 @@ pub enum Phase {
         until: Millis,
     },
     Stopped,
+}
+
+/// A probe sent and not answered yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    pub id: u64,
+    pub sent: Millis,
+    /// Past this the shell is taken never to answer: the probe counts as timed out.
+    pub deadline: Millis,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +133,11 @@ pub enum Event {
     },
     /// Its process has been seen stopped (state `T`) since `since`, and still is.
     Frozen {
+        name: String,
+        since: Millis,
+    },
+    /// Its process, neither stopped nor in disk wait, has used no CPU time since `since`.
+    Idle {
         name: String,
         since: Millis,
     },
@@ -414,6 +432,22 @@ fn stop(c: &mut Component, now: Millis, after: After, why: &str, out: &mut Vec<A
     }
 }
 
+/// SIGKILL at once for a hung process: a stopped or frozen process acts on no other signal
+/// and a deadlocked one would only spend its grace period ignoring SIGTERM.
+fn kill_hung(c: &mut Component, now: Millis, why: String, out: &mut Vec<Action>) {
+    out.push(log(&c.spec.name, format!("killing: {why}")));
+    c.last_failure = Some(why);
+    out.push(Action::Signal {
+        name: c.spec.name.clone(),
+        signal: Signal::Kill,
+    });
+    c.phase = Phase::Stopping {
+        term_at: now,
+        killed: true,
+        after: After::Backoff,
+    };
+}
+
 /// Feeds one event to the machine at time `now` and returns what the shell must do.
 pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
     let mut out = Vec::new();
@@ -472,12 +506,19 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                     ready_since,
                     failures,
                     in_flight,
+                    unanswered,
                     ..
                 } = &mut c.phase
                 {
-                    if in_flight.map(|(f, _)| f) == Some(id) {
+                    if let Some(asked) = in_flight.filter(|f| f.id == id) {
                         *in_flight = None;
                         c.last_probe = Some(ok);
+                        // A failure that took the whole timeout went unanswered; any other
+                        // answer shows the process alive.
+                        let timed_out = probe
+                            .as_ref()
+                            .is_some_and(|p| now.saturating_sub(asked.sent) >= p.timeout);
+                        *unanswered = (!ok && timed_out).then_some(asked.sent);
                         if ok {
                             *failures = 0;
                             if !*ready {
@@ -509,19 +550,41 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                 let this_run =
                     matches!(c.phase, Phase::Running { since: started, .. } if since >= started);
                 if this_run && stopped_for >= FROZEN_AFTER {
-                    // A stopped process acts on no signal but SIGKILL: no grace to wait out.
                     let why = format!("process stopped (state T) for {stopped_for} ms: hung");
-                    out.push(log(&name, format!("killing: {why}")));
-                    c.last_failure = Some(why);
-                    out.push(Action::Signal {
-                        name,
-                        signal: Signal::Kill,
-                    });
-                    c.phase = Phase::Stopping {
-                        term_at: now,
-                        killed: true,
-                        after: After::Backoff,
-                    };
+                    kill_hung(c, now, why, &mut out);
+                }
+            }
+        }
+        Event::Idle { name, since } => {
+            if let Some(i) = state.index(&name) {
+                let c = &mut state.components[i];
+                let hung = match (&c.phase, &c.spec.probe) {
+                    (
+                        Phase::Running {
+                            since: started,
+                            ready,
+                            unanswered: Some(asked),
+                            ..
+                        },
+                        Some(p),
+                    ) => {
+                        // It did nothing for at least the second half of the probe's
+                        // wait, and nothing since: not slow, not busy, hung. (Not "since
+                        // before it was asked": a hang just after a probe was sent would then
+                        // wait for the next probe's whole timeout too.) A cold start gets its
+                        // startup window, as with failed probes.
+                        since >= *started
+                            && since <= asked.saturating_add(p.timeout / 2)
+                            && (*ready || now.saturating_sub(*started) >= p.startup_timeout)
+                    }
+                    _ => false,
+                };
+                if hung {
+                    let idle_for = now.saturating_sub(since);
+                    let why = format!(
+                        "probe timed out and the process used no CPU for {idle_for} ms: hung"
+                    );
+                    kill_hung(c, now, why, &mut out);
                 }
             }
         }
@@ -579,6 +642,7 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
                     failures: 0,
                     next_probe: now.saturating_add(delay),
                     in_flight: None,
+                    unanswered: None,
                 };
             } else {
                 c.phase = Phase::Waiting;
@@ -593,6 +657,7 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
                 failures,
                 next_probe,
                 in_flight,
+                unanswered,
             } => {
                 if let Some(since) = *ready_since {
                     if c.crashes > 0 && now.saturating_sub(since) >= c.spec.stable_after {
@@ -603,10 +668,11 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
                 let Some(p) = c.spec.probe.clone() else {
                     continue;
                 };
-                if let Some((_, deadline)) = *in_flight {
-                    if now >= deadline {
-                        // The shell never answered: count it as a failure.
+                if let Some(asked) = *in_flight {
+                    if now >= asked.deadline {
+                        // The shell never answered: count it as a timed-out failure.
                         *in_flight = None;
+                        *unanswered = Some(asked.sent);
                         *failures += 1;
                         c.last_probe = Some(false);
                         if p.gives_up(*failures, *ready, *since, now) {
@@ -620,7 +686,11 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
                 if now >= *next_probe {
                     // A generous deadline: the shell enforces `timeout` itself.
                     let deadline = now + p.timeout.saturating_mul(2) + 1000;
-                    *in_flight = Some((probe_id, deadline));
+                    *in_flight = Some(InFlight {
+                        id: probe_id,
+                        sent: now,
+                        deadline,
+                    });
                     // Until the first good probe of a run, probe quickly: readiness is seen
                     // within STARTUP_PROBE_PERIOD, not a whole period late. Failures in that
                     // window do not count (startup_timeout), so this cannot kill sooner.
@@ -815,6 +885,7 @@ mod tests {
                 failures: 0,
                 next_probe: 3_000,
                 in_flight: None,
+                unanswered: None,
             }
         );
     }
@@ -1268,5 +1339,93 @@ mod tests {
             5_000 + FROZEN_AFTER,
         );
         assert_eq!(signals(&a, "containerd"), vec![Signal::Kill]);
+    }
+
+    /// Sends `who`'s next probe at `at` (ticking up to it) and answers it `after` ms later.
+    fn probe_answered(s: &mut State, who: &str, at: Millis, after: Millis, ok: bool) {
+        let a = next(s, Event::Tick, at);
+        assert!(probe_id(&a, who).is_some(), "no probe of {who} due at {at}");
+        answer(s, &a, who, ok, at + after);
+    }
+
+    #[test]
+    fn a_probe_timed_out_while_the_process_used_no_cpu_is_a_hang() {
+        // spec(): probes every 1 s, timeout 0.5 s, 3 failures to give up.
+        let idle = |since| Event::Idle {
+            name: "etcd".into(),
+            since,
+        };
+        let mut s = State::new(vec![spec("etcd", &[])]).unwrap();
+        let t = start_ready(&mut s, "etcd", 0);
+        // Idle without a failed probe: an idle server is healthy.
+        assert!(signals(&next(&mut s, idle(t), t + 30_000), "etcd").is_empty());
+
+        // A probe failing fast (refused, 500) shows the process alive, however idle.
+        let mut s = State::new(vec![spec("etcd", &[])]).unwrap();
+        let t = start_ready(&mut s, "etcd", 0);
+        probe_answered(&mut s, "etcd", t + 1_000, 10, false);
+        assert!(signals(&next(&mut s, idle(t), t + 1_100), "etcd").is_empty());
+
+        // A timeout while it used CPU into the second half of the wait: slow, not hung (the
+        // failure threshold decides).
+        let mut s = State::new(vec![spec("etcd", &[])]).unwrap();
+        let t = start_ready(&mut s, "etcd", 0);
+        probe_answered(&mut s, "etcd", t + 1_000, 500, false);
+        let a = next(&mut s, idle(t + 1_251), t + 1_600);
+        assert!(signals(&a, "etcd").is_empty());
+        assert!(s.get("etcd").unwrap().ready());
+
+        // A timeout with no CPU used from halfway through the wait on (a hang just after it
+        // was sent): SIGKILL at once, the reason in the status, back without backoff once
+        // reaped.
+        let a = next(&mut s, idle(t + 1_250), t + 1_700);
+        assert_eq!(signals(&a, "etcd"), vec![Signal::Kill]);
+        let why = s.get("etcd").unwrap().last_failure.clone().unwrap();
+        assert!(why.contains("no CPU for 450 ms"), "{why}");
+        let a = next(
+            &mut s,
+            Event::Exited {
+                name: "etcd".into(),
+                status: Some(137),
+            },
+            t + 1_800,
+        );
+        assert_eq!(spawned(&a), vec!["etcd".to_string()]);
+        // A report about the process before (idle since before this run) changes nothing.
+        let a = next(&mut s, idle(t), t + 1_900);
+        assert!(signals(&a, "etcd").is_empty());
+
+        // A good answer clears the timeout.
+        let mut s = State::new(vec![spec("etcd", &[])]).unwrap();
+        let t = start_ready(&mut s, "etcd", 0);
+        probe_answered(&mut s, "etcd", t + 1_000, 500, false);
+        probe_answered(&mut s, "etcd", t + 2_000, 10, true);
+        assert!(signals(&next(&mut s, idle(t), t + 2_100), "etcd").is_empty());
+    }
+
+    #[test]
+    fn an_idle_cold_start_is_not_a_hang_within_its_startup_window() {
+        let mut sp = spec("apiserver", &[]);
+        sp.probe = sp.probe.map(|p| ProbeSpec {
+            startup_timeout: 60_000,
+            failure_threshold: 10,
+            ..p
+        });
+        let mut s = State::new(vec![sp]).unwrap();
+        next(&mut s, Event::Tick, 0);
+        // Waiting on something else, using no CPU, probes timing out: still starting.
+        probe_answered(&mut s, "apiserver", 1_000, 500, false);
+        let idle = |since| Event::Idle {
+            name: "apiserver".into(),
+            since,
+        };
+        assert!(signals(&next(&mut s, idle(0), 1_600), "apiserver").is_empty());
+        // Past the startup window the same signs are a hang, long before the failure count
+        // would stop it. (The tick at 60 s abandons the probe sent at 1.6 s.)
+        next(&mut s, Event::Tick, 60_000);
+        probe_answered(&mut s, "apiserver", 61_000, 500, false);
+        let t = 61_000;
+        let a = next(&mut s, idle(0), t + 600);
+        assert_eq!(signals(&a, "apiserver"), vec![Signal::Kill]);
     }
 }

@@ -64,6 +64,9 @@ pub struct Supervisor {
     last_step: Option<Instant>,
     /// Components whose process was seen stopped (state `T`), and since when.
     stopped_since: BTreeMap<String, Millis>,
+    /// Each running process's CPU time (clock ticks) as last read, and since when it has
+    /// not changed.
+    cpu_since: BTreeMap<String, (Pid, u64, Millis)>,
     next_state_check: Millis,
     /// Loop period.
     pub tick: Duration,
@@ -91,6 +94,7 @@ impl Supervisor {
             probe_rx,
             last_step: None,
             stopped_since: BTreeMap::new(),
+            cpu_since: BTreeMap::new(),
             next_state_check: 0,
             tick: Duration::from_millis(100),
             journal: false,
@@ -156,33 +160,56 @@ impl Supervisor {
             self.probe_errors.insert(name.clone(), result.err());
             self.feed(Event::ProbeResult { name, id, ok });
         }
-        self.check_stopped();
+        self.check_processes();
         self.feed(Event::Tick);
         self.last_step = Some(Instant::now());
         Ok(())
     }
 
-    /// Reads each running component's process state (every [`STATE_CHECK_EVERY`] ms) and
-    /// reports the stopped ones: a hang the probes would take their whole failure window to
-    /// see, and one a component without a probe (containerd) would never show.
-    fn check_stopped(&mut self) {
+    /// Reads each running component's `/proc/PID/stat` (every [`STATE_CHECK_EVERY`] ms)
+    /// and reports the hung-looking ones: stopped (state `T`), a hang the probes would take
+    /// their whole failure window to see and one a component without a probe (containerd)
+    /// would never show; and idle (no CPU time used), which the machine weighs against its
+    /// probes. A process in disk wait (`D`) is waiting on the disk, not hung by itself.
+    fn check_processes(&mut self) {
         let now = self.now();
         if now < self.next_state_check {
             return;
         }
         self.next_state_check = now.saturating_add(STATE_CHECK_EVERY);
-        let mut frozen = Vec::new();
+        let mut events = Vec::new();
         for (name, pid) in &self.pids {
             let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()));
-            if stat.ok().as_deref().and_then(proc_state) == Some('T') {
+            let stat = stat.ok().as_deref().and_then(ProcStat::parse);
+            if stat.is_some_and(|s| s.state == 'T') {
                 let since = *self.stopped_since.entry(name.clone()).or_insert(now);
-                frozen.push((name.clone(), since));
-            } else {
-                self.stopped_since.remove(name);
+                events.push(Event::Frozen {
+                    name: name.clone(),
+                    since,
+                });
+                continue;
+            }
+            self.stopped_since.remove(name);
+            match stat {
+                Some(s) if matches!(s.state, 'R' | 'S' | 'I') => match self.cpu_since.get(name) {
+                    Some(&(p, ticks, since)) if p == *pid && ticks == s.cpu_ticks => {
+                        events.push(Event::Idle {
+                            name: name.clone(),
+                            since,
+                        });
+                    }
+                    _ => {
+                        self.cpu_since
+                            .insert(name.clone(), (*pid, s.cpu_ticks, now));
+                    }
+                },
+                _ => {
+                    self.cpu_since.remove(name);
+                }
             }
         }
-        for (name, since) in frozen {
-            self.feed(Event::Frozen { name, since });
+        for event in events {
+            self.feed(event);
         }
     }
 
@@ -229,6 +256,7 @@ impl Supervisor {
                     if let Some(name) = name {
                         self.pids.remove(&name);
                         self.stopped_since.remove(&name);
+                        self.cpu_since.remove(&name);
                         log::info!(target: "supervisor", "{name}: exited with {code:?}");
                         exits.push((name, code));
                     }
@@ -325,11 +353,29 @@ impl Supervisor {
 /// How often [`Supervisor::step`] reads the components' process states.
 pub const STATE_CHECK_EVERY: Millis = 200;
 
-/// The state letter of a `/proc/PID/stat` line (`R`, `S`, `D`, `T` stopped, `t` traced,
-/// `Z`...): the field after the command name, which may itself hold spaces and parentheses.
-pub fn proc_state(stat: &str) -> Option<char> {
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.trim_start().chars().next()
+/// What the supervisor reads from a `/proc/PID/stat` line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// `R`, `S`, `D`, `T` stopped, `t` traced, `Z`...
+    pub state: char,
+    /// User plus system CPU time of the whole process (all threads), in clock ticks.
+    pub cpu_ticks: u64,
+}
+
+impl ProcStat {
+    /// Parses the fields after the command name, which may itself hold spaces and
+    /// parentheses: the state is field 3, utime and stime fields 14 and 15.
+    pub fn parse(stat: &str) -> Option<ProcStat> {
+        let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+        let state = fields.next()?.chars().next()?;
+        let mut after_state = fields.skip(10);
+        let utime: u64 = after_state.next()?.parse().ok()?;
+        let stime: u64 = after_state.next()?.parse().ok()?;
+        Some(ProcStat {
+            state,
+            cpu_ticks: utime.saturating_add(stime),
+        })
+    }
 }
 
 /// CLOCK_MONOTONIC in milliseconds.
@@ -359,12 +405,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_state_follows_the_last_parenthesis() {
-        assert_eq!(proc_state("42 (etcd) S 1 42 42 0 -1"), Some('S'));
-        assert_eq!(proc_state("42 (kube (x) y) T 1 42"), Some('T'));
-        assert_eq!(proc_state("42 (a) t 1"), Some('t'));
-        assert_eq!(proc_state("garbage"), None);
-        let own = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        assert_eq!(proc_state(&own), Some('R'));
+    fn state_and_cpu_time_follow_the_last_parenthesis() {
+        let line = |comm: &str, state: char| {
+            format!("42 ({comm}) {state} 1 42 42 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 9 0")
+        };
+        let etcd = ProcStat::parse(&line("etcd", 'S')).unwrap();
+        assert_eq!((etcd.state, etcd.cpu_ticks), ('S', 1234 + 56));
+        let odd = ProcStat::parse(&line("kube (x) 1 2", 'T')).unwrap();
+        assert_eq!((odd.state, odd.cpu_ticks), ('T', 1290));
+        assert_eq!(ProcStat::parse("garbage"), None);
+        assert_eq!(ProcStat::parse("42 (a) t 1"), None);
+        // This process's own line: its CPU time grows while it computes.
+        let read = || ProcStat::parse(&std::fs::read_to_string("/proc/self/stat").unwrap());
+        let before = read().unwrap().cpu_ticks;
+        let spin_until = Instant::now() + Duration::from_secs(5);
+        while read().unwrap().cpu_ticks == before && Instant::now() < spin_until {
+            std::hint::black_box((0..1_000_000u64).sum::<u64>());
+        }
+        assert!(read().unwrap().cpu_ticks > before);
+        let own = ProcStat::parse(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+        assert_eq!(own.map(|o| o.state), Some('R'));
     }
 }
