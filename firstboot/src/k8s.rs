@@ -31,6 +31,9 @@ pub const SCHEDULER_PORT: u16 = 10259;
 pub const KUBELET_HEALTHZ_PORT: u16 = 10248;
 /// kube-proxy's plain-HTTP healthz port.
 pub const KUBE_PROXY_HEALTHZ_PORT: u16 = 10256;
+/// containerd's Prometheus metrics, plain HTTP on 127.0.0.1 only: its one HTTP endpoint,
+/// so its liveness probe.
+pub const CONTAINERD_METRICS_PORT: u16 = 1338;
 /// The sandbox image containerd pins (baked into the image).
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
 /// The CoreDNS image (baked into the image).

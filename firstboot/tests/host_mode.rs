@@ -528,6 +528,19 @@ fn control_plane_in_host_mode() {
         );
         assert!(restarts_of(&after, name) > restarts);
         eprintln!("recovery after kill -9 of {name}: {took:.1?}");
+        if name == APISERVER {
+            // Ready means usable: the admin's first requests, as soon as the supervisor
+            // calls the new apiserver ready, are authorized (no 403 while RBAC loads).
+            for _ in 0..3 {
+                let o = Command::new(bin.join("kubectl"))
+                    .arg("--kubeconfig")
+                    .arg(&admin)
+                    .args(["get", "namespace", "kube-system", "-o", "name"])
+                    .output()
+                    .unwrap();
+                assert!(o.status.success(), "right after the restart: {o:?}");
+            }
+        }
     }
     assert_eq!(kubectl(&["get", "--raw", "/readyz"]).trim(), "ok");
 

@@ -9,8 +9,9 @@ use super::files::{
     AUTHENTICATION_CONFIG, CONTAINERD_CONFIG, KUBELET_CONFIG, KUBE_PROXY_CONFIG, SCHEDULER_CONFIG,
 };
 use super::{
-    ClusterParams, K8sError, CONTROLLER_MANAGER_PORT, ETCD_CLIENT_PORT, ETCD_METRICS_PORT,
-    ETCD_PEER_PORT, KUBELET_HEALTHZ_PORT, KUBE_PROXY_HEALTHZ_PORT, SCHEDULER_PORT,
+    ClusterParams, K8sError, CONTAINERD_METRICS_PORT, CONTROLLER_MANAGER_PORT, ETCD_CLIENT_PORT,
+    ETCD_METRICS_PORT, ETCD_PEER_PORT, KUBELET_HEALTHZ_PORT, KUBE_PROXY_HEALTHZ_PORT,
+    SCHEDULER_PORT,
 };
 use crate::supervisor::machine::{ComponentSpec, Millis, ProbeSpec};
 use crate::supervisor::{CommandSpec, HttpProbe, Managed, TlsProbe};
@@ -228,6 +229,16 @@ fn self_signed_probe(cert_dir: &Path, pair_name: &str) -> TlsProbe {
     }
 }
 
+/// The apiserver counts as ready when its /readyz passes and then an RBAC-authorized request
+/// succeeds: right after a restart /readyz can pass while the authorizer still refuses (403),
+/// and the controller manager, the scheduler and the admin would meet that; and an
+/// authorized request can succeed while /readyz still waits for the bootstrap roles. The
+/// second GET reads, as the controller manager (its client certificate), the one ConfigMap
+/// the bootstrap RoleBinding system::extension-apiserver-authentication-reader lets it read,
+/// which the controller manager and the scheduler read first thing themselves.
+pub const APISERVER_USABLE_PATH: &str =
+    "/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication";
+
 /// etcd, kube-apiserver, kube-controller-manager and kube-scheduler, gated in that order.
 pub fn control_plane(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
     let pki = |rel: &str| p.paths.pki_file(rel);
@@ -241,8 +252,8 @@ pub fn control_plane(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
         )?,
     };
     let apiserver = Managed {
-        // An etcd outage of about 8 s is tolerated; a hang is detected in about 4 probe
-        // timeouts (+ 5 s grace before SIGKILL).
+        // An etcd outage of about 8 s is tolerated; a hang is detected by its first probe
+        // timeout (the process using no CPU meanwhile), a slow death in 4 failed probes.
         spec: spec(APISERVER, &[ETCD], Some(probe(2_000, 2_000, 4)), 5_000),
         command: command(p, "kube-apiserver", apiserver_args(p)?),
         probe: http_probe(
@@ -253,12 +264,10 @@ pub fn control_plane(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
             ),
             Some(TlsProbe {
                 ca: pki("ca.crt"),
-                client: Some((
-                    pki("apiserver-kubelet-client.crt"),
-                    pki("apiserver-kubelet-client.key"),
-                )),
+                client: Some((pki("controller-manager.crt"), pki("controller-manager.key"))),
             }),
-        )?,
+        )?
+        .map(|probe| probe.then(APISERVER_USABLE_PATH)),
     };
     let controller_manager = Managed {
         spec: spec(
@@ -304,9 +313,14 @@ pub fn node(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
         p.paths.bin.display()
     );
     let containerd = Managed {
-        // containerd has no HTTP health endpoint: ready once spawned; the kubelet waits for
-        // its socket itself.
-        spec: spec(CONTAINERD, &[CONTROLLER_MANAGER, SCHEDULER], None, 10_000),
+        // Its only HTTP endpoint is its metrics (served once its plugins are loaded): a hung
+        // containerd answers no probe there; the kubelet waits for its socket itself.
+        spec: spec(
+            CONTAINERD,
+            &[CONTROLLER_MANAGER, SCHEDULER],
+            Some(probe(500, 2_000, 10)),
+            10_000,
+        ),
         command: CommandSpec {
             env: vec![("PATH".into(), path_env.clone())],
             ..command(
@@ -318,7 +332,14 @@ pub fn node(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
                 )],
             )
         },
-        probe: None,
+        probe: http_probe(
+            CONTAINERD,
+            &format!(
+                "{}/v1/metrics",
+                url("http", LOOPBACK, CONTAINERD_METRICS_PORT)
+            ),
+            None,
+        )?,
     };
     let mut kubelet_args = vec![
         flag("config", path(&p.paths.config_file(KUBELET_CONFIG))),
@@ -504,7 +525,9 @@ mod tests {
             (probe.host.as_str(), probe.port, probe.path.as_str()),
             ("192.168.10.5", 6443, "/readyz")
         );
-        assert!(probe.tls.as_ref().unwrap().client.is_some());
+        assert_eq!(probe.then_paths, [APISERVER_USABLE_PATH]);
+        let client = probe.tls.as_ref().unwrap().client.as_ref().unwrap();
+        assert!(client.0.ends_with("controller-manager.crt"), "{client:?}");
         let etcd = all[0].probe.as_ref().unwrap();
         assert_eq!((etcd.port, etcd.tls.is_none()), (2381, true));
     }

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::{ClusterParams, K8sError, KUBELET_HEALTHZ_PORT, KUBE_PROXY_HEALTHZ_PORT, PAUSE_IMAGE};
+use super::{
+    ClusterParams, K8sError, CONTAINERD_METRICS_PORT, KUBELET_HEALTHZ_PORT,
+    KUBE_PROXY_HEALTHZ_PORT, PAUSE_IMAGE,
+};
 
 pub const SCHEDULER_CONFIG: &str = "kube-scheduler.json";
 pub const AUTHENTICATION_CONFIG: &str = "authentication-config.json";
@@ -71,6 +74,9 @@ pub fn authentication_config() -> serde_json::Value {
 
 /// KubeletConfiguration: systemd cgroups, webhook authn/authz, no anonymous access, cluster
 /// DNS, serving certificate from the PKI (no rotation), swap tolerated but unused by pods.
+/// A refusal is cached for 1 s, not the default 30 s: an apiserver restarting answers the
+/// kubelet's access reviews before its authorizer has loaded the policy, and 30 s of cached
+/// refusals would be 30 s of `kubectl exec` and `logs` refused after it is back.
 pub fn kubelet_config(p: &ClusterParams) -> Result<serde_json::Value, K8sError> {
     let pki = |rel: &str| s(&p.paths.pki_file(rel));
     Ok(json!({
@@ -85,7 +91,7 @@ pub fn kubelet_config(p: &ClusterParams) -> Result<serde_json::Value, K8sError> 
         },
         "authorization": {
             "mode": "Webhook",
-            "webhook": {"cacheAuthorizedTTL": "5m0s", "cacheUnauthorizedTTL": "30s"},
+            "webhook": {"cacheAuthorizedTTL": "5m0s", "cacheUnauthorizedTTL": "1s"},
         },
         "clusterDNS": [p.dns_ip()?.to_string()],
         "clusterDomain": p.cluster_domain.as_str(),
@@ -144,6 +150,7 @@ pub fn containerd_config(p: &ClusterParams) -> Result<String, K8sError> {
         "root": s(&p.paths.containerd_root()),
         "state": s(&p.paths.containerd_state()),
         "grpc": {"address": s(&p.paths.containerd_socket())},
+        "metrics": {"address": format!("127.0.0.1:{CONTAINERD_METRICS_PORT}")},
         "plugins": {
             "io.containerd.cri.v1.images": cri_images,
             "io.containerd.cri.v1.runtime": cri_runtime,
@@ -321,6 +328,8 @@ mod tests {
             plugins["io.containerd.cri.v1.images"]["pinned_images"]["sandbox"].as_str(),
             Some("registry.k8s.io/pause:3.10.1")
         );
+        // Metrics on loopback only: the supervisor's liveness probe.
+        assert_eq!(v["metrics"]["address"].as_str(), Some("127.0.0.1:1338"));
         let runc = &plugins["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["runc"];
         assert_eq!(runc["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
         assert_eq!(runc["options"]["SystemdCgroup"].as_bool(), Some(true));

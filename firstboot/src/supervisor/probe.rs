@@ -20,13 +20,16 @@ pub struct TlsProbe {
     pub client: Option<(PathBuf, PathBuf)>,
 }
 
-/// An HTTP(S) GET that must answer 200.
+/// An HTTP(S) GET that must answer 200; then, if any, a GET of each of `then_paths` on the
+/// same server, in order, each of which must answer 200 too (all within one timeout).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HttpProbe {
     pub host: String,
     pub port: u16,
     pub path: String,
     pub tls: Option<TlsProbe>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub then_paths: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,18 +81,35 @@ impl HttpProbe {
             port,
             path: path.to_string(),
             tls,
+            then_paths: vec![],
         })
     }
 
-    fn url(&self) -> String {
-        let scheme = if self.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}:{}{}", self.host, self.port, self.path)
+    /// The same probe, also requiring `path` to answer 200 (after the paths before it).
+    pub fn then(mut self, path: &str) -> HttpProbe {
+        self.then_paths.push(path.to_string());
+        self
     }
 
-    /// Performs the GET; Ok only for status 200 within `timeout`.
+    fn url(&self, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}{path}", self.host, self.port)
+    }
+
+    /// Performs the GETs; Ok only if each answers status 200, all within `timeout`.
     pub fn check(&self, timeout: Duration) -> Result<(), ProbeError> {
-        let url = self.url();
         let deadline = Instant::now() + timeout;
+        for path in std::iter::once(&self.path).chain(&self.then_paths) {
+            self.get(path, deadline)?;
+        }
+        Ok(())
+    }
+
+    fn get(&self, path: &str, deadline: Instant) -> Result<(), ProbeError> {
+        let url = self.url(path);
+        let timeout = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
         let addr = (self.host.as_str(), self.port)
             .to_socket_addrs()
             .map_err(|e| ProbeError::Connect(url.clone(), e))?
@@ -104,8 +124,8 @@ impl HttpProbe {
         tcp.set_read_timeout(Some(remaining)).map_err(io)?;
         tcp.set_write_timeout(Some(remaining)).map_err(io)?;
         let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kiln-firstboot\r\nAccept: */*\r\nConnection: close\r\n\r\n",
-            self.path, self.host
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kiln-firstboot\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            self.host
         );
         let head = match &self.tls {
             None => exchange(tcp, &request, deadline),
@@ -230,5 +250,45 @@ mod tests {
         ));
         p.check(Duration::from_secs(5)).unwrap();
         server.join().unwrap();
+    }
+
+    #[test]
+    fn every_path_must_answer_200_in_order() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            // First check: both answer 200. Second: the first 200, the second 403.
+            for answer in ["200 OK", "200 OK", "200 OK", "403 Forbidden"] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).unwrap();
+                let line = String::from_utf8_lossy(&buf[..n]);
+                asked.push(
+                    line.split_whitespace()
+                        .nth(1)
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+                s.write_all(format!("HTTP/1.1 {answer}\r\n\r\n").as_bytes())
+                    .unwrap();
+            }
+            asked
+        });
+        let p = HttpProbe::from_url(&format!("http://127.0.0.1:{port}/readyz"), None)
+            .unwrap()
+            .then("/api/v1/namespaces/kube-system");
+        p.check(Duration::from_secs(5)).unwrap();
+        let e = p.check(Duration::from_secs(5)).unwrap_err();
+        assert!(
+            e.to_string().contains("/api/v1/namespaces/kube-system"),
+            "{e}"
+        );
+        assert!(matches!(e, ProbeError::Status(..)), "{e}");
+        let asked = server.join().unwrap();
+        assert_eq!(
+            asked,
+            ["/readyz", "/api/v1/namespaces/kube-system"].repeat(2)
+        );
     }
 }

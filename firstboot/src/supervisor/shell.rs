@@ -176,6 +176,11 @@ impl Supervisor {
         if now < self.next_state_check {
             return;
         }
+        // A check this late means the loop itself did not run (the machine was starved or
+        // paused): nobody watched the processes meanwhile, so their idleness counts anew.
+        if now.saturating_sub(self.next_state_check) > STATE_CHECK_STALL {
+            self.cpu_since.clear();
+        }
         self.next_state_check = now.saturating_add(STATE_CHECK_EVERY);
         let mut events = Vec::new();
         for (name, pid) in &self.pids {
@@ -352,6 +357,8 @@ impl Supervisor {
 
 /// How often [`Supervisor::step`] reads the components' process states.
 pub const STATE_CHECK_EVERY: Millis = 200;
+/// A process check this much later than due finds CPU times that nobody watched grow.
+const STATE_CHECK_STALL: Millis = 1_000;
 
 /// What the supervisor reads from a `/proc/PID/stat` line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
