@@ -45,8 +45,105 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     walk(doc.get_ref(), offset, &mut keys).then(|| keys.join("."))
 }
 
+/// The entries that put something at a path in the image: the table name and the key of the
+/// path in each.
+pub(super) const PATH_ENTRIES: [(&str, &str); 4] = [
+    ("file", "path"),
+    ("local", "dest"),
+    ("directory", "path"),
+    ("symlink", "path"),
+];
+
+/// What a parsed file must not hold although each value is fine: two entries for one path
+/// in the image (which wins would be an accident of order), and a private key anywhere (it
+/// would be baked into every copy of the image). The error points at the second entry or at
+/// the key.
+fn check_entries(path: &Path, text: &str) -> Result<(), DefinitionError> {
+    let Ok(doc) = DeTable::parse(text) else {
+        return Ok(());
+    };
+    let at = |offset: usize, message: String| {
+        let (line, column) = line_col(text, offset);
+        DefinitionError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    };
+    // Every entry's path with where it is written, in the order of the text.
+    let mut entries = Vec::new();
+    for (table, key) in PATH_ENTRIES {
+        let Some(DeValue::Array(items)) = doc.get_ref().get(table).map(Spanned::get_ref) else {
+            continue;
+        };
+        for item in items {
+            let DeValue::Table(t) = item.get_ref() else {
+                continue;
+            };
+            if let Some(v) = t.get(key) {
+                if let DeValue::String(p) = v.get_ref() {
+                    entries.push((v.span().start, table, key, p.to_string()));
+                }
+            }
+        }
+    }
+    entries.sort();
+    let mut seen = std::collections::BTreeMap::new();
+    for (offset, table, key, p) in entries {
+        let (line, _) = line_col(text, offset);
+        if let Some((first, other)) =
+            seen.insert(p.trim_end_matches('/').to_string(), (line, table))
+        {
+            return Err(at(
+                offset,
+                format!(
+                    "{p:?} is given twice: also by the [[{other}]] at line {first} \
+                     (at {table}.{key})"
+                ),
+            ));
+        }
+    }
+    if let Some((offset, key)) = private_key(doc.get_ref(), &mut Vec::new()) {
+        return Err(at(
+            offset,
+            format!(
+                "a private key would be baked into the image, readable in every copy of it; \
+                 give cluster keys at boot (`kiln secrets`, fw_cfg or NoCloud) (at {key})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The offset and dotted key of the first string value that holds a PEM private key.
+fn private_key(table: &DeTable, keys: &mut Vec<String>) -> Option<(usize, String)> {
+    fn in_value(v: &Spanned<DeValue>, keys: &mut Vec<String>) -> Option<(usize, String)> {
+        match v.get_ref() {
+            DeValue::String(s) if s.contains("-----BEGIN") && s.contains("PRIVATE KEY-----") => {
+                Some((v.span().start, keys.join(".")))
+            }
+            DeValue::Table(t) => private_key(t, keys),
+            DeValue::Array(items) => items.iter().find_map(|i| in_value(i, keys)),
+            _ => None,
+        }
+    }
+    table.iter().find_map(|(k, v)| {
+        keys.push(k.get_ref().to_string());
+        let found = in_value(v, keys);
+        keys.pop();
+        found
+    })
+}
+
 /// Parses one file (no `extends` processing).
 pub fn parse_file(path: &Path, text: &str) -> Result<DefinitionFile, DefinitionError> {
+    let file = parse_values(path, text)?;
+    check_entries(path, text)?;
+    Ok(file)
+}
+
+fn parse_values(path: &Path, text: &str) -> Result<DefinitionFile, DefinitionError> {
     toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map_or((1, 1), |s| line_col(text, s.start));
         let mut message = e.message().trim().to_string();
@@ -114,6 +211,57 @@ mod tests {
         assert_eq!(at("\"x\""), "image.name");
         assert_eq!(at("\"/b\""), "file.path");
         assert_eq!(key_at("a = [", 4), None, "not TOML: no key");
+    }
+
+    fn parse_error(text: &str) -> String {
+        parse_file(Path::new("d.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn two_entries_for_one_path_are_refused_at_the_second() {
+        let msg = parse_error(
+            "[[file]]\npath = \"/etc/a\"\n[[symlink]]\npath = \"/etc/b\"\ntarget = \"x\"\n\
+             [[file]]\npath = \"/etc/b/\"\n",
+        );
+        assert!(
+            msg.starts_with("d.toml:7:8: \"/etc/b/\" is given twice"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("also by the [[symlink]] at line 4 (at file.path)"),
+            "{msg}"
+        );
+        let msg = parse_error(
+            "[[local]]\nsource = \"a\"\ndest = \"/x\"\n[[local]]\nsource = \"b\"\ndest = \"/x\"\n",
+        );
+        assert!(msg.starts_with("d.toml:6:8: "), "{msg}");
+        // Different paths are fine.
+        parse_file(
+            Path::new("d.toml"),
+            "[[file]]\npath = \"/a\"\n[[directory]]\npath = \"/b\"\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_private_key_anywhere_is_refused_where_it_is() {
+        let key = "-----BEGIN EC PRIVATE KEY-----\\nMHcC\\n-----END EC PRIVATE KEY-----";
+        let msg = parse_error(&format!("[[file]]\npath = \"/k\"\ncontent = \"{key}\"\n"));
+        assert!(msg.starts_with("d.toml:3:11: a private key"), "{msg}");
+        assert!(msg.ends_with("(at file.content)"), "{msg}");
+        let msg = parse_error(&format!(
+            "[machine.secrets]\nca-key = \"{}\"\n",
+            key.replace("EC ", "")
+        ));
+        assert!(msg.contains("(at machine.secrets.ca-key)"), "{msg}");
+        // A certificate is public.
+        parse_file(
+            Path::new("d.toml"),
+            "[[file]]\npath = \"/c\"\ncontent = \"-----BEGIN CERTIFICATE-----\"\n",
+        )
+        .unwrap();
     }
 
     #[test]

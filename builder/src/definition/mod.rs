@@ -603,6 +603,55 @@ service-cidr = "10.96.0.0/12"
     }
 
     #[test]
+    fn a_path_given_by_two_kinds_over_a_base_is_refused() {
+        let dir = tempfile::tempdir().expect("tmp");
+        write(dir.path(), "base.toml", BASE);
+        let child = write(
+            dir.path(),
+            "child.toml",
+            "extends = \"base.toml\"\n[[symlink]]\npath = \"/etc/motd\"\ntarget = \"issue\"\n",
+        );
+        let msg = load(&child).expect_err("two kinds").to_string();
+        assert!(
+            msg.contains("symlink.path: \"/etc/motd\" is given by a [[file]] and a [[symlink]]"),
+            "{msg}"
+        );
+        // The same kind replaces the base's entry.
+        let child = write(
+            dir.path(),
+            "child2.toml",
+            "extends = \"base.toml\"\n[[file]]\npath = \"/etc/motd\"\ncontent = \"c\"\n",
+        );
+        assert_eq!(load(&child).expect("load").files.len(), 1);
+    }
+
+    #[test]
+    fn every_shipped_definition_loads() {
+        let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&images).expect("images/") {
+            let p = entry.expect("entry").path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                load(&p).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "{n} definitions in {}", images.display());
+    }
+
+    #[test]
+    fn a_disk_of_size_zero_is_refused_where_it_is_written() {
+        let text = "[image]\nname = \"x\"\n[disk]\nsize = \"0GiB\"\n";
+        let msg = parse_file(Path::new("x.toml"), text)
+            .expect_err("zero")
+            .to_string();
+        assert!(
+            msg.starts_with("x.toml:4:8: \"0GiB\" is a size of zero"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn extends_cycle_is_caught() {
         let dir = tempfile::tempdir().expect("tmp");
         let a = write(dir.path(), "a.toml", "extends = \"b.toml\"\n");

@@ -150,9 +150,11 @@ fn account_name(s: &str) -> Result<(), String> {
 }
 
 fn size(s: &str) -> Result<(), String> {
-    parse_size(s)
-        .map(|_| ())
-        .ok_or_else(|| format!("{s:?} is not a size like \"8GiB\""))
+    match parse_size(s) {
+        None => Err(format!("{s:?} is not a size like \"8GiB\"")),
+        Some(0) => Err(format!("{s:?} is a size of zero")),
+        Some(_) => Ok(()),
+    }
 }
 
 fn install_selector(s: &str) -> Result<(), String> {
