@@ -164,6 +164,32 @@ pub enum Stamp {
     Kubernetes,
 }
 
+/// A semantic version as Go modules pin them: `v1.2.3`, with an optional pre-release
+/// (`v1.2.3-rc.1`, pseudo-versions `v0.0.0-20240101000000-abcdef123456`) and build suffix
+/// (`+incompatible`); not a query (`latest`, `v1.2`, a branch).
+pub fn exact_module_version(v: &str) -> bool {
+    let Some(rest) = v.strip_prefix('v') else {
+        return false;
+    };
+    let (rest, build) = rest
+        .split_once('+')
+        .map_or((rest, None), |(r, b)| (r, Some(b)));
+    let (core, pre) = rest
+        .split_once('-')
+        .map_or((rest, None), |(c, p)| (c, Some(p)));
+    let ident =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let numbers: Vec<&str> = core.split('.').collect();
+    numbers.len() == 3
+        && numbers.iter().all(|n| {
+            !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+                && (n.len() == 1 || !n.starts_with('0'))
+        })
+        && pre.is_none_or(|p| p.split('.').all(ident))
+        && build.is_none_or(|b| b.split('.').all(ident))
+}
+
 impl GoInput {
     /// Checks the fields that can be checked without the network.
     pub fn validate(&self) -> Result<(), GoError> {
@@ -174,9 +200,10 @@ impl GoInput {
         if self.module.is_empty() || self.module.contains(char::is_whitespace) {
             return Err(bad(format!("bad module path {:?}", self.module)));
         }
-        if !self.version.starts_with('v') || self.version.contains(char::is_whitespace) {
+        if !exact_module_version(&self.version) {
             return Err(bad(format!(
-                "version {:?} must be an exact module version like v1.2.3",
+                "version {:?} must be an exact module version like v1.2.3 (a query such as \
+                 latest, a branch or v1.2 would change under the pin)",
                 self.version
             )));
         }
@@ -344,6 +371,25 @@ stamp = "kubernetes"
             .unwrap_err()
             .to_string()
             .contains("two packages"));
+    }
+
+    #[test]
+    fn only_exact_module_versions_pin() {
+        for ok in [
+            "v1.35.4",
+            "v0.0.0-20240101000000-abcdef123456",
+            "v2.2.9",
+            "v1.0.0-rc.1",
+            "v3.2.1+incompatible",
+        ] {
+            assert!(exact_module_version(ok), "{ok}");
+        }
+        for bad in [
+            "latest", "v1.2", "v1", "master", "1.2.3", "v1.2.3 ", "v01.2.3", "v1.2.3-", "v1..3",
+            "vlatest",
+        ] {
+            assert!(!exact_module_version(bad), "{bad}");
+        }
     }
 
     #[test]
