@@ -640,6 +640,34 @@ service-cidr = "10.96.0.0/12"
     }
 
     #[test]
+    fn cluster_ranges_that_cannot_work_are_refused() {
+        let with = |k: &str| {
+            let text = format!(
+                "[image]\nname = \"x\"\nversion = \"1\"\nepoch = 0\n[machine.kubernetes]\n{k}\n"
+            );
+            let dir = tempfile::tempdir().expect("tmp");
+            load(&write(dir.path(), "d.toml", &text)).map(|_| ())
+        };
+        let msg = with("service-cidr = \"10.96.0.0/29\"")
+            .expect_err("too small")
+            .to_string();
+        assert!(
+            msg.contains("machine.kubernetes: service-cidr 10.96.0.0/29 has no room"),
+            "{msg}"
+        );
+        with("service-cidr = \"10.96.0.0/28\"").expect("room for .10");
+        let msg = with("pod-cidr = \"10.96.128.0/17\"")
+            .expect_err("overlap")
+            .to_string();
+        assert!(
+            msg.contains("pod-cidr 10.96.128.0/17 and service-cidr 10.96.0.0/12 overlap"),
+            "{msg}"
+        );
+        with("pod-cidr = \"10.112.0.0/16\"").expect("next to 10.96.0.0/12");
+        with("pod-cidr = \"fd00::/64\"").expect("another family");
+    }
+
+    #[test]
     fn a_disk_of_size_zero_is_refused_where_it_is_written() {
         let text = "[image]\nname = \"x\"\n[disk]\nsize = \"0GiB\"\n";
         let msg = parse_file(Path::new("x.toml"), text)

@@ -131,8 +131,9 @@ pub(super) fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, Defin
     let machine = f.machine.unwrap_or_default();
     if !machine.is_empty() {
         let text = toml::to_string(&machine).unwrap_or_default();
-        firstboot::config::MachineConfig::from_toml(&text)
+        let cfg = firstboot::config::MachineConfig::from_toml(&text)
             .map_err(|e| invalid("machine", e.to_string()))?;
+        check_ranges(&cfg.kubernetes).map_err(|m| invalid("machine.kubernetes", m))?;
     }
     let kernel = f.kernel.unwrap_or_default();
     Ok(Definition {
@@ -161,4 +162,41 @@ pub(super) fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, Defin
         iso_installer: disk.iso_installer.unwrap_or(true),
         machine,
     })
+}
+
+/// Address ranges that parse but cannot work: a service range without the cluster DNS
+/// address (its 10th, as kubeadm places it), or pods and services sharing addresses.
+fn check_ranges(k: &firstboot::config::Kubernetes) -> Result<(), String> {
+    use firstboot::k8s::nth_address;
+    let services = &k.service_cidr;
+    nth_address(services, 10).map_err(|_| {
+        format!("service-cidr {services} has no room for the cluster DNS address (its 10th)")
+    })?;
+    let pods = &k.pod_cidr;
+    if overlap(pods, services) {
+        return Err(format!(
+            "pod-cidr {pods} and service-cidr {services} overlap"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether two ranges share an address (one holds the other's network address).
+fn overlap(a: &firstboot::config::Cidr, b: &firstboot::config::Cidr) -> bool {
+    let bits = |c: &firstboot::config::Cidr| match c.addr() {
+        std::net::IpAddr::V4(v) => (32u32, u128::from(u32::from(v))),
+        std::net::IpAddr::V6(v) => (128u32, u128::from(v)),
+    };
+    let ((fa, va), (fb, vb)) = (bits(a), bits(b));
+    if fa != fb {
+        return false;
+    }
+    // Both ranges masked to the shorter prefix: equal if one lies within the other.
+    let prefix = u32::from(a.prefix().min(b.prefix()));
+    let mask = if prefix == 0 {
+        0
+    } else {
+        (u128::MAX << (fa - prefix)) & (u128::MAX >> (128 - fa))
+    };
+    va & mask == vb & mask
 }
