@@ -19,35 +19,47 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Walks a parsed document depth first for the innermost value `hit` accepts; returns where
+/// it starts and leaves its dotted key in `keys` (the items of an array share its key).
+fn find_value(
+    table: &DeTable,
+    hit: &dyn Fn(&Spanned<DeValue>) -> bool,
+    keys: &mut Vec<String>,
+) -> Option<usize> {
+    fn in_value(
+        v: &Spanned<DeValue>,
+        hit: &dyn Fn(&Spanned<DeValue>) -> bool,
+        keys: &mut Vec<String>,
+    ) -> Option<usize> {
+        let inner = match v.get_ref() {
+            DeValue::Table(t) => find_value(t, hit, keys),
+            DeValue::Array(items) => items.iter().find_map(|i| in_value(i, hit, keys)),
+            _ => None,
+        };
+        inner.or_else(|| hit(v).then(|| v.span().start))
+    }
+    table.iter().find_map(|(k, v)| {
+        keys.push(k.get_ref().to_string());
+        let found = in_value(v, hit, keys);
+        if found.is_none() {
+            keys.pop();
+        }
+        found
+    })
+}
+
 /// The dotted key (`symlink.path`, `image.name`) of the innermost value whose span holds
 /// `offset`, when the text parses as TOML.
 fn key_at(text: &str, offset: usize) -> Option<String> {
-    fn walk(table: &DeTable, offset: usize, keys: &mut Vec<String>) -> bool {
-        table.iter().any(|(k, v)| {
-            keys.push(k.get_ref().to_string());
-            if walk_value(v, offset, keys) || v.span().contains(&offset) {
-                return true;
-            }
-            keys.pop();
-            false
-        })
-    }
-    fn walk_value(v: &Spanned<DeValue>, offset: usize, keys: &mut Vec<String>) -> bool {
-        match v.get_ref() {
-            DeValue::Table(t) => walk(t, offset, keys),
-            // Arrays of tables (`[[file]]`): the key names them all.
-            DeValue::Array(items) => items.iter().any(|i| walk_value(i, offset, keys)),
-            _ => false,
-        }
-    }
     let doc = DeTable::parse(text).ok()?;
     let mut keys = Vec::new();
-    walk(doc.get_ref(), offset, &mut keys).then(|| keys.join("."))
+    find_value(doc.get_ref(), &|v| v.span().contains(&offset), &mut keys)?;
+    Some(keys.join("."))
 }
 
 /// The entries that put something at a path in the image: the table name and the key of the
 /// path in each.
-pub(super) const PATH_ENTRIES: [(&str, &str); 4] = [
+const PATH_ENTRIES: [(&str, &str); 4] = [
     ("file", "path"),
     ("local", "dest"),
     ("directory", "path"),
@@ -104,7 +116,7 @@ fn check_entries(path: &Path, text: &str) -> Result<(), DefinitionError> {
             ));
         }
     }
-    if let Some((offset, key)) = private_key(doc.get_ref(), &mut Vec::new()) {
+    if let Some((offset, key)) = private_key(doc.get_ref()) {
         return Err(at(
             offset,
             format!(
@@ -117,23 +129,14 @@ fn check_entries(path: &Path, text: &str) -> Result<(), DefinitionError> {
 }
 
 /// The offset and dotted key of the first string value that holds a PEM private key.
-fn private_key(table: &DeTable, keys: &mut Vec<String>) -> Option<(usize, String)> {
-    fn in_value(v: &Spanned<DeValue>, keys: &mut Vec<String>) -> Option<(usize, String)> {
-        match v.get_ref() {
-            DeValue::String(s) if s.contains("-----BEGIN") && s.contains("PRIVATE KEY-----") => {
-                Some((v.span().start, keys.join(".")))
-            }
-            DeValue::Table(t) => private_key(t, keys),
-            DeValue::Array(items) => items.iter().find_map(|i| in_value(i, keys)),
-            _ => None,
-        }
-    }
-    table.iter().find_map(|(k, v)| {
-        keys.push(k.get_ref().to_string());
-        let found = in_value(v, keys);
-        keys.pop();
-        found
-    })
+fn private_key(table: &DeTable) -> Option<(usize, String)> {
+    let pem = |v: &Spanned<DeValue>| {
+        matches!(v.get_ref(), DeValue::String(s)
+            if s.contains("-----BEGIN") && s.contains("PRIVATE KEY-----"))
+    };
+    let mut keys = Vec::new();
+    let offset = find_value(table, &pem, &mut keys)?;
+    Some((offset, keys.join(".")))
 }
 
 /// Parses one file (no `extends` processing).

@@ -109,18 +109,14 @@ pub(super) fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, Defin
     // Within one file two entries for a path were refused where they were written (load);
     // merged over a base, one of each kind replaces the other, but two kinds stay ambiguous.
     let mut at = std::collections::BTreeMap::new();
-    let entries = (f.file.iter().map(|e| ("file", &*e.path)))
-        .chain(f.local.iter().map(|e| ("local", &*e.dest)))
-        .chain(f.directory.iter().map(|e| ("directory", &*e.path)))
-        .chain(f.symlink.iter().map(|e| ("symlink", &*e.path)));
-    for (kind, p) in entries {
+    let entries = (f.file.iter().map(|e| ("file", "path", &*e.path)))
+        .chain(f.local.iter().map(|e| ("local", "dest", &*e.dest)))
+        .chain(f.directory.iter().map(|e| ("directory", "path", &*e.path)))
+        .chain(f.symlink.iter().map(|e| ("symlink", "path", &*e.path)));
+    for (kind, key, p) in entries {
         if let Some(other) = at.insert(p.trim_end_matches('/'), kind) {
-            let key = super::load::PATH_ENTRIES
-                .iter()
-                .find(|(t, _)| *t == kind)
-                .map_or(kind.to_string(), |(t, k)| format!("{t}.{k}"));
             return Err(invalid(
-                &key,
+                &format!("{kind}.{key}"),
                 format!("{p:?} is given by a [[{other}]] and a [[{kind}]] (this file and the one it extends)"),
             ));
         }

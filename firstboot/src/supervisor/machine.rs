@@ -396,21 +396,33 @@ pub fn backoff_delay(spec: &ComponentSpec, crashes: u32) -> Millis {
         .min(spec.backoff_max)
 }
 
+/// Signals a running component and moves it to `Stopping`: after SIGTERM its grace runs,
+/// after SIGKILL there is nothing left to wait for but the reaping.
+fn signal_stop(
+    c: &mut Component,
+    now: Millis,
+    signal: Signal,
+    after: After,
+    out: &mut Vec<Action>,
+) {
+    out.push(Action::Signal {
+        name: c.spec.name.clone(),
+        signal,
+    });
+    c.phase = Phase::Stopping {
+        term_at: now,
+        killed: signal == Signal::Kill,
+        after,
+    };
+}
+
 /// Sends SIGTERM and moves to `Stopping`, or for a non-running component just sets what
 /// happens next.
 fn stop(c: &mut Component, now: Millis, after: After, why: &str, out: &mut Vec<Action>) {
     match c.phase {
         Phase::Running { .. } => {
             out.push(log(&c.spec.name, format!("stopping: {why}")));
-            out.push(Action::Signal {
-                name: c.spec.name.clone(),
-                signal: Signal::Term,
-            });
-            c.phase = Phase::Stopping {
-                term_at: now,
-                killed: false,
-                after,
-            };
+            signal_stop(c, now, Signal::Term, after, out);
         }
         Phase::Stopping {
             after: ref mut current,
@@ -437,15 +449,7 @@ fn stop(c: &mut Component, now: Millis, after: After, why: &str, out: &mut Vec<A
 fn kill_hung(c: &mut Component, now: Millis, why: String, out: &mut Vec<Action>) {
     out.push(log(&c.spec.name, format!("killing: {why}")));
     c.last_failure = Some(why);
-    out.push(Action::Signal {
-        name: c.spec.name.clone(),
-        signal: Signal::Kill,
-    });
-    c.phase = Phase::Stopping {
-        term_at: now,
-        killed: true,
-        after: After::Backoff,
-    };
+    signal_stop(c, now, Signal::Kill, After::Backoff, out);
 }
 
 /// Feeds one event to the machine at time `now` and returns what the shell must do.
