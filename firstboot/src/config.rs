@@ -154,6 +154,21 @@ pub struct Kubernetes {
     pub service_cidr: Cidr,
     /// Cluster DNS domain.
     pub cluster_domain: Hostname,
+    /// How the node's components start: `parallel` (the default) starts each one as soon
+    /// as what it needs is ready (containerd and the kubelet beside the control plane);
+    /// `serial` starts them one after another (etcd, kube-apiserver, controller-manager
+    /// and scheduler, containerd, kubelet, kube-proxy): a lower peak of CPU and memory
+    /// for a small machine, and a later node Ready.
+    pub startup: Startup,
+}
+
+/// `[kubernetes] startup`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Startup {
+    #[default]
+    Parallel,
+    Serial,
 }
 
 impl Default for Kubernetes {
@@ -162,6 +177,7 @@ impl Default for Kubernetes {
             pod_cidr: Cidr::new(IpAddr::from([10, 244, 0, 0]), 16),
             service_cidr: Cidr::new(IpAddr::from([10, 96, 0, 0]), 12),
             cluster_domain: Hostname("cluster.local".to_string()),
+            startup: Startup::Parallel,
         }
     }
 }
@@ -385,6 +401,7 @@ mtu = 1400
 dhcp = true
 [kubernetes]
 pod-cidr = "10.42.0.0/16"
+startup = "serial"
 "#,
         )
         .unwrap();
@@ -395,6 +412,8 @@ pod-cidr = "10.42.0.0/16"
         assert_eq!(c.kubernetes.pod_cidr.to_string(), "10.42.0.0/16");
         assert_eq!(c.kubernetes.service_cidr.to_string(), "10.96.0.0/12");
         assert_eq!(c.kubernetes.cluster_domain.as_str(), "cluster.local");
+        assert_eq!(c.kubernetes.startup, Startup::Serial);
+        assert_eq!(Kubernetes::default().startup, Startup::Parallel);
         assert_eq!(
             Selector::of("52:54:00:AA:bb:cc"),
             Selector::Mac("52:54:00:aa:bb:cc".into())
@@ -412,6 +431,7 @@ pod-cidr = "10.42.0.0/16"
         assert!(MachineConfig::from_toml("[network.interfaces.eth0]\nmtu = 10").is_err());
         assert!(MachineConfig::from_toml("hostname = \"bad_name\"").is_err());
         assert!(MachineConfig::from_toml("hostname = ").is_err());
+        assert!(MachineConfig::from_toml("[kubernetes]\nstartup = \"fast\"").is_err());
     }
 
     #[test]
@@ -422,6 +442,7 @@ pod-cidr = "10.42.0.0/16"
             "pod-cidr",
             "service-cidr",
             "cluster-domain",
+            "startup",
             "interfaces",
             "mtu",
         ] {

@@ -103,7 +103,11 @@ pub enum Event {
     /// Every component is ready (for the first time).
     AllReady,
     AddonsApplied,
-    ImagesImported,
+    /// The baked images are in containerd: how long it took, each `ctr` run of the try that
+    /// succeeded.
+    ImagesImported {
+        detail: String,
+    },
     NodeReady,
     CorednsReady,
     /// Asked to stop: the components are being stopped.
@@ -253,8 +257,10 @@ pub fn run(profile: Profile, hooks: &mut dyn Hooks, stop: &AtomicBool) -> anyhow
     }
 
     let mut seen_ready = std::collections::BTreeSet::new();
-    let mut told = Checks::default();
+    // Which of the checks' events were reported: addons, images, node Ready, CoreDNS.
+    let mut told = [false; 4];
     let mut all_ready = false;
+    let mut boot_priority_ended = false;
     let mut failed: Option<anyhow::Error> = None;
     while !stop.load(Ordering::SeqCst) {
         if let Err(e) = sup.step() {
@@ -275,29 +281,27 @@ pub fn run(profile: Profile, hooks: &mut dyn Hooks, stop: &AtomicBool) -> anyhow
                 _ => {}
             }
         }
+        if !boot_priority_ended && flags.apiserver.load(Ordering::SeqCst) {
+            boot_priority_ended = true;
+            sup.end_boot_priority();
+        }
         if !all_ready && sup.state().all_ready() {
             all_ready = true;
             events.push(Event::AllReady);
         }
         let now = flags.checks.lock().map(|c| c.clone()).unwrap_or_default();
-        for (is, was, event) in [
+        let checks = [
+            (now.addons_applied, Event::AddonsApplied),
             (
-                now.addons_applied,
-                &mut told.addons_applied,
-                Event::AddonsApplied,
+                now.images_imported.is_some(),
+                Event::ImagesImported {
+                    detail: now.images_imported.clone().unwrap_or_default(),
+                },
             ),
-            (
-                now.images_imported,
-                &mut told.images_imported,
-                Event::ImagesImported,
-            ),
-            (now.node_ready, &mut told.node_ready, Event::NodeReady),
-            (
-                now.coredns_ready,
-                &mut told.coredns_ready,
-                Event::CorednsReady,
-            ),
-        ] {
+            (now.node_ready, Event::NodeReady),
+            (now.coredns_ready, Event::CorednsReady),
+        ];
+        for ((is, event), was) in checks.into_iter().zip(told.iter_mut()) {
             if is && !*was {
                 *was = true;
                 events.push(event);
@@ -323,7 +327,8 @@ pub fn run(profile: Profile, hooks: &mut dyn Hooks, stop: &AtomicBool) -> anyhow
 #[derive(Debug, Default, Clone)]
 struct Checks {
     addons_applied: bool,
-    images_imported: bool,
+    /// Set once imported: how it went.
+    images_imported: Option<String>,
     node_ready: bool,
     coredns_ready: bool,
 }
@@ -361,70 +366,82 @@ pub fn ready_since(reply: &str, since: u64) -> bool {
             .is_some_and(|t| t + 5 >= since)
 }
 
-/// Runs the slow checks every few seconds until `done`: addons applied once the apiserver
-/// is ready; with `node_checks` also the baked images imported once containerd runs, node
-/// Ready and CoreDNS ready.
+/// Sets the calling thread's nice value (Linux keeps it per thread; the processes the
+/// thread spawns inherit it).
+fn thread_nice(nice: i32) {
+    if let Err(e) = rustix::process::setpriority_process(None, nice) {
+        log::warn!("setting this thread's nice value to {nice}: {e}");
+    }
+}
+
+/// Runs the slow checks until `done`, each on its own thread so that none waits for
+/// another: the addons applied once the apiserver is ready; with `node_checks` also the
+/// baked images imported once containerd runs (at [`components::BOOT_NICE`] until the
+/// apiserver is ready), and every few seconds node Ready and CoreDNS ready.
 fn checker(p: &ClusterParams, node_checks: bool, flags: &Flags, done: &Arc<AtomicBool>) {
     let mut c = Checks::default();
-    let kubectl_bin = p.paths.binary("kubectl");
-    let addons_path = p.paths.config_file(ADDONS_FILE);
     // A node object left from before a reboot still says Ready until its lease runs out:
     // only a heartbeat from this boot's kubelet counts.
     let started_unix = crate::status::unix_ms() / 1000;
-    // Importing the baked images takes minutes on an emulated node: its own thread, so
-    // the checks below (node Ready) do not wait for it.
-    let imported = Arc::new(AtomicBool::new(false));
+    let applied = Arc::new(AtomicBool::new(false));
+    {
+        let (p, applied, done) = (p.clone(), Arc::clone(&applied), Arc::clone(done));
+        let apiserver = Arc::clone(&flags.apiserver);
+        std::thread::spawn(move || apply_addons(&p, &apiserver, &applied, &done));
+    }
+    // Importing the baked images takes tens of seconds on an emulated node.
+    let imported: Arc<Mutex<Option<String>>> = Arc::default();
     if node_checks {
         let (p, imported, done) = (p.clone(), Arc::clone(&imported), Arc::clone(done));
-        let containerd = Arc::clone(&flags.containerd);
+        let (containerd, apiserver) = (Arc::clone(&flags.containerd), Arc::clone(&flags.apiserver));
         std::thread::spawn(move || {
+            let mut nice = components::BOOT_NICE;
+            thread_nice(nice);
+            let (mut tries, mut first) = (0, None);
             while !done.load(Ordering::SeqCst) {
-                if containerd.load(Ordering::SeqCst) && import_images(&p) {
-                    imported.store(true, Ordering::SeqCst);
-                    return;
+                if nice != 0 && apiserver.load(Ordering::SeqCst) {
+                    nice = 0;
+                    thread_nice(nice);
                 }
-                std::thread::sleep(Duration::from_secs(3));
+                if containerd.load(Ordering::SeqCst) {
+                    tries += 1;
+                    let first = *first.get_or_insert_with(std::time::Instant::now);
+                    if let Some(steps) = import_images(&p) {
+                        let detail = format!(
+                            "in {:.1} s, {tries} tries; the last: {steps}",
+                            first.elapsed().as_secs_f64()
+                        );
+                        if let Ok(mut i) = imported.lock() {
+                            *i = Some(detail);
+                        }
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(2));
             }
         });
     }
-    let mut warned = false;
     while !done.load(Ordering::SeqCst) {
-        if flags.apiserver.load(Ordering::SeqCst) {
-            if !c.addons_applied && kubectl_bin.is_file() {
-                match apply_with_kubectl(
-                    &kubectl_bin,
-                    &p.paths.pki_file("super-admin.conf"),
-                    &addons_path,
-                ) {
-                    Ok(()) => c.addons_applied = true,
-                    Err(e) => log::warn!("applying addons: {e:#}"),
-                }
-            } else if !c.addons_applied && !warned {
-                warned = true;
-                log::warn!(
-                    "no {}: addons (admin RBAC binding, CoreDNS) not applied",
-                    kubectl_bin.display()
-                );
-            }
-            if node_checks {
-                // The node's own reads use its local break-glass credentials: the admin
-                // kubeconfig's RBAC binding is one of the addons, and node Ready must not
-                // wait for them.
-                let ready = kubectl(
-                    p,
-                    "super-admin.conf",
-                    &[
-                        "get",
-                        "node",
-                        p.hostname.as_str(),
-                        "-o",
-                        "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} \
-                         {.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime}",
-                    ],
-                );
-                c.node_ready = ready
-                    .as_deref()
-                    .is_some_and(|r| ready_since(r, started_unix));
+        if node_checks && flags.apiserver.load(Ordering::SeqCst) {
+            // The node's own reads use its local break-glass credentials: the admin
+            // kubeconfig's RBAC binding is one of the addons, and node Ready must not
+            // wait for them.
+            let ready = kubectl(
+                p,
+                "super-admin.conf",
+                &[
+                    "get",
+                    "node",
+                    p.hostname.as_str(),
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} \
+                     {.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime}",
+                ],
+            );
+            c.node_ready = ready
+                .as_deref()
+                .is_some_and(|r| ready_since(r, started_unix));
+            if c.node_ready {
                 let dns = kubectl(
                     p,
                     "super-admin.conf",
@@ -443,14 +460,15 @@ fn checker(p: &ClusterParams, node_checks: bool, flags: &Flags, done: &Arc<Atomi
                     .is_some_and(|n| n > 0);
             }
         }
-        c.images_imported = imported.load(Ordering::SeqCst);
+        c.addons_applied = applied.load(Ordering::SeqCst);
+        c.images_imported = imported.lock().ok().and_then(|i| i.clone());
         if let Ok(mut shared) = flags.checks.lock() {
             *shared = c.clone();
         }
-        // Naps of half a second, so the first apply follows the apiserver's readiness
-        // closely; otherwise a round every 3 s.
+        // Naps of half a second, so the first round follows the apiserver's readiness
+        // closely; otherwise a round every 2 s.
         let api_before = flags.apiserver.load(Ordering::SeqCst);
-        for _ in 0..6 {
+        for _ in 0..4 {
             if done.load(Ordering::SeqCst)
                 || (!api_before && flags.apiserver.load(Ordering::SeqCst))
             {
@@ -461,9 +479,47 @@ fn checker(p: &ClusterParams, node_checks: bool, flags: &Flags, done: &Arc<Atomi
     }
 }
 
-/// Imports the images baked into /usr/lib/kiln/images into containerd and pins them; true
-/// when done (containerd may still be coming up: then it is tried again).
-fn import_images(p: &ClusterParams) -> bool {
+/// Applies the addon list once the apiserver is ready, trying again until it succeeds.
+fn apply_addons(
+    p: &ClusterParams,
+    apiserver: &AtomicBool,
+    applied: &AtomicBool,
+    done: &AtomicBool,
+) {
+    let kubectl_bin = p.paths.binary("kubectl");
+    if !kubectl_bin.is_file() {
+        log::warn!(
+            "no {}: addons (admin RBAC binding, CoreDNS) not applied",
+            kubectl_bin.display()
+        );
+        return;
+    }
+    let addons_path = p.paths.config_file(ADDONS_FILE);
+    while !done.load(Ordering::SeqCst) {
+        if apiserver.load(Ordering::SeqCst) {
+            match apply_with_kubectl(
+                &kubectl_bin,
+                &p.paths.pki_file("super-admin.conf"),
+                &addons_path,
+            ) {
+                Ok(()) => {
+                    applied.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => {
+                    log::warn!("applying addons: {e:#}");
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Imports the images baked into /usr/lib/kiln/images into containerd and pins them; when
+/// done, each `ctr` run and its time (containerd may still be coming up: then None, and it
+/// is tried again).
+fn import_images(p: &ClusterParams) -> Option<String> {
     let ctr = crate::images::Ctr::new(p.paths.binary("ctr")).at(p.paths.containerd_socket());
     match crate::images::import_all(
         Path::new(crate::images::IMAGES_DIR),
@@ -472,11 +528,11 @@ fn import_images(p: &ClusterParams) -> bool {
     ) {
         Ok(r) => {
             log::info!("images: imported {:?}, pinned {:?}", r.imported, r.pinned);
-            true
+            Some(r.steps_line())
         }
         Err(e) => {
             log::warn!("importing the baked images: {e}");
-            false
+            None
         }
     }
 }

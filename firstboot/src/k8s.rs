@@ -13,7 +13,7 @@ pub mod files;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use crate::config::{Cidr, Hostname, Kubernetes};
+use crate::config::{Cidr, Hostname, Kubernetes, Startup};
 
 /// etcd client port (mTLS).
 pub const ETCD_CLIENT_PORT: u16 = 2379;
@@ -177,6 +177,8 @@ pub struct ClusterParams {
     pub listen: IpAddr,
     pub apiserver_port: u16,
     pub proxy_mode: ProxyMode,
+    /// Whether the node's components start beside the control plane or after it.
+    pub startup: Startup,
     /// The resolv.conf the kubelet hands to `dnsPolicy: Default` pods (CoreDNS forwards to it).
     pub resolv_conf: PathBuf,
     /// `resolv_conf` names upstream resolvers; CoreDNS forwards other names to them.
@@ -202,6 +204,7 @@ impl ClusterParams {
             listen,
             apiserver_port: APISERVER_PORT,
             proxy_mode: ProxyMode::Iptables,
+            startup: k.startup,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             upstream_dns: true,
             paths,

@@ -1,7 +1,8 @@
 //! Node mode of the agent: once stage 2 has named the machine and brought up the network,
-//! the whole single-node cluster runs under the supervisor: etcd → kube-apiserver →
-//! controller-manager and scheduler → containerd → kubelet → kube-proxy, then the addons
-//! once through the API. Progress goes to the console (`kiln: <component> ready`, `kiln:
+//! the whole single-node cluster runs under the supervisor, each component started once
+//! what it needs is ready (etcd → kube-apiserver → controller-manager, scheduler and
+//! kube-proxy; beside them containerd → kubelet; see [`crate::k8s::components`]), then the
+//! addons once through the API. Progress goes to the console (`kiln: <component> ready`, `kiln:
 //! node <name> Ready`), the journal and /run/kiln/status.json; READY=1 is sent when the node
 //! is Ready, and the watchdog is pinged only while the supervision loop runs. The loop is
 //! the node driver's ([`crate::driver`], node profile), the one host mode runs too; this
@@ -220,7 +221,9 @@ impl Hooks for NodeHooks<'_, '_> {
                 self.save();
             }
             Event::AddonsApplied => self.phase(ADDONS_APPLIED, "kiln: addons applied"),
-            Event::ImagesImported => self.phase(IMAGES_IMPORTED, "kiln: images imported"),
+            Event::ImagesImported { detail } => {
+                self.phase(IMAGES_IMPORTED, &format!("kiln: images imported {detail}"))
+            }
             Event::CorednsReady => self.phase(COREDNS_READY, "kiln: coredns ready"),
             Event::NodeReady => {
                 self.phase(NODE_READY, &format!("kiln: node {} Ready", p.hostname));

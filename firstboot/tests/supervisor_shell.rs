@@ -57,14 +57,17 @@ fn web(port: u16) -> Managed {
             // connections (the kernel's backlog) and never answers, in state S, using no CPU.
             args: vec![
                 "-c".into(),
+                // A second thread, to see every thread reniced.
                 format!(
-                    "import http.server, signal, time\n\
+                    "import http.server, signal, threading, time\n\
+                     threading.Thread(target=time.sleep, args=(10**6,), daemon=True).start()\n\
                      signal.signal(signal.SIGUSR1, lambda *_: time.sleep(10**6))\n\
                      http.server.HTTPServer(('127.0.0.1', {port}), \
                      http.server.SimpleHTTPRequestHandler).serve_forever()\n"
                 ),
             ],
             env: vec![],
+            boot_nice: 10,
         },
         probe: Some(HttpProbe::from_url(&format!("http://127.0.0.1:{port}/"), None).unwrap()),
     }
@@ -85,9 +88,22 @@ fn crasher() -> Managed {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo boom-$$; exit 3".into()],
             env: vec![],
+            boot_nice: 0,
         },
         probe: None,
     }
+}
+
+/// The nice value of each thread of `pid` (field 19 of /proc/PID/task/TID/stat).
+fn nices(pid: i32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.unwrap().path().join("stat")).ok())
+        .map(|stat| {
+            let after = &stat[stat.rfind(')').unwrap() + 2..];
+            after.split_whitespace().nth(16).unwrap().parse().unwrap()
+        })
+        .collect()
 }
 
 fn restarts(s: &Supervisor, name: &str) -> u32 {
@@ -110,6 +126,13 @@ fn supervises_real_processes() {
         .run_until(Duration::from_secs(30), |st| st.get("web").unwrap().ready())
         .unwrap());
     assert!(sup.loop_healthy(Duration::from_secs(1)));
+    // Started at its boot nice value, every thread; the supervisor's own thread is not.
+    let pid = sup.pid("web").unwrap();
+    assert_eq!(nices(pid), [10, 10]);
+    assert_eq!(rustix::process::getpriority_process(None).unwrap(), 0);
+    // The boot's priorities end: the running process, every thread, at nice 0.
+    sup.end_boot_priority();
+    assert_eq!(nices(pid), [0, 0]);
 
     // The crasher (gated on web) restarts with backoff: 200, 400, 800, 800, ... ms.
     let t0 = Instant::now();
@@ -148,6 +171,8 @@ fn supervises_real_processes() {
         .unwrap());
     assert_eq!(sup.status()[0].component.last_exit, Some(128 + 9));
     assert_ne!(sup.pid("web"), Some(pid));
+    // And its next run too.
+    assert_eq!(nices(sup.pid("web").unwrap()), [0, 0]);
 
     // SIGSTOP: the process state says stopped; after FROZEN_AFTER it is killed at once
     // (SIGTERM would wait for a SIGCONT), sooner than its probes would give up (3 timeouts

@@ -474,6 +474,24 @@ fn heal(node: &Node, comp: &'static str, how: Disruption) -> Healed {
     healed
 }
 
+/// Each component's first spawn and first readiness (ms since the kernel started) from the
+/// last timeline firstboot printed on the console (`kiln: timeline {json}`).
+fn timeline_spans(console: &str) -> std::collections::BTreeMap<String, (u64, Option<u64>)> {
+    let json = console
+        .lines()
+        .rev()
+        .filter_map(|l| l.split_once("kiln: timeline ").map(|(_, j)| j.trim_end()))
+        .find_map(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .unwrap_or_default();
+    let mut out = std::collections::BTreeMap::new();
+    for c in json["components"].as_array().into_iter().flatten() {
+        if let (Some(name), Some(start)) = (c["name"].as_str(), c["start_ms"].as_u64()) {
+            out.insert(name.to_string(), (start, c["ready_ms"].as_u64()));
+        }
+    }
+    out
+}
+
 #[test]
 fn single_node_cluster_in_qemu() {
     let built = images::build("images/single-node.toml");
@@ -502,6 +520,34 @@ fn single_node_cluster_in_qemu() {
     for name in ["kube-apiserver", "kubelet", "node-ready", "ready after"] {
         assert!(svg.contains(name), "{name} is not in {svg}");
     }
+    // The parallel start, from firstboot's timeline: containerd and the kubelet were
+    // spawned before the apiserver was ready; what needs the API waited for it.
+    let spans = timeline_spans(&node.console());
+    let span = |name: &str| {
+        spans
+            .get(name)
+            .copied()
+            .unwrap_or_else(|| node.fail(&format!("{name} is not in the timeline: {spans:?}")))
+    };
+    let api_ready = span("kube-apiserver")
+        .1
+        .unwrap_or_else(|| node.fail("the timeline has no apiserver readiness"));
+    for name in ["containerd", "kubelet"] {
+        assert!(
+            span(name).0 < api_ready,
+            "{name} waited for the apiserver: {spans:?}"
+        );
+    }
+    for name in ["kube-controller-manager", "kube-scheduler", "kube-proxy"] {
+        assert!(
+            span(name).0 >= api_ready,
+            "{name} started before the API: {spans:?}"
+        );
+    }
+    let containerd_ready = span("containerd")
+        .1
+        .unwrap_or_else(|| node.fail("the timeline has no containerd readiness"));
+    assert!(span("kubelet").0 >= containerd_ready, "{spans:?}");
     let run_err = std::fs::read_to_string(node.state.path().join("run.err")).unwrap();
     let node_port_host: u16 = run_err
         .lines()

@@ -99,26 +99,41 @@ pub const PHASES: &[(&str, &str)] = &[
     ("kiln: kubelet ready", "kubelet ready"),
     ("Ready", "node Ready"),
     ("kiln: coredns ready", "CoreDNS ready"),
+    ("kiln: images imported", "images imported"),
 ];
 
-/// The phases newly reached in `console` (the whole log so far), given how many were
-/// already seen. Phases are matched in order; "node Ready" needs `kiln: node ` too.
-pub fn phases_reached(console: &str, seen: usize) -> usize {
-    let mut n = seen;
-    while let Some((needle, _)) = PHASES.get(n) {
-        let hit = if *needle == "Ready" {
+/// How many of [`PHASES`] form the boot chain, each reached only after the one before it;
+/// the rest (components, the node, CoreDNS) are each reached by their own line once the
+/// chain is complete, in whatever order the node's parallel start prints them.
+const BOOT_CHAIN: usize = 6;
+
+/// The phases newly reached in `console` (the whole log so far), given those already
+/// reached (`seen[i]` for `PHASES[i]`), in `PHASES` order. "node Ready" needs `kiln: node `
+/// too.
+pub fn phases_reached(console: &str, seen: &[bool]) -> Vec<usize> {
+    let hit = |needle: &str| {
+        if needle == "Ready" {
             console
                 .lines()
                 .any(|l| l.contains("kiln: node ") && l.trim_end().ends_with(" Ready"))
         } else {
             console.contains(needle)
-        };
-        if !hit {
-            break;
         }
-        n += 1;
+    };
+    let mut reached = seen.to_vec();
+    reached.resize(PHASES.len(), false);
+    let mut new = Vec::new();
+    for (i, (needle, _)) in PHASES.iter().enumerate() {
+        if reached[i] {
+            continue;
+        }
+        let before = i.min(BOOT_CHAIN);
+        if reached[..before].iter().all(|r| *r) && hit(needle) {
+            reached[i] = true;
+            new.push(i);
+        }
     }
-    n
+    new
 }
 
 /// Whether /dev/kvm can be opened for reading and writing.
@@ -433,7 +448,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
 
     let tty = std::io::stderr().is_terminal();
-    let mut seen = 0;
+    let mut seen = [false; PHASES.len()];
     let mut drawn: Option<firstboot::timeline::Timeline> = None;
     let timeline_svg = state.join("timeline.svg");
     let image_name = args
@@ -472,19 +487,19 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         let log = std::fs::read(&console).unwrap_or_default();
         let log = String::from_utf8_lossy(&log);
-        let reached = phases_reached(&log, seen);
-        for (_, phase) in &PHASES[seen..reached] {
+        for i in phases_reached(&log, &seen) {
+            seen[i] = true;
+            let phase = PHASES[i].1;
             let at = started.elapsed();
             times.push((phase.to_string(), at));
             eprintln!("kiln: {:>7.1} s  {phase}", at.as_secs_f64());
-            if *phase == "node Ready" {
+            if phase == "node Ready" {
                 eprintln!(
                     "kiln: try: kubectl --kubeconfig {} get nodes",
                     kubeconfig.display()
                 );
             }
         }
-        seen = reached;
         // firstboot's timeline (printed at node Ready, again after a reboot) as a picture.
         if let Some(t) = firstboot::timeline::Timeline::from_console(&log) {
             if drawn.as_ref() != Some(&t) {
@@ -499,7 +514,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             }
         }
         if tty && powering_down.is_none() {
-            if let Some((_, next)) = PHASES.get(seen) {
+            if let Some(next) = seen.iter().position(|s| !*s).map(|i| PHASES[i].1) {
                 eprint!(
                     "\r\x1b[2Kkiln: {:>7.1} s  waiting for {next}",
                     started.elapsed().as_secs_f64()
@@ -555,17 +570,25 @@ mod tests {
     }
 
     #[test]
-    fn phases_are_matched_in_order() {
+    fn the_boot_chain_is_matched_in_order_and_the_components_as_they_come() {
         let log =
             "Linux version 6.1\nkiln: stage 1 start\nkiln: stage 1 done in 1 ms, switching root\n";
-        assert_eq!(phases_reached(log, 0), 3);
+        assert_eq!(phases_reached(log, &[]), [0, 1, 2]);
         // A later phase's text before an earlier one's does not skip ahead.
-        assert_eq!(phases_reached("kiln: etcd ready\n", 0), 0);
-        let more = format!(
-            "{log}systemd[1]: x\nkiln: hostname n1, ...\nkiln: etcd ready\nkiln: kube-apiserver ready\nkiln: kubelet ready\nkiln: node n1 Ready\n"
-        );
-        assert_eq!(phases_reached(&more, 3), 9);
+        assert!(phases_reached("kiln: etcd ready\n", &[]).is_empty());
+        assert!(phases_reached("kiln: kubelet ready\nkiln: node n1 Ready\n", &[]).is_empty());
+        let chain = format!("{log}systemd[1]: x\nkiln: hostname n1, ...\nkiln: etcd ready\n");
+        assert_eq!(phases_reached(&chain, &[true; 3]), [3, 4, 5]);
+        // The kubelet ready before the apiserver (parallel start): each when it comes.
+        let kubelet = format!("{chain}kiln: kubelet ready\n");
+        assert_eq!(phases_reached(&kubelet, &[true; 6]), [7]);
+        let mut seen = [true; 8];
+        seen[6] = false;
+        let all = format!("{kubelet}kiln: kube-apiserver ready\nkiln: node n1 Ready\n");
+        assert_eq!(phases_reached(&all, &seen), [6, 8]);
         assert_eq!(PHASES[8].1, "node Ready");
+        assert_eq!(PHASES[7].1, "kubelet ready");
+        assert!(phases_reached(&all, &[true; 9]).is_empty());
     }
 
     #[test]

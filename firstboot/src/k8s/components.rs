@@ -1,6 +1,9 @@
-//! The supervised components, kubeadm style: etcd → kube-apiserver → kube-controller-manager
-//! and kube-scheduler (the control plane), then on the node containerd → kubelet → kube-proxy.
-//! Every flag here was checked against the binary's own `--help` (see tests/host_mode.rs).
+//! The supervised components, kubeadm style, and what each one waits for: etcd →
+//! kube-apiserver → kube-controller-manager, kube-scheduler and kube-proxy; beside them
+//! containerd → kubelet (the kubelet registers the node by itself once the API answers). With
+//! `startup = "serial"` the node's three wait for the control plane instead, one after
+//! another. Every flag here was checked against the binary's own `--help` (see
+//! tests/host_mode.rs).
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -13,6 +16,7 @@ use super::{
     ETCD_METRICS_PORT, ETCD_PEER_PORT, KUBELET_HEALTHZ_PORT, KUBE_PROXY_HEALTHZ_PORT,
     SCHEDULER_PORT,
 };
+use crate::config::Startup;
 use crate::supervisor::machine::{ComponentSpec, Millis, ProbeSpec};
 use crate::supervisor::{CommandSpec, HttpProbe, Managed, TlsProbe};
 
@@ -90,6 +94,7 @@ fn command(p: &ClusterParams, binary: &str, args: Vec<String>) -> CommandSpec {
         program: path(&p.paths.binary(binary)),
         args,
         env: vec![],
+        boot_nice: 0,
     }
 }
 
@@ -306,8 +311,39 @@ pub fn control_plane(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
     Ok(vec![etcd, apiserver, controller_manager, scheduler])
 }
 
-/// containerd, kubelet and kube-proxy (in the VM only), after the control plane.
+/// The nice value of containerd and the kubelet (and the baked images' import) while they
+/// start beside the control plane: on a machine of few cores the apiserver's start is the
+/// boot's critical path, and they take only the CPU it leaves; nice 0 once it is ready.
+pub const BOOT_NICE: i32 = 10;
+
+/// How the node's components start.
+struct NodeStart {
+    containerd_deps: &'static [&'static str],
+    proxy_deps: &'static [&'static str],
+    nice: i32,
+}
+
+/// In parallel, containerd needs nothing from the control plane, and kube-proxy needs the
+/// API (it reads its Node, waiting up to 30 s for the kubelet to register it), not the
+/// kubelet. In serial, the single chain, with nothing left to yield to.
+fn node_start(startup: Startup) -> NodeStart {
+    match startup {
+        Startup::Parallel => NodeStart {
+            containerd_deps: &[],
+            proxy_deps: &[APISERVER],
+            nice: BOOT_NICE,
+        },
+        Startup::Serial => NodeStart {
+            containerd_deps: &[CONTROLLER_MANAGER, SCHEDULER],
+            proxy_deps: &[KUBELET],
+            nice: 0,
+        },
+    }
+}
+
+/// containerd, kubelet and kube-proxy (in the VM only).
 pub fn node(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
+    let start = node_start(p.startup);
     let path_env = format!(
         "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         p.paths.bin.display()
@@ -317,12 +353,13 @@ pub fn node(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
         // containerd answers no probe there; the kubelet waits for its socket itself.
         spec: spec(
             CONTAINERD,
-            &[CONTROLLER_MANAGER, SCHEDULER],
+            start.containerd_deps,
             Some(probe(500, 2_000, 10)),
             10_000,
         ),
         command: CommandSpec {
             env: vec![("PATH".into(), path_env.clone())],
+            boot_nice: start.nice,
             ..command(
                 p,
                 "containerd",
@@ -359,6 +396,7 @@ pub fn node(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
         ),
         command: CommandSpec {
             env: vec![("PATH".into(), path_env.clone())],
+            boot_nice: start.nice,
             ..command(p, "kubelet", kubelet_args)
         },
         probe: http_probe(
@@ -368,7 +406,12 @@ pub fn node(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
         )?,
     };
     let kube_proxy = Managed {
-        spec: spec(KUBE_PROXY, &[KUBELET], Some(probe(2_000, 2_000, 10)), 5_000),
+        spec: spec(
+            KUBE_PROXY,
+            start.proxy_deps,
+            Some(probe(2_000, 2_000, 10)),
+            5_000,
+        ),
         command: CommandSpec {
             env: vec![("PATH".into(), path_env)],
             ..command(
@@ -399,7 +442,8 @@ pub fn all(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::supervisor::machine::State;
+    use crate::supervisor::machine::{next, Action, Event, State};
+    use std::collections::BTreeMap;
 
     fn params() -> ClusterParams {
         crate::k8s::test_params("192.168.10.5")
@@ -484,7 +528,7 @@ mod tests {
     }
 
     #[test]
-    fn components_are_gated_in_the_issue_order() {
+    fn components_are_listed_in_the_issue_order() {
         let p = params();
         let all = all(&p).unwrap();
         let names: Vec<&str> = all.iter().map(|m| m.spec.name.as_str()).collect();
@@ -512,8 +556,9 @@ mod tests {
         assert_eq!(deps(APISERVER), [ETCD]);
         assert_eq!(deps(CONTROLLER_MANAGER), [APISERVER]);
         assert_eq!(deps(SCHEDULER), [APISERVER]);
+        assert!(deps(CONTAINERD).is_empty());
         assert_eq!(deps(KUBELET), [CONTAINERD]);
-        assert_eq!(deps(KUBE_PROXY), [KUBELET]);
+        assert_eq!(deps(KUBE_PROXY), [APISERVER]);
         // The machine accepts the set (no cycles, probes consistent).
         State::new(all.iter().map(|m| m.spec.clone()).collect()).unwrap();
         for m in &all {
@@ -530,5 +575,170 @@ mod tests {
         assert!(client.0.ends_with("controller-manager.crt"), "{client:?}");
         let etcd = all[0].probe.as_ref().unwrap();
         assert_eq!((etcd.port, etcd.tls.is_none()), (2381, true));
+    }
+
+    /// The pure machine over the node's real components: probes answer as `up` says, a
+    /// component in `crashing` exits right after each spawn, a signalled one exits at once.
+    struct Sim {
+        s: State,
+        t: Millis,
+        spawns: BTreeMap<String, Vec<Millis>>,
+        signalled: Vec<String>,
+    }
+
+    impl Sim {
+        fn new(startup: Startup) -> Sim {
+            let mut p = params();
+            p.startup = startup;
+            let specs = all(&p).unwrap().into_iter().map(|m| m.spec).collect();
+            Sim {
+                s: State::new(specs).unwrap(),
+                t: 0,
+                spawns: BTreeMap::new(),
+                signalled: Vec::new(),
+            }
+        }
+
+        fn handle(&mut self, first: Event, up: &dyn Fn(&str, Millis) -> bool, crashing: &[&str]) {
+            let mut queue = std::collections::VecDeque::from([first]);
+            while let Some(e) = queue.pop_front() {
+                for a in next(&mut self.s, e, self.t) {
+                    match a {
+                        Action::Spawn { name } => {
+                            if crashing.contains(&name.as_str()) {
+                                queue.push_back(Event::Exited {
+                                    name: name.clone(),
+                                    status: Some(1),
+                                });
+                            }
+                            self.spawns.entry(name).or_default().push(self.t);
+                        }
+                        Action::Probe { name, id, .. } => queue.push_back(Event::ProbeResult {
+                            ok: up(&name, self.t),
+                            name,
+                            id,
+                        }),
+                        Action::Signal { name, .. } => {
+                            self.signalled.push(name.clone());
+                            queue.push_back(Event::Exited { name, status: None });
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+
+        fn run_until(
+            &mut self,
+            until: Millis,
+            up: &dyn Fn(&str, Millis) -> bool,
+            crashing: &[&str],
+        ) {
+            while self.t < until {
+                self.handle(Event::Tick, up, crashing);
+                self.t += 50;
+            }
+        }
+
+        fn first_spawn(&self, name: &str) -> Option<Millis> {
+            self.spawns.get(name).and_then(|v| v.first().copied())
+        }
+
+        fn ready_at(&self, name: &str) -> Millis {
+            self.s.get(name).and_then(|c| c.ready_at).unwrap()
+        }
+    }
+
+    /// Every component answers at once, but the apiserver only after 30 s (a cold start
+    /// under emulation).
+    fn slow_apiserver(name: &str, t: Millis) -> bool {
+        name != APISERVER || t >= 30_000
+    }
+
+    #[test]
+    fn the_node_starts_beside_the_control_plane() {
+        let mut sim = Sim::new(Startup::Parallel);
+        sim.run_until(60_000, &slow_apiserver, &[]);
+        assert!(sim.s.all_ready());
+        // containerd with etcd, the kubelet as soon as containerd is ready: both long
+        // before the apiserver is.
+        assert_eq!(sim.first_spawn(CONTAINERD), Some(0));
+        assert_eq!(sim.first_spawn(ETCD), Some(0));
+        let api_ready = sim.ready_at(APISERVER);
+        assert!(api_ready >= 30_000);
+        assert!(sim.ready_at(KUBELET) < api_ready, "{:?}", sim.spawns);
+        // What needs the API waits for it, kube-proxy included, and no longer.
+        for n in [CONTROLLER_MANAGER, SCHEDULER, KUBE_PROXY] {
+            assert_eq!(sim.first_spawn(n), Some(api_ready), "{n}");
+        }
+        assert!(sim.signalled.is_empty(), "{:?}", sim.signalled);
+    }
+
+    #[test]
+    fn serial_startup_keeps_the_single_chain() {
+        let mut sim = Sim::new(Startup::Serial);
+        sim.run_until(90_000, &slow_apiserver, &[]);
+        assert!(sim.s.all_ready());
+        let cp_ready = sim
+            .ready_at(CONTROLLER_MANAGER)
+            .max(sim.ready_at(SCHEDULER));
+        assert_eq!(sim.first_spawn(CONTAINERD), Some(cp_ready));
+        assert_eq!(sim.first_spawn(KUBELET), Some(sim.ready_at(CONTAINERD)));
+        assert_eq!(sim.first_spawn(KUBE_PROXY), Some(sim.ready_at(KUBELET)));
+        assert!(sim.first_spawn(CONTAINERD) > Some(sim.ready_at(APISERVER)));
+    }
+
+    #[test]
+    fn a_restart_reaches_only_what_depends_on_it() {
+        let mut sim = Sim::new(Startup::Parallel);
+        let up = |_: &str, _: Millis| true;
+        sim.run_until(20_000, &up, &[]);
+        assert!(sim.s.all_ready());
+        // etcd crashes: only etcd comes back (the apiserver reconnects by itself).
+        sim.handle(
+            Event::Exited {
+                name: ETCD.into(),
+                status: Some(137),
+            },
+            &up,
+            &[],
+        );
+        sim.run_until(30_000, &up, &[]);
+        assert!(sim.s.all_ready());
+        assert_eq!(sim.spawns[ETCD].len(), 2);
+        assert!(sim.spawns.iter().all(|(n, v)| n == ETCD || v.len() == 1));
+        // etcd's identity changes (new certificates): it and everything that talks to it
+        // through the apiserver restart; containerd and the kubelet do not.
+        sim.handle(Event::IdentityChanged { name: ETCD.into() }, &up, &[]);
+        sim.run_until(45_000, &up, &[]);
+        assert!(sim.s.all_ready());
+        let mut restarted = sim.signalled.clone();
+        restarted.sort();
+        assert_eq!(
+            restarted,
+            [ETCD, APISERVER, CONTROLLER_MANAGER, KUBE_PROXY, SCHEDULER]
+        );
+        assert_eq!(sim.spawns[CONTAINERD].len(), 1);
+        assert_eq!(sim.spawns[KUBELET].len(), 1);
+    }
+
+    #[test]
+    fn a_crash_looping_dependency_holds_back_only_its_dependents() {
+        let mut sim = Sim::new(Startup::Parallel);
+        sim.run_until(60_000, &|_, _| true, &[CONTAINERD]);
+        assert!(sim.spawns[CONTAINERD].len() >= 4, "{:?}", sim.spawns);
+        assert_eq!(sim.first_spawn(KUBELET), None);
+        for n in [ETCD, APISERVER, CONTROLLER_MANAGER, SCHEDULER, KUBE_PROXY] {
+            assert!(sim.s.get(n).is_some_and(|c| c.ready()), "{n}");
+            assert_eq!(sim.spawns[n].len(), 1, "{n}");
+        }
+        // And the other way round: a crash-looping etcd holds back the control plane and
+        // kube-proxy, while the kubelet runs.
+        let mut sim = Sim::new(Startup::Parallel);
+        sim.run_until(60_000, &|_, _| true, &[ETCD]);
+        assert!(sim.s.get(KUBELET).is_some_and(|c| c.ready()));
+        for n in [APISERVER, CONTROLLER_MANAGER, SCHEDULER, KUBE_PROXY] {
+            assert_eq!(sim.first_spawn(n), None, "{n}");
+        }
     }
 }

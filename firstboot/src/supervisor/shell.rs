@@ -25,6 +25,10 @@ pub struct CommandSpec {
     pub program: String,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The nice value it runs with until [`Supervisor::end_boot_priority`] (0: none): work
+    /// that is not on the boot's critical path yields the CPU to what is.
+    #[serde(default)]
+    pub boot_nice: i32,
 }
 
 /// A component: its machine spec, its command and (if any) its HTTP(S) probe.
@@ -130,6 +134,23 @@ impl Supervisor {
                 component: c,
             })
             .collect()
+    }
+
+    /// Ends the boot's priorities: every component started with a [`CommandSpec::boot_nice`]
+    /// runs at nice 0 from now on, the running processes (every thread) included.
+    pub fn end_boot_priority(&mut self) {
+        for (name, m) in self.managed.iter_mut() {
+            if m.command.boot_nice == 0 {
+                continue;
+            }
+            m.command.boot_nice = 0;
+            if let Some(pid) = self.pids.get(name) {
+                match renice_threads(*pid, 0) {
+                    Ok(n) => log::info!(target: "supervisor", "{name}: {n} threads at nice 0"),
+                    Err(e) => log::warn!(target: "supervisor", "{name}: renicing: {e}"),
+                }
+            }
+        }
     }
 
     /// Restarts `name` and its dependents (e.g. after its certificates changed).
@@ -338,7 +359,7 @@ impl Supervisor {
                 cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             }
         }
-        let mut child = cmd.spawn()?;
+        let mut child = spawn_niced(&mut cmd, m.command.boot_nice)?;
         let raw = i32::try_from(child.id()).map_err(|_| std::io::ErrorKind::InvalidData)?;
         let pid = Pid::from_raw(raw).ok_or(std::io::ErrorKind::InvalidData)?;
         if let Some(out) = child.stdout.take() {
@@ -353,6 +374,40 @@ impl Supervisor {
         self.pids.insert(name.to_string(), pid);
         Ok(())
     }
+}
+
+/// Spawns `cmd` with nice value `nice`. Linux keeps the nice value per thread and a child
+/// inherits its forking thread's: a short-lived thread sets its own and spawns, so neither
+/// the supervisor's own threads nor `unsafe` code are involved.
+fn spawn_niced(cmd: &mut Command, nice: i32) -> std::io::Result<std::process::Child> {
+    if nice == 0 {
+        return cmd.spawn();
+    }
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            rustix::process::setpriority_process(None, nice)?;
+            cmd.spawn()
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the spawning thread panicked")))
+    })
+}
+
+/// Sets the nice value of every thread of `pid` (a thread started meanwhile inherits its
+/// creator's); returns how many were set.
+pub fn renice_threads(pid: Pid, nice: i32) -> std::io::Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(format!("/proc/{}/task", pid.as_raw_nonzero()))? {
+        let tid = entry?.file_name().to_string_lossy().parse::<i32>().ok();
+        if let Some(tid) = tid.and_then(Pid::from_raw) {
+            match rustix::process::setpriority_process(Some(tid), nice) {
+                Ok(()) => n += 1,
+                Err(Errno::SRCH) => {} // the thread has just exited
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(n)
 }
 
 /// How often [`Supervisor::step`] reads the components' process states.
