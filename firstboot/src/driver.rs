@@ -22,7 +22,7 @@ use anyhow::Context as _;
 use crate::k8s::files::{self, GeneratedFile};
 use crate::k8s::{addons, components, ClusterParams, K8sError};
 use crate::pki::{Pki, Secrets};
-use crate::supervisor::{Managed, Supervisor};
+use crate::supervisor::{HttpProbe, Managed, Supervisor, TlsProbe};
 
 /// Where the addon list is written (in the profile's config directory).
 pub const ADDONS_FILE: &str = "addons.json";
@@ -341,29 +341,53 @@ struct Flags {
     checks: Arc<Mutex<Checks>>,
 }
 
-/// `kubectl --kubeconfig PKI/KUBECONFIG ARGS`'s trimmed stdout when it succeeds.
-fn kubectl(p: &ClusterParams, kubeconfig: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(p.paths.binary("kubectl"))
-        .arg("--kubeconfig")
-        .arg(p.paths.pki_file(kubeconfig))
-        .arg("--request-timeout=10s")
-        .args(args)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+/// The node's own reads of the API, in process: GETs as the super-admin (its local
+/// break-glass credentials: the admin kubeconfig's RBAC binding is one of the addons, and
+/// node Ready must not wait for them). A kubectl run costs seconds of CPU on an emulated
+/// node, and the checks ask every second; a GET costs milliseconds.
+struct Api(HttpProbe);
+
+impl Api {
+    fn new(p: &ClusterParams) -> Result<Api, crate::supervisor::probe::ProbeError> {
+        let pki = |rel: &str| p.paths.pki_file(rel);
+        let tls = TlsProbe {
+            ca: pki("ca.crt"),
+            client: Some((pki("super-admin.crt"), pki("super-admin.key"))),
+        };
+        HttpProbe::from_url(&format!("{}/", p.server_url()), Some(tls)).map(Api)
+    }
+
+    /// The object at `path`, when the API answers 200 with JSON.
+    fn get(&self, path: &str) -> Option<serde_json::Value> {
+        match self.0.fetch(path, Duration::from_secs(10), 4 << 20) {
+            Ok((200, body)) => serde_json::from_slice(&body).ok(),
+            Ok((status, _)) => {
+                log::debug!("GET {path}: {status}");
+                None
+            }
+            Err(e) => {
+                log::debug!("GET {path}: {e}");
+                None
+            }
+        }
+    }
 }
 
-/// Whether `kubectl`'s "<Ready status> <lastHeartbeatTime>" says Ready with a heartbeat at
-/// or after `since` (unix seconds; a few seconds of slack for clock granularity).
-pub fn ready_since(reply: &str, since: u64) -> bool {
-    let mut it = reply.split_whitespace();
-    it.next() == Some("True")
-        && it
-            .next()
-            .and_then(crate::utc::parse)
-            .is_some_and(|t| t + 5 >= since)
+/// Whether a Node object says Ready with a heartbeat at or after `since` (unix seconds; a
+/// few seconds of slack for clock granularity).
+pub fn ready_since(node: &serde_json::Value, since: u64) -> bool {
+    node["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "Ready")
+        .is_some_and(|c| {
+            c["status"] == "True"
+                && c["lastHeartbeatTime"]
+                    .as_str()
+                    .and_then(crate::utc::parse)
+                    .is_some_and(|t| t + 5 >= since)
+        })
 }
 
 /// Sets the calling thread's nice value (Linux keeps it per thread; the processes the
@@ -383,6 +407,13 @@ fn checker(p: &ClusterParams, node_checks: bool, flags: &Flags, done: &Arc<Atomi
     // A node object left from before a reboot still says Ready until its lease runs out:
     // only a heartbeat from this boot's kubelet counts.
     let started_unix = crate::status::unix_ms() / 1000;
+    let api = match node_checks.then(|| Api::new(p)).transpose() {
+        Ok(api) => api,
+        Err(e) => {
+            log::warn!("no API client for the node checks: {e}");
+            None
+        }
+    };
     let applied = Arc::new(AtomicBool::new(false));
     {
         let (p, applied, done) = (p.clone(), Arc::clone(&applied), Arc::clone(done));
@@ -422,42 +453,13 @@ fn checker(p: &ClusterParams, node_checks: bool, flags: &Flags, done: &Arc<Atomi
         });
     }
     while !done.load(Ordering::SeqCst) {
-        if node_checks && flags.apiserver.load(Ordering::SeqCst) {
-            // The node's own reads use its local break-glass credentials: the admin
-            // kubeconfig's RBAC binding is one of the addons, and node Ready must not
-            // wait for them.
-            let ready = kubectl(
-                p,
-                "super-admin.conf",
-                &[
-                    "get",
-                    "node",
-                    p.hostname.as_str(),
-                    "-o",
-                    "jsonpath={.status.conditions[?(@.type==\"Ready\")].status} \
-                     {.status.conditions[?(@.type==\"Ready\")].lastHeartbeatTime}",
-                ],
-            );
-            c.node_ready = ready
-                .as_deref()
-                .is_some_and(|r| ready_since(r, started_unix));
+        if let (true, Some(api)) = (flags.apiserver.load(Ordering::SeqCst), &api) {
+            let node = api.get(&format!("/api/v1/nodes/{}", p.hostname));
+            c.node_ready = node.is_some_and(|n| ready_since(&n, started_unix));
             if c.node_ready {
-                let dns = kubectl(
-                    p,
-                    "super-admin.conf",
-                    &[
-                        "-n",
-                        "kube-system",
-                        "get",
-                        "deployment",
-                        "coredns",
-                        "-o",
-                        "jsonpath={.status.readyReplicas}",
-                    ],
-                );
-                c.coredns_ready = dns
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .is_some_and(|n| n > 0);
+                let dns = api.get("/apis/apps/v1/namespaces/kube-system/deployments/coredns");
+                c.coredns_ready =
+                    dns.is_some_and(|d| d["status"]["readyReplicas"].as_u64().unwrap_or(0) > 0);
             }
         }
         c.addons_applied = applied.load(Ordering::SeqCst);
@@ -466,9 +468,9 @@ fn checker(p: &ClusterParams, node_checks: bool, flags: &Flags, done: &Arc<Atomi
             *shared = c.clone();
         }
         // Naps of half a second, so the first round follows the apiserver's readiness
-        // closely; otherwise a round every 2 s.
+        // closely; otherwise a round every second.
         let api_before = flags.apiserver.load(Ordering::SeqCst);
-        for _ in 0..4 {
+        for _ in 0..2 {
             if done.load(Ordering::SeqCst)
                 || (!api_before && flags.apiserver.load(Ordering::SeqCst))
             {
@@ -612,9 +614,17 @@ mod tests {
     #[test]
     fn only_a_heartbeat_from_this_boot_counts_as_ready() {
         let since = crate::utc::parse("2026-11-27T16:30:00Z").unwrap();
-        assert!(ready_since("True 2026-11-27T16:31:10Z", since));
-        assert!(!ready_since("True 2026-11-27T16:20:00Z", since));
-        assert!(!ready_since("False 2026-11-27T16:31:10Z", since));
-        assert!(!ready_since("True", since));
+        let node = |status: &str, beat: &str| {
+            serde_json::json!({"status": {"conditions": [
+                {"type": "MemoryPressure", "status": "False",
+                 "lastHeartbeatTime": "2026-11-27T16:31:10Z"},
+                {"type": "Ready", "status": status, "lastHeartbeatTime": beat},
+            ]}})
+        };
+        assert!(ready_since(&node("True", "2026-11-27T16:31:10Z"), since));
+        assert!(!ready_since(&node("True", "2026-11-27T16:20:00Z"), since));
+        assert!(!ready_since(&node("False", "2026-11-27T16:31:10Z"), since));
+        assert!(!ready_since(&node("True", "not a time"), since));
+        assert!(!ready_since(&serde_json::json!({"status": {}}), since));
     }
 }

@@ -107,6 +107,69 @@ impl HttpProbe {
 
     fn get(&self, path: &str, deadline: Instant) -> Result<(), ProbeError> {
         let url = self.url(path);
+        let head = self.exchange(path, deadline, None)?;
+        let status_line =
+            String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default())
+                .trim_end()
+                .to_string();
+        let mut parts = status_line.split_whitespace();
+        match (parts.next(), parts.next()) {
+            (Some(v), Some("200")) if v.starts_with("HTTP/1.") => Ok(()),
+            _ => Err(ProbeError::Status(url, status_line)),
+        }
+    }
+
+    /// GETs `path` on the probe's server (its TLS settings and client certificate) and
+    /// returns the status code and the body (at most `max_body` bytes), all within
+    /// `timeout`. An HTTP/1.0 request: the server sends the body whole and closes.
+    pub fn fetch(
+        &self,
+        path: &str,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<(u16, Vec<u8>), ProbeError> {
+        let url = self.url(path);
+        let deadline = Instant::now() + timeout;
+        let response = self.exchange(path, deadline, Some(max_body))?;
+        let bad = |why: &str| ProbeError::Status(url.clone(), why.to_string());
+        let split = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| bad("no end of headers"))?;
+        let head = String::from_utf8_lossy(&response[..split]);
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| {
+                let mut parts = l.split_whitespace();
+                parts.next().filter(|v| v.starts_with("HTTP/1."))?;
+                parts.next()?.parse::<u16>().ok()
+            })
+            .ok_or_else(|| bad("no status line"))?;
+        let mut body = response[split + 4..].to_vec();
+        let length = lines.find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse::<usize>().ok())?
+        });
+        if let Some(n) = length {
+            if body.len() < n {
+                return Err(bad("body shorter than its Content-Length"));
+            }
+            body.truncate(n);
+        }
+        Ok((status, body))
+    }
+
+    /// Connects, sends a GET of `path`, and reads: the first line only (`body_cap` None: a
+    /// probe), or the whole response up to `body_cap` bytes past the headers.
+    fn exchange(
+        &self,
+        path: &str,
+        deadline: Instant,
+        body_cap: Option<usize>,
+    ) -> Result<Vec<u8>, ProbeError> {
+        let url = self.url(path);
         let timeout = deadline
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1));
@@ -123,48 +186,68 @@ impl HttpProbe {
         let io = |e| ProbeError::Io(url.clone(), e);
         tcp.set_read_timeout(Some(remaining)).map_err(io)?;
         tcp.set_write_timeout(Some(remaining)).map_err(io)?;
+        let version = if body_cap.is_some() { "1.0" } else { "1.1" };
         let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: kiln-firstboot\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+            "GET {path} HTTP/{version}\r\nHost: {}\r\nUser-Agent: kiln-firstboot\r\nAccept: application/json, */*\r\nConnection: close\r\n\r\n",
             self.host
         );
-        let head = match &self.tls {
-            None => exchange(tcp, &request, deadline),
+        match &self.tls {
+            None => exchange(tcp, &request, deadline, body_cap),
             Some(tls) => {
                 let config = client_config(tls, &url)?;
                 let name = ServerName::try_from(self.host.clone())
                     .map_err(|e| ProbeError::Config(url.clone(), e.to_string()))?;
                 let conn = rustls::ClientConnection::new(config, name)
                     .map_err(|e| ProbeError::Config(url.clone(), e.to_string()))?;
-                exchange(rustls::StreamOwned::new(conn, tcp), &request, deadline)
+                exchange(
+                    rustls::StreamOwned::new(conn, tcp),
+                    &request,
+                    deadline,
+                    body_cap,
+                )
             }
         }
-        .map_err(io)?;
-        let status_line = head.lines().next().unwrap_or_default().to_string();
-        let mut parts = status_line.split_whitespace();
-        match (parts.next(), parts.next()) {
-            (Some(v), Some("200")) if v.starts_with("HTTP/1.") => Ok(()),
-            _ => Err(ProbeError::Status(url, status_line)),
-        }
+        .map_err(io)
     }
 }
 
-/// Sends the request and reads until the end of the status line (at most 4 KiB).
-fn exchange(mut s: impl Read + Write, request: &str, deadline: Instant) -> std::io::Result<String> {
+/// Sends the request and reads until the end of the status line (at most 4 KiB), or with
+/// `body_cap` until the server closes (the headers and at most `body_cap` bytes more; a TLS
+/// peer that closes without close_notify ends the response too).
+fn exchange(
+    mut s: impl Read + Write,
+    request: &str,
+    deadline: Instant,
+    body_cap: Option<usize>,
+) -> std::io::Result<Vec<u8>> {
     s.write_all(request.as_bytes())?;
     s.flush()?;
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.contains(&b'\n') && buf.len() < 4096 {
+    let mut chunk = [0u8; 8192];
+    let limit = body_cap.map_or(4096, |cap| cap.saturating_add(16 * 1024));
+    loop {
+        if body_cap.is_none() && buf.contains(&b'\n') {
+            break;
+        }
+        if buf.len() > limit {
+            return Err(std::io::Error::other(format!(
+                "response larger than {limit} bytes"
+            )));
+        }
         if Instant::now() >= deadline {
             return Err(std::io::ErrorKind::TimedOut.into());
         }
-        let n = s.read(&mut chunk)?;
+        let n = match s.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !buf.is_empty() => 0,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
+    Ok(buf)
 }
 
 fn client_config(tls: &TlsProbe, url: &str) -> Result<Arc<rustls::ClientConfig>, ProbeError> {
@@ -250,6 +333,60 @@ mod tests {
         ));
         p.check(Duration::from_secs(5)).unwrap();
         server.join().unwrap();
+    }
+
+    #[test]
+    fn fetch_returns_the_status_and_the_body() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            let big = format!("HTTP/1.1 200 OK\r\n\r\n{}", "x".repeat(20_000));
+            for answer in [
+                // Until the server closes; then cut at its Content-Length.
+                "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"a\": 1}",
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n{}trailing",
+                "HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}",
+                big.as_str(),
+            ] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).unwrap();
+                asked.push(
+                    String::from_utf8_lossy(&buf[..n])
+                        .lines()
+                        .next()
+                        .unwrap()
+                        .to_string(),
+                );
+                s.write_all(answer.as_bytes()).unwrap();
+            }
+            asked
+        });
+        let p = HttpProbe::from_url(&format!("http://127.0.0.1:{port}/"), None).unwrap();
+        let t = Duration::from_secs(5);
+        let (status, body) = p.fetch("/api/v1/nodes/n1", t, 1024).unwrap();
+        assert_eq!((status, body.as_slice()), (200, br#"{"a": 1}"#.as_slice()));
+        let (status, body) = p.fetch("/x", t, 1024).unwrap();
+        assert_eq!((status, body.as_slice()), (404, b"{}".as_slice()));
+        // A body cut short is an error, not a short document.
+        assert!(p.fetch("/x", t, 1024).is_err());
+        // So is one over the cap (the headers get 16 KiB of their own).
+        let e = p.fetch("/x", t, 1024).unwrap_err();
+        let why = std::error::Error::source(&e).map(|s| s.to_string());
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("larger than")),
+            "{why:?}"
+        );
+        assert_eq!(
+            server.join().unwrap(),
+            [
+                "GET /api/v1/nodes/n1 HTTP/1.0",
+                "GET /x HTTP/1.0",
+                "GET /x HTTP/1.0",
+                "GET /x HTTP/1.0"
+            ]
+        );
     }
 
     #[test]
