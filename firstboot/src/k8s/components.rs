@@ -314,7 +314,7 @@ pub fn control_plane(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
 /// The nice value of containerd and the kubelet (and the baked images' import) while they
 /// start beside the control plane: on a machine of few cores the apiserver's start is the
 /// boot's critical path, and they take only the CPU it leaves; nice 0 once it is ready.
-pub const BOOT_NICE: i32 = 10;
+pub const BOOT_NICE: i32 = 19;
 
 /// How the node's components start.
 struct NodeStart {
