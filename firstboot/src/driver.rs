@@ -357,6 +357,32 @@ impl Api {
         HttpProbe::from_url(&format!("{}/", p.server_url()), Some(tls)).map(Api)
     }
 
+    /// Server-side applies `binding` (a ClusterRoleBinding) as field manager `kiln`, the
+    /// manager the addons' kubectl apply uses too.
+    fn apply_binding(&self, binding: &serde_json::Value) -> Result<(), String> {
+        let name = binding["metadata"]["name"]
+            .as_str()
+            .ok_or("a binding without a name")?;
+        let path = format!(
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}?fieldManager=kiln&force=true"
+        );
+        let body = binding.to_string();
+        match self.0.send(
+            "PATCH",
+            &path,
+            Some(("application/apply-patch+yaml", body.as_bytes())),
+            Duration::from_secs(10),
+            1 << 20,
+        ) {
+            Ok((200 | 201, _)) => Ok(()),
+            Ok((status, body)) => Err(format!(
+                "PATCH {path}: {status} {}",
+                String::from_utf8_lossy(&body)
+            )),
+            Err(e) => Err(format!("PATCH {path}: {e}")),
+        }
+    }
+
     /// The object at `path`, when the API answers 200 with JSON.
     fn get(&self, path: &str) -> Option<serde_json::Value> {
         match self.0.fetch(path, Duration::from_secs(10), 4 << 20) {
@@ -407,18 +433,23 @@ fn checker(p: &ClusterParams, node_checks: bool, flags: &Flags, done: &Arc<Atomi
     // A node object left from before a reboot still says Ready until its lease runs out:
     // only a heartbeat from this boot's kubelet counts.
     let started_unix = crate::status::unix_ms() / 1000;
-    let api = match node_checks.then(|| Api::new(p)).transpose() {
-        Ok(api) => api,
+    let api = match Api::new(p) {
+        Ok(api) => Some(Arc::new(api)),
         Err(e) => {
             log::warn!("no API client for the node checks: {e}");
             None
         }
     };
     let applied = Arc::new(AtomicBool::new(false));
+    let bound = Arc::new(AtomicBool::new(false));
     {
-        let (p, applied, done) = (p.clone(), Arc::clone(&applied), Arc::clone(done));
+        let (p, done) = (p.clone(), Arc::clone(done));
+        let (applied, bound) = (Arc::clone(&applied), Arc::clone(&bound));
         let apiserver = Arc::clone(&flags.apiserver);
-        std::thread::spawn(move || apply_addons(&p, &apiserver, &applied, &done));
+        let api = api.clone();
+        std::thread::spawn(move || {
+            apply_addons(&p, api.as_deref(), &apiserver, &bound, &applied, &done)
+        });
     }
     // Importing the baked images takes tens of seconds on an emulated node.
     let imported: Arc<Mutex<Option<String>>> = Arc::default();
@@ -453,7 +484,9 @@ fn checker(p: &ClusterParams, node_checks: bool, flags: &Flags, done: &Arc<Atomi
         });
     }
     while !done.load(Ordering::SeqCst) {
-        if let (true, Some(api)) = (flags.apiserver.load(Ordering::SeqCst), &api) {
+        // Node Ready is told once the admin can use it: after the RBAC bindings.
+        let usable = flags.apiserver.load(Ordering::SeqCst) && bound.load(Ordering::SeqCst);
+        if let (true, true, Some(api)) = (node_checks, usable, &api) {
             let node = api.get(&format!("/api/v1/nodes/{}", p.hostname));
             c.node_ready = node.is_some_and(|n| ready_since(&n, started_unix));
             if c.node_ready {
@@ -481,40 +514,63 @@ fn checker(p: &ClusterParams, node_checks: bool, flags: &Flags, done: &Arc<Atomi
     }
 }
 
-/// Applies the addon list once the apiserver is ready, trying again until it succeeds.
+/// Once the apiserver is ready: the RBAC bindings (the admin's, the apiserver's towards the
+/// kubelets) applied in process, which takes milliseconds, so the admin can use the node as
+/// soon as it is told Ready (`bound`); then the whole addon list with kubectl, which takes
+/// seconds of CPU (`applied`). Each is tried again until it succeeds.
 fn apply_addons(
     p: &ClusterParams,
+    api: Option<&Api>,
     apiserver: &AtomicBool,
+    bound: &AtomicBool,
     applied: &AtomicBool,
     done: &AtomicBool,
 ) {
     let kubectl_bin = p.paths.binary("kubectl");
-    if !kubectl_bin.is_file() {
-        log::warn!(
-            "no {}: addons (admin RBAC binding, CoreDNS) not applied",
-            kubectl_bin.display()
-        );
-        return;
-    }
     let addons_path = p.paths.config_file(ADDONS_FILE);
-    while !done.load(Ordering::SeqCst) {
-        if apiserver.load(Ordering::SeqCst) {
+    let bindings = crate::pki::rbac_bindings_json();
+    let mut warned = false;
+    while !done.load(Ordering::SeqCst) && !applied.load(Ordering::SeqCst) {
+        if !apiserver.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(500));
+            continue;
+        }
+        if !bound.load(Ordering::SeqCst) {
+            if let Some(api) = api {
+                let items = bindings["items"].as_array().into_iter().flatten();
+                match items.into_iter().try_for_each(|b| api.apply_binding(b)) {
+                    Ok(()) => bound.store(true, Ordering::SeqCst),
+                    Err(e) => log::warn!("applying the RBAC bindings: {e}"),
+                }
+            }
+        }
+        if !kubectl_bin.is_file() {
+            if !warned {
+                warned = true;
+                log::warn!(
+                    "no {}: the addons (CoreDNS) not applied",
+                    kubectl_bin.display()
+                );
+            }
+            if bound.load(Ordering::SeqCst) {
+                return;
+            }
+        } else {
             match apply_with_kubectl(
                 &kubectl_bin,
                 &p.paths.pki_file("super-admin.conf"),
                 &addons_path,
             ) {
                 Ok(()) => {
+                    // The list holds the bindings too.
+                    bound.store(true, Ordering::SeqCst);
                     applied.store(true, Ordering::SeqCst);
                     return;
                 }
-                Err(e) => {
-                    log::warn!("applying addons: {e:#}");
-                    std::thread::sleep(Duration::from_secs(2));
-                }
+                Err(e) => log::warn!("applying addons: {e:#}"),
             }
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_secs(2));
     }
 }
 

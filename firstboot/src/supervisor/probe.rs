@@ -107,7 +107,7 @@ impl HttpProbe {
 
     fn get(&self, path: &str, deadline: Instant) -> Result<(), ProbeError> {
         let url = self.url(path);
-        let head = self.exchange(path, deadline, None)?;
+        let head = self.exchange("GET", path, None, deadline, None)?;
         let status_line =
             String::from_utf8_lossy(head.split(|b| *b == b'\n').next().unwrap_or_default())
                 .trim_end()
@@ -128,9 +128,21 @@ impl HttpProbe {
         timeout: Duration,
         max_body: usize,
     ) -> Result<(u16, Vec<u8>), ProbeError> {
+        self.send("GET", path, None, timeout, max_body)
+    }
+
+    /// As [`HttpProbe::fetch`], with any method and, if given, a body with its content type.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Result<(u16, Vec<u8>), ProbeError> {
         let url = self.url(path);
         let deadline = Instant::now() + timeout;
-        let response = self.exchange(path, deadline, Some(max_body))?;
+        let response = self.exchange(method, path, body, deadline, Some(max_body))?;
         let bad = |why: &str| ProbeError::Status(url.clone(), why.to_string());
         let split = response
             .windows(4)
@@ -161,11 +173,14 @@ impl HttpProbe {
         Ok((status, body))
     }
 
-    /// Connects, sends a GET of `path`, and reads: the first line only (`body_cap` None: a
-    /// probe), or the whole response up to `body_cap` bytes past the headers.
+    /// Connects, sends `method path` (with the body, if any), and reads: the first line
+    /// only (`body_cap` None: a probe), or the whole response up to `body_cap` bytes past
+    /// the headers.
     fn exchange(
         &self,
+        method: &str,
         path: &str,
+        body: Option<(&str, &[u8])>,
         deadline: Instant,
         body_cap: Option<usize>,
     ) -> Result<Vec<u8>, ProbeError> {
@@ -187,10 +202,21 @@ impl HttpProbe {
         tcp.set_read_timeout(Some(remaining)).map_err(io)?;
         tcp.set_write_timeout(Some(remaining)).map_err(io)?;
         let version = if body_cap.is_some() { "1.0" } else { "1.1" };
-        let request = format!(
-            "GET {path} HTTP/{version}\r\nHost: {}\r\nUser-Agent: kiln-firstboot\r\nAccept: application/json, */*\r\nConnection: close\r\n\r\n",
+        let content = match body {
+            Some((kind, bytes)) => format!(
+                "Content-Type: {kind}\r\nContent-Length: {}\r\n",
+                bytes.len()
+            ),
+            None => String::new(),
+        };
+        let mut request = format!(
+            "{method} {path} HTTP/{version}\r\nHost: {}\r\nUser-Agent: kiln-firstboot\r\nAccept: application/json, */*\r\n{content}Connection: close\r\n\r\n",
             self.host
-        );
+        )
+        .into_bytes();
+        if let Some((_, bytes)) = body {
+            request.extend_from_slice(bytes);
+        }
         match &self.tls {
             None => exchange(tcp, &request, deadline, body_cap),
             Some(tls) => {
@@ -216,11 +242,11 @@ impl HttpProbe {
 /// peer that closes without close_notify ends the response too).
 fn exchange(
     mut s: impl Read + Write,
-    request: &str,
+    request: &[u8],
     deadline: Instant,
     body_cap: Option<usize>,
 ) -> std::io::Result<Vec<u8>> {
-    s.write_all(request.as_bytes())?;
+    s.write_all(request)?;
     s.flush()?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -387,6 +413,43 @@ mod tests {
                 "GET /x HTTP/1.0"
             ]
         );
+    }
+
+    #[test]
+    fn send_carries_the_method_and_the_body() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            while !String::from_utf8_lossy(&got).ends_with("{\"k\":1}") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            s.write_all(b"HTTP/1.0 201 Created\r\n\r\n{}").unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        let p = HttpProbe::from_url(&format!("http://127.0.0.1:{port}/"), None).unwrap();
+        let body = br#"{"k":1}"#;
+        let (status, _) = p
+            .send(
+                "PATCH",
+                "/o?force=true",
+                Some(("application/apply-patch+yaml", body)),
+                Duration::from_secs(5),
+                64,
+            )
+            .unwrap();
+        assert_eq!(status, 201);
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("PATCH /o?force=true HTTP/1.0\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("\r\nContent-Type: application/apply-patch+yaml\r\n"));
+        assert!(request.contains("\r\nContent-Length: 7\r\n"), "{request}");
     }
 
     #[test]
