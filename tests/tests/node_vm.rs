@@ -558,6 +558,9 @@ fn single_node_cluster_in_qemu() {
     if !node.node_ready() {
         node.fail("the API does not say the node is Ready");
     }
+    // Node Ready comes before the addons (the admin's RBAC binding does not): CoreDNS is
+    // the node's own later milestone, then the API must agree.
+    node.wait_console("kiln: coredns ready", Duration::from_secs(900));
     node.ok(&[
         "-n",
         "kube-system",
