@@ -274,16 +274,14 @@ pub fn import_all(dir: &Path, ctr: &Ctr, run: &dyn Run) -> Result<ImportReport, 
     if paths.is_empty() {
         return Ok(report);
     }
+    let mut steps = Vec::new();
     let mut timed = |what: String, args: Vec<String>| {
         let t0 = std::time::Instant::now();
         let out = run.run(&ctr.program, &args);
-        report.steps.push((what, t0.elapsed()));
+        steps.push((what, t0.elapsed()));
         out
     };
     let present = parse_ls(&timed("ls".into(), ctr.list_args())?);
-    let mut imported = Vec::new();
-    let mut pinned = Vec::new();
-    let mut unchanged = Vec::new();
     for path in paths {
         let read_err = |source| ImagesError::Read {
             path: path.clone(),
@@ -301,20 +299,18 @@ pub fn import_all(dir: &Path, ctr: &Ctr, run: &dyn Run) -> Result<ImportReport, 
         if !named.iter().all(|(r, d)| current(r, d)) {
             let file = path.file_name().unwrap_or_default().to_string_lossy();
             timed(format!("import {file}"), ctr.import_args(&path))?;
-            imported.extend(named.iter().map(|(r, _)| r.clone()));
+            report.imported.extend(named.iter().map(|(r, _)| r.clone()));
         }
         for (reference, digest) in &named {
             if current(reference, digest) && present.get(reference).is_some_and(|l| l.pinned) {
-                unchanged.push(reference.clone());
+                report.unchanged.push(reference.clone());
                 continue;
             }
             timed(format!("pin {reference}"), ctr.pin_args(reference))?;
-            pinned.push(reference.clone());
+            report.pinned.push(reference.clone());
         }
     }
-    report.imported = imported;
-    report.pinned = pinned;
-    report.unchanged = unchanged;
+    report.steps = steps;
     Ok(report)
 }
 

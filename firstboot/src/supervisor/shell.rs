@@ -395,7 +395,7 @@ fn spawn_niced(cmd: &mut Command, nice: i32) -> std::io::Result<std::process::Ch
 
 /// Sets the nice value of every thread of `pid` (a thread started meanwhile inherits its
 /// creator's); returns how many were set.
-pub fn renice_threads(pid: Pid, nice: i32) -> std::io::Result<usize> {
+fn renice_threads(pid: Pid, nice: i32) -> std::io::Result<usize> {
     let mut n = 0;
     for entry in std::fs::read_dir(format!("/proc/{}/task", pid.as_raw_nonzero()))? {
         let tid = entry?.file_name().to_string_lossy().parse::<i32>().ok();
