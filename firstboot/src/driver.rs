@@ -39,6 +39,10 @@ pub struct Profile<'a> {
     pub node_checks: bool,
     /// Each component's output to the journal under its own name (node mode).
     pub journal: bool,
+    /// Take over the components an earlier run left running (node mode: firstboot
+    /// restarted by systemd after a crash or a watchdog kill). Only with `journal`: a
+    /// component whose output came through the earlier run's pipes would die writing to it.
+    pub adopt: bool,
     /// How long the components get to stop before SIGKILL.
     pub shutdown_grace: Duration,
 }
@@ -55,6 +59,7 @@ impl<'a> Profile<'a> {
             secrets: None,
             node_checks: false,
             journal: false,
+            adopt: false,
             shutdown_grace: Duration::from_secs(60),
         })
     }
@@ -71,6 +76,7 @@ impl<'a> Profile<'a> {
             secrets,
             node_checks: true,
             journal: true,
+            adopt: true,
             shutdown_grace: Duration::from_secs(30),
         })
     }
@@ -99,6 +105,8 @@ pub enum Event {
     Configured {
         pki_written: usize,
     },
+    /// Components left running by an earlier run, now supervised by this one: name, pid.
+    Adopted(Vec<(String, i32)>),
     ComponentReady(String),
     /// Every component is ready (for the first time).
     AllReady,
@@ -224,6 +232,11 @@ pub fn run(profile: Profile, hooks: &mut dyn Hooks, stop: &AtomicBool) -> anyhow
     write_files(&profile.files)?;
     let mut sup = Supervisor::new(profile.components).context("setting up the supervisor")?;
     sup.journal = profile.journal;
+    let adopted = if profile.adopt && profile.journal {
+        sup.adopt_running()
+    } else {
+        Vec::new()
+    };
     let deps: Vec<(String, Vec<String>)> = sup
         .state()
         .components
@@ -247,6 +260,9 @@ pub fn run(profile: Profile, hooks: &mut dyn Hooks, stop: &AtomicBool) -> anyhow
         },
         &run_view!(),
     );
+    if !adopted.is_empty() {
+        hooks.event(&Event::Adopted(adopted), &run_view!());
+    }
 
     let flags = Flags::default();
     let checks_done = Arc::new(AtomicBool::new(false));

@@ -216,6 +216,17 @@ impl Hooks for NodeHooks<'_, '_> {
                 self.st.phase("configured", configured);
                 self.save();
             }
+            Event::Adopted(running) => {
+                let list: Vec<String> = running
+                    .iter()
+                    .map(|(name, pid)| format!("{name} (pid {pid})"))
+                    .collect();
+                say(&format!(
+                    "kiln: adopted {} running components: {}",
+                    list.len(),
+                    list.join(", ")
+                ));
+            }
             Event::ComponentReady(name) => {
                 self.phase(&format!("{name}-ready"), &format!("kiln: {name} ready"));
                 self.save();

@@ -10,7 +10,8 @@ fn unit_declares_the_contract() {
         "Type=notify",
         "ExecStart=/usr/bin/firstboot agent",
         "Restart=always",
-        "WatchdogSec=30",
+        "WatchdogSec=10",
+        "KillMode=process",
         "WantedBy=multi-user.target",
     ] {
         assert!(UNIT.lines().any(|l| l == line), "missing {line}");

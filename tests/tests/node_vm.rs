@@ -474,6 +474,72 @@ fn heal(node: &Node, comp: &'static str, how: Disruption) -> Healed {
     healed
 }
 
+/// systemd's restart delay and watchdog for firstboot (firstboot.service).
+const FIRSTBOOT_RESTART_SEC: u64 = 2;
+const FIRSTBOOT_WATCHDOG_SEC: u64 = 10;
+
+/// Breaks firstboot itself the way `how` says (kill -9, or SIGSTOP: a hang its watchdog
+/// must see) and waits until a new firstboot runs and has adopted every component: the same
+/// pids, each ready again. Returns ms from the signal until the new firstboot adopted them.
+fn firstboot_restart(node: &Node, how: Disruption) -> u64 {
+    let main_pid = || -> Option<i64> {
+        let o = node.host_sh("systemctl show -p MainPID --value firstboot.service");
+        String::from_utf8_lossy(&o.stdout).trim().parse().ok()
+    };
+    let old = main_pid()
+        .filter(|p| *p > 0)
+        .unwrap_or_else(|| node.fail("no firstboot main pid"));
+    let pids: Vec<Option<i64>> = COMPONENTS.iter().map(|c| node.component(c).pid()).collect();
+    assert!(pids.iter().all(Option::is_some), "{pids:?}");
+    node.host_ok(&how.script(old));
+    let (signal_ms, adopted_ms) = node.eventually(
+        &format!("a new firstboot adopting every component after {how} of firstboot"),
+        Duration::from_secs(300),
+        || {
+            let signal = node.host_sh("cat /run/kiln-test-signal");
+            let up: f64 = String::from_utf8_lossy(&signal.stdout)
+                .trim()
+                .parse()
+                .ok()?;
+            let signal_ms = (up * 1000.0) as u64;
+            main_pid().filter(|p| *p > 0 && *p != old)?;
+            let mut adopted = 0;
+            for (comp, pid) in COMPONENTS.iter().zip(&pids) {
+                let now = node.try_component(comp)?;
+                let at = now.ms("adopted_at_ms").filter(|t| *t > signal_ms)?;
+                if now.pid() != *pid || now.0["ready"] != true {
+                    return None;
+                }
+                adopted = adopted.max(at);
+            }
+            Some((signal_ms, adopted))
+        },
+    );
+    let took = adopted_ms - signal_ms;
+    // kill -9: systemd's restart delay; SIGSTOP: the watchdog's timeout first. Then the new
+    // firstboot's own start (stage 2 again, the PKI checked, the files compared).
+    let bound = 1000
+        * match how {
+            Disruption::Stop => FIRSTBOOT_WATCHDOG_SEC + FIRSTBOOT_RESTART_SEC + 10,
+            _ => FIRSTBOOT_RESTART_SEC + 10,
+        };
+    assert!(
+        took <= bound,
+        "firstboot after {how}: adopted after {took} ms"
+    );
+    node.eventually(
+        &format!("the node Ready after {how} of firstboot"),
+        Duration::from_secs(300),
+        || node.node_ready().then_some(()),
+    );
+    let console = node.console();
+    assert!(
+        console.contains("kiln: adopted 7 running components"),
+        "no adoption line on the console"
+    );
+    took
+}
+
 /// Each component's first spawn and first readiness (ms since the kernel started) from the
 /// last timeline firstboot printed on the console (`kiln: timeline {json}`).
 fn timeline_spans(console: &str) -> std::collections::BTreeMap<String, (u64, Option<u64>)> {
@@ -895,18 +961,30 @@ spec:
     let tsv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node_vm-heal.tsv");
     std::fs::write(&tsv, &table).unwrap();
 
+    // firstboot itself killed and hung: systemd restarts it (the watchdog kills the hung
+    // one), and the new firstboot adopts the running components instead of restarting the
+    // node: the same pids, each ready, the node Ready, the workloads untouched.
+    for how in [Disruption::Kill, Disruption::Stop] {
+        let took = firstboot_restart(&node, how);
+        eprintln!("firstboot after {how}: every component adopted {took} ms after the signal");
+        assert_eq!(
+            web_pods(),
+            pods_before,
+            "workloads disturbed by {how} of firstboot"
+        );
+    }
+
     // Reboot through systemd: the node comes back under the same name with the same PKI
     // (this kubeconfig still works), etcd's data (the Secret decrypts with the key of the
     // first boot) and its workloads.
     let ca_before =
         node.host_ok("sha256sum /var/lib/kiln/pki/ca.crt /var/lib/kiln/pki/apiserver.crt");
+    // Each firstboot run tells node Ready once (the restarted ones above too).
+    let ready_line = format!("kiln: node {HOSTNAME} Ready");
+    let ready_lines = node.console().matches(&ready_line).count();
     let _ = node.host_sh("systemctl reboot");
     let rebooted = Instant::now();
-    node.wait_console_count(
-        &format!("kiln: node {HOSTNAME} Ready"),
-        2,
-        Duration::from_secs(1200),
-    );
+    node.wait_console_count(&ready_line, ready_lines + 1, Duration::from_secs(1200));
     eprintln!("node Ready {:.0?} after the reboot", rebooted.elapsed());
     assert!(node.node_ready());
     // The host pod's status may still be the one from before the reboot: ask it.
@@ -941,13 +1019,10 @@ spec:
         restarts_before >= 1,
         "the reboot above left no kernel restart line"
     );
+    let ready_lines = node.console().matches(&ready_line).count();
     let _ = node.host_sh("kill -SEGV 1");
     let hung = Instant::now();
-    node.wait_console_count(
-        &format!("kiln: node {HOSTNAME} Ready"),
-        3,
-        Duration::from_secs(1500),
-    );
+    node.wait_console_count(&ready_line, ready_lines + 1, Duration::from_secs(1500));
     eprintln!(
         "node Ready {:.0?} after PID 1 hung (reset by the watchdog)",
         hung.elapsed()

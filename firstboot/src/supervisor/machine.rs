@@ -13,6 +13,10 @@
 //! count resets once a run has been ready for `stable_after`. So a crash loop spawns at most
 //! twice within `backoff_base` and settles at one spawn per `backoff_max`, and a component
 //! that crashes just after each stable run restarts at most once per `stable_after`. A `Stopping` component is never respawned before its process is reaped.
+//!
+//! A supervisor that starts while its components still run (firstboot restarted after a
+//! crash or a watchdog kill) adopts them ([`Event::Adopted`]): they are `Running` since
+//! their processes started, not ready until a probe answers, and are not spawned again.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -147,6 +151,12 @@ pub enum Event {
     },
     /// Stop everything, restart nothing.
     Shutdown,
+    /// Processes of these components are running already (left by an earlier supervisor),
+    /// each since the given time: supervise them instead of spawning. Only components still
+    /// `Waiting` are adopted, so this is fed before anything else.
+    Adopted {
+        running: Vec<(String, Millis)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,10 +208,13 @@ pub struct Component {
     pub last_exit: Option<i32>,
     /// Why it last stopped unexpectedly (exit status or failed probes).
     pub last_failure: Option<String>,
-    /// When it was last spawned, became ready, exited (reaped).
+    /// When it was last spawned (for an adopted process: when that process started), became
+    /// ready, exited (reaped).
     pub started_at: Option<Millis>,
     pub ready_at: Option<Millis>,
     pub exited_at: Option<Millis>,
+    /// When its running process was adopted (see [`Event::Adopted`]), if this run was.
+    pub adopted_at: Option<Millis>,
     spawned_once: bool,
 }
 
@@ -239,6 +252,9 @@ pub struct ComponentStatus {
     /// Its last exit (reaped).
     #[serde(default)]
     pub exited_at_ms: Option<Millis>,
+    /// Its current run was adopted from an earlier supervisor, at this time.
+    #[serde(default)]
+    pub adopted_at_ms: Option<Millis>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -303,6 +319,7 @@ impl State {
                     started_at: None,
                     ready_at: None,
                     exited_at: None,
+                    adopted_at: None,
                     spawned_once: false,
                 })
                 .collect(),
@@ -357,6 +374,7 @@ impl State {
                 started_at_ms: c.started_at,
                 ready_at_ms: c.ready_at,
                 exited_at_ms: c.exited_at,
+                adopted_at_ms: c.adopted_at,
             })
             .collect()
     }
@@ -474,7 +492,9 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                         ));
                         c.last_failure = Some(match status {
                             Some(code) => format!("exited with status {code}"),
-                            None => "could not be spawned".to_string(),
+                            // Not spawned, or an adopted process: not our child, so its
+                            // status is not ours to read.
+                            None => "exited, status unknown (adopted, or not spawned)".to_string(),
                         });
                         Some(After::Backoff)
                     }
@@ -592,6 +612,27 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                 }
             }
         }
+        Event::Adopted { running } => {
+            for (name, started) in running {
+                let Some(i) = state.index(&name) else {
+                    continue;
+                };
+                let c = &mut state.components[i];
+                if c.phase != Phase::Waiting {
+                    continue;
+                }
+                c.spawned_once = true;
+                c.adopted_at = Some(now);
+                start_run(c, started.min(now), now);
+                out.push(log(
+                    &name,
+                    format!(
+                        "adopted: running for {} ms",
+                        now.saturating_sub(started.min(now))
+                    ),
+                ));
+            }
+        }
         Event::IdentityChanged { name } => {
             if let Some(i) = state.index(&name) {
                 let mut targets = vec![i];
@@ -606,6 +647,25 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
     }
     advance(state, now, &mut out);
     out
+}
+
+/// A run of `c` begins: its process started at `since`; the first probe is due at
+/// `first_probe`. Without a probe it is ready at once.
+fn start_run(c: &mut Component, since: Millis, first_probe: Millis) {
+    let ready = c.spec.probe.is_none();
+    c.started_at = Some(since);
+    if ready {
+        c.ready_at = Some(since);
+    }
+    c.phase = Phase::Running {
+        since,
+        ready,
+        ready_since: ready.then_some(since),
+        failures: 0,
+        next_probe: first_probe,
+        in_flight: None,
+        unanswered: None,
+    };
 }
 
 /// Time-driven transitions: spawns, probes, probe timeouts, SIGKILL, stable-run reset.
@@ -630,24 +690,10 @@ fn advance(state: &mut State, now: Millis, out: &mut Vec<Action>) {
                     c.restarts += 1;
                 }
                 c.spawned_once = true;
-                c.started_at = Some(now);
+                c.adopted_at = None;
                 out.push(Action::Spawn { name: name.clone() });
-                let (ready, delay) = match &c.spec.probe {
-                    Some(p) => (false, p.initial_delay),
-                    None => (true, 0),
-                };
-                if ready {
-                    c.ready_at = Some(now);
-                }
-                c.phase = Phase::Running {
-                    since: now,
-                    ready,
-                    ready_since: ready.then_some(now),
-                    failures: 0,
-                    next_probe: now.saturating_add(delay),
-                    in_flight: None,
-                    unanswered: None,
-                };
+                let delay = c.spec.probe.as_ref().map_or(0, |p| p.initial_delay);
+                start_run(c, now, now.saturating_add(delay));
             } else {
                 c.phase = Phase::Waiting;
             }
@@ -848,6 +894,126 @@ mod tests {
         let plain = times(0);
         assert_eq!(plain[0], initial);
         assert!(plain.windows(2).all(|w| w[1] - w[0] == 1_000), "{plain:?}");
+    }
+
+    #[test]
+    fn adopted_processes_are_supervised_not_spawned() {
+        // etcd <- apiserver <- scheduler; containerd alone. A new supervisor finds etcd and
+        // containerd running (started at 1 s and 2 s); it is now 100 s.
+        let mut apiserver = sp_with_window("apiserver", 30_000);
+        apiserver.depends_on = vec!["etcd".into()];
+        let mut s = State::new(vec![
+            spec("etcd", &[]),
+            apiserver,
+            spec("scheduler", &["apiserver"]),
+            spec("containerd", &[]),
+        ])
+        .unwrap();
+        let t = 100_000;
+        let a = next(
+            &mut s,
+            Event::Adopted {
+                running: vec![("etcd".into(), 1_000), ("containerd".into(), 2_000)],
+            },
+            t,
+        );
+        // Neither is spawned again; nothing else is due (apiserver waits for etcd's probe).
+        assert!(spawned(&a).is_empty(), "{a:?}");
+        let etcd = s.get("etcd").unwrap();
+        assert_eq!(
+            (etcd.started_at, etcd.adopted_at, etcd.ready()),
+            (Some(1_000), Some(t), false)
+        );
+        assert_eq!(etcd.restarts, 0);
+        // Probed at once (not after an initial delay): it has been running for 99 s.
+        assert!(probe_id(&a, "etcd").is_some() && probe_id(&a, "containerd").is_some());
+        let a2 = answer(&mut s, &a, "etcd", true, t + 10);
+        assert!(s.get("etcd").is_some_and(Component::ready));
+        // Its dependent is spawned as after a cold start of etcd.
+        assert_eq!(spawned(&a2), vec!["apiserver".to_string()]);
+        assert_eq!(s.get("apiserver").unwrap().adopted_at, None);
+        // A late adoption report changes nothing for a component already running.
+        let a3 = next(
+            &mut s,
+            Event::Adopted {
+                running: vec![("apiserver".into(), 5_000)],
+            },
+            t + 20,
+        );
+        assert!(spawned(&a3).is_empty());
+        assert_eq!(s.get("apiserver").unwrap().started_at, Some(t + 10));
+        assert_eq!(s.get("apiserver").unwrap().adopted_at, None);
+
+        // An adopted process long past its start gets no startup window: its failed probes
+        // count at once, and it is stopped after the threshold like any ready component.
+        let mut late = State::new(vec![sp_with_window("apiserver", 30_000)]).unwrap();
+        let mut a = next(
+            &mut late,
+            Event::Adopted {
+                running: vec![("apiserver".into(), 0)],
+            },
+            100_000,
+        );
+        let mut t = 100_000;
+        for _ in 0..3 {
+            answer(&mut late, &a, "apiserver", false, t);
+            t += 1_000;
+            a = next(&mut late, Event::Tick, t);
+        }
+        assert!(
+            matches!(late.get("apiserver").unwrap().phase, Phase::Stopping { .. }),
+            "{:?}",
+            late.get("apiserver").unwrap().phase
+        );
+        // Its exit (status unknown: not our child) goes to backoff and a respawn, and the
+        // new run is ours, not adopted.
+        let a = next(
+            &mut late,
+            Event::Exited {
+                name: "apiserver".into(),
+                status: None,
+            },
+            t,
+        );
+        let c = late.get("apiserver").unwrap();
+        assert!(c
+            .last_failure
+            .as_deref()
+            .is_some_and(|f| f.contains("3 consecutive")));
+        assert_eq!(spawned(&a), vec!["apiserver".to_string()]);
+        let c = late.get("apiserver").unwrap();
+        assert_eq!((c.restarts, c.adopted_at), (1, None));
+
+        // An adopted process that dies: restarted, the reason says the status is unknown.
+        let mut one = State::new(vec![spec("etcd", &[])]).unwrap();
+        next(
+            &mut one,
+            Event::Adopted {
+                running: vec![("etcd".into(), 0)],
+            },
+            10_000,
+        );
+        let a = next(
+            &mut one,
+            Event::Exited {
+                name: "etcd".into(),
+                status: None,
+            },
+            11_000,
+        );
+        assert_eq!(spawned(&a), vec!["etcd".to_string()]);
+        let why = one.get("etcd").unwrap().last_failure.clone();
+        assert!(why.is_some_and(|w| w.contains("status unknown")));
+        let st = one.status();
+        assert_eq!(st[0].adopted_at_ms, None);
+    }
+
+    fn sp_with_window(name: &str, startup_timeout: Millis) -> ComponentSpec {
+        let mut sp = spec(name, &[]);
+        if let Some(p) = &mut sp.probe {
+            p.startup_timeout = startup_timeout;
+        }
+        sp
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The thin IO shell around [`machine`](super::machine): spawns children in their own
 //! process group, reaps with `waitpid(-1, WNOHANG)` until nothing is left, runs probes on
-//! short-lived threads, and signals process groups. Each child's stdout and stderr go to
+//! short-lived threads, and signals process groups. [`Supervisor::adopt_running`] takes over
+//! the components an earlier supervisor left running (seen exiting through pidfds, since
+//! they are not our children). Each child's stdout and stderr go to
 //! journald as a stream with the component name as SYSLOG_IDENTIFIER (`journalctl -t
 //! kube-apiserver`) when [`Supervisor::journal`] is set and journald answers; otherwise they
 //! are forwarded line by line to the `log` crate with the component name as target.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -62,6 +65,8 @@ pub struct Supervisor {
     state: State,
     managed: BTreeMap<String, Managed>,
     pids: BTreeMap<String, Pid>,
+    /// Adopted processes (not our children): a pidfd each, readable once it has exited.
+    adopted: BTreeMap<String, OwnedFd>,
     probe_errors: BTreeMap<String, Option<String>>,
     probe_tx: mpsc::Sender<(String, u64, Result<(), String>)>,
     probe_rx: mpsc::Receiver<(String, u64, Result<(), String>)>,
@@ -93,6 +98,7 @@ impl Supervisor {
             state,
             managed,
             pids: BTreeMap::new(),
+            adopted: BTreeMap::new(),
             probe_errors: BTreeMap::new(),
             probe_tx,
             probe_rx,
@@ -153,6 +159,63 @@ impl Supervisor {
         }
     }
 
+    /// Takes over the components' processes that an earlier supervisor left running (it was
+    /// killed, or hung and killed by systemd's watchdog, and the components were not): a
+    /// process in this process's cgroup, leading its own process group (as [`spawn`] starts
+    /// them), running exactly a component's command line. It is supervised from now on as
+    /// if spawned here: probed, restarted when it fails, stopped at shutdown. A process
+    /// running a component's program with other arguments (the command changed meanwhile)
+    /// is killed, so the new one can take its ports. Call before the first [`step`]: every
+    /// component not adopted is spawned by it. Returns the adopted components and pids.
+    ///
+    /// [`spawn`]: Supervisor::spawn
+    /// [`step`]: Supervisor::step
+    pub fn adopt_running(&mut self) -> Vec<(String, i32)> {
+        let own = std::process::id();
+        let own_cgroup = std::fs::read_to_string("/proc/self/cgroup").ok();
+        let mut running = Vec::new();
+        let mut adopted = Vec::new();
+        for (pid, argv) in processes() {
+            if pid.as_raw_nonzero().get().unsigned_abs() == own {
+                continue;
+            }
+            let runs = |m: &Managed| argv.first() == Some(&m.command.program);
+            let exact = |m: &Managed| runs(m) && argv[1..] == m.command.args;
+            let found = (self.managed.iter().find(|(_, m)| exact(m)))
+                .or_else(|| self.managed.iter().find(|(_, m)| runs(m)));
+            let Some((name, m)) = found else {
+                continue;
+            };
+            let stat = read_stat(pid);
+            let leader = stat.is_some_and(|s| s.pgrp == pid.as_raw_nonzero().get());
+            let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.as_raw_nonzero()));
+            if !leader || own_cgroup.is_none() || cgroup.ok() != own_cgroup {
+                continue;
+            }
+            let raw = pid.as_raw_nonzero().get();
+            if argv[1..] != m.command.args || self.pids.contains_key(name) {
+                log::warn!(
+                    target: "supervisor",
+                    "{name}: pid {raw} runs an earlier or second copy of its command: killed"
+                );
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+                continue;
+            }
+            let Some((fd, started)) = open_pidfd(pid, stat) else {
+                continue;
+            };
+            log::info!(target: "supervisor", "{name}: adopted pid {raw}");
+            self.pids.insert(name.clone(), pid);
+            self.adopted.insert(name.clone(), fd);
+            running.push((name.clone(), started));
+            adopted.push((name.clone(), raw));
+        }
+        if !running.is_empty() {
+            self.feed(Event::Adopted { running });
+        }
+        adopted
+    }
+
     /// Restarts `name` and its dependents (e.g. after its certificates changed).
     pub fn identity_changed(&mut self, name: &str) {
         self.feed(Event::IdentityChanged {
@@ -172,6 +235,9 @@ impl Supervisor {
     pub fn step(&mut self) -> Result<(), SupervisorError> {
         for (name, status) in self.reap()? {
             self.feed(Event::Exited { name, status });
+        }
+        for name in self.adopted_exits() {
+            self.feed(Event::Exited { name, status: None });
         }
         while let Ok((name, id, result)) = self.probe_rx.try_recv() {
             let ok = result.is_ok();
@@ -205,8 +271,7 @@ impl Supervisor {
         self.next_state_check = now.saturating_add(STATE_CHECK_EVERY);
         let mut events = Vec::new();
         for (name, pid) in &self.pids {
-            let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()));
-            let stat = stat.ok().as_deref().and_then(ProcStat::parse);
+            let stat = read_stat(*pid);
             if stat.is_some_and(|s| s.state == 'T') {
                 let since = *self.stopped_since.entry(name.clone()).or_insert(now);
                 events.push(Event::Frozen {
@@ -280,9 +345,7 @@ impl Supervisor {
                         .find(|(_, p)| **p == pid)
                         .map(|(n, _)| n.clone());
                     if let Some(name) = name {
-                        self.pids.remove(&name);
-                        self.stopped_since.remove(&name);
-                        self.cpu_since.remove(&name);
+                        self.forget(&name);
                         log::info!(target: "supervisor", "{name}: exited with {code:?}");
                         exits.push((name, code));
                     }
@@ -294,6 +357,45 @@ impl Supervisor {
             }
         }
         Ok(exits)
+    }
+
+    /// The adopted processes that have exited (their pidfds are readable). Their parent
+    /// (PID 1) reaps them, and their exit status is not ours to read.
+    fn adopted_exits(&mut self) -> Vec<String> {
+        if self.adopted.is_empty() {
+            return Vec::new();
+        }
+        let names: Vec<String> = self.adopted.keys().cloned().collect();
+        let mut fds: Vec<rustix::event::PollFd> = self
+            .adopted
+            .values()
+            .map(|fd| rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN))
+            .collect();
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        if rustix::event::poll(&mut fds, Some(&zero)).unwrap_or(0) == 0 {
+            return Vec::new();
+        }
+        let exited: Vec<String> = names
+            .into_iter()
+            .zip(fds.iter().map(|f| !f.revents().is_empty()))
+            .filter_map(|(n, gone)| gone.then_some(n))
+            .collect();
+        for name in &exited {
+            self.forget(name);
+            log::info!(target: "supervisor", "{name}: adopted process exited");
+        }
+        exited
+    }
+
+    /// Drops what is known of `name`'s process once it has exited.
+    fn forget(&mut self, name: &str) {
+        self.pids.remove(name);
+        self.adopted.remove(name);
+        self.stopped_since.remove(name);
+        self.cpu_since.remove(name);
     }
 
     fn perform(&mut self, action: Action) {
@@ -322,9 +424,13 @@ impl Supervisor {
                         Signal::Term => rustix::process::Signal::TERM,
                         Signal::Kill => rustix::process::Signal::KILL,
                     };
-                    // The group first (children of the component), then the leader itself.
+                    // The group first (children of the component), then the leader itself;
+                    // an adopted leader through its pidfd (its pid is not held for us).
                     let _ = rustix::process::kill_process_group(*pid, sig);
-                    let _ = rustix::process::kill_process(*pid, sig);
+                    let _ = match self.adopted.get(&name) {
+                        Some(fd) => rustix::process::pidfd_send_signal(fd, sig),
+                        None => rustix::process::kill_process(*pid, sig),
+                    };
                 }
             }
             Action::RestartAt { name, at } => {
@@ -410,6 +516,44 @@ fn renice_threads(pid: Pid, nice: i32) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// Every process's pid and command line (`/proc/PID/cmdline`), but kernel threads'.
+fn processes() -> Vec<(Pid, Vec<String>)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid = e.ok()?.file_name().to_str()?.parse::<i32>().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let argv: Vec<String> = cmdline
+            .strip_suffix(&[0])
+            .unwrap_or(&cmdline)
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        (!cmdline.is_empty()).then_some((Pid::from_raw(pid)?, argv))
+    })
+    .collect()
+}
+
+fn read_stat(pid: Pid) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()));
+    stat.ok().as_deref().and_then(ProcStat::parse)
+}
+
+/// A pidfd for `pid`, and when it started (ms since boot), if it is still the process
+/// `seen` (the same start time read again after the pidfd is open: the pid was not reused
+/// in between) and has not exited.
+fn open_pidfd(pid: Pid, seen: Option<ProcStat>) -> Option<(OwnedFd, Millis)> {
+    let seen = seen?;
+    let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()?;
+    let now = read_stat(pid)?;
+    if now.start_ticks != seen.start_ticks || now.state == 'Z' {
+        return None;
+    }
+    let hz = rustix::param::clock_ticks_per_second().max(1);
+    Some((fd, now.start_ticks.saturating_mul(1000) / hz))
+}
+
 /// How often [`Supervisor::step`] reads the components' process states.
 pub const STATE_CHECK_EVERY: Millis = 200;
 /// A process check this much later than due finds CPU times that nobody watched grow.
@@ -422,20 +566,26 @@ pub struct ProcStat {
     pub state: char,
     /// User plus system CPU time of the whole process (all threads), in clock ticks.
     pub cpu_ticks: u64,
+    /// Its process group.
+    pub pgrp: i32,
+    /// When it started, in clock ticks since boot.
+    pub start_ticks: u64,
 }
 
 impl ProcStat {
     /// Parses the fields after the command name, which may itself hold spaces and
-    /// parentheses: the state is field 3, utime and stime fields 14 and 15.
+    /// parentheses: the state is field 3, the process group field 5, utime and stime
+    /// fields 14 and 15, the start time field 22.
     pub fn parse(stat: &str) -> Option<ProcStat> {
-        let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-        let state = fields.next()?.chars().next()?;
-        let mut after_state = fields.skip(10);
-        let utime: u64 = after_state.next()?.parse().ok()?;
-        let stime: u64 = after_state.next()?.parse().ok()?;
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        // Field n of proc_pid_stat(5) is fields[n - 3].
+        let field = |n: usize| fields.get(n - 3).copied();
+        let number = |n: usize| field(n)?.parse::<u64>().ok();
         Some(ProcStat {
-            state,
-            cpu_ticks: utime.saturating_add(stime),
+            state: field(3)?.chars().next()?,
+            pgrp: field(5)?.parse().ok()?,
+            cpu_ticks: number(14)?.saturating_add(number(15)?),
+            start_ticks: number(22)?,
         })
     }
 }
@@ -469,10 +619,11 @@ mod tests {
     #[test]
     fn state_and_cpu_time_follow_the_last_parenthesis() {
         let line = |comm: &str, state: char| {
-            format!("42 ({comm}) {state} 1 42 42 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 9 0")
+            format!("42 ({comm}) {state} 1 42 42 0 -1 4194560 100 0 0 0 1234 56 0 0 20 0 9 0 777 1")
         };
         let etcd = ProcStat::parse(&line("etcd", 'S')).unwrap();
         assert_eq!((etcd.state, etcd.cpu_ticks), ('S', 1234 + 56));
+        assert_eq!((etcd.pgrp, etcd.start_ticks), (42, 777));
         let odd = ProcStat::parse(&line("kube (x) 1 2", 'T')).unwrap();
         assert_eq!((odd.state, odd.cpu_ticks), ('T', 1290));
         assert_eq!(ProcStat::parse("garbage"), None);
