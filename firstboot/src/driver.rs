@@ -13,7 +13,7 @@ use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -294,6 +294,13 @@ pub fn run(profile: Profile, hooks: &mut dyn Hooks, stop: &AtomicBool) -> anyhow
             match c.spec.name.as_str() {
                 components::APISERVER => flags.apiserver.store(c.ready(), Ordering::SeqCst),
                 components::CONTAINERD => flags.containerd.store(c.ready(), Ordering::SeqCst),
+                components::KUBELET => {
+                    let ago_ms = c.started_at.map(|t| sup.now().saturating_sub(t));
+                    let unix_s = ago_ms
+                        .map(|ago| crate::status::unix_ms().saturating_sub(ago) / 1000)
+                        .unwrap_or(0);
+                    flags.kubelet_started.store(unix_s, Ordering::SeqCst);
+                }
                 _ => {}
             }
         }
@@ -354,6 +361,11 @@ struct Checks {
 struct Flags {
     apiserver: Arc<AtomicBool>,
     containerd: Arc<AtomicBool>,
+    /// When the kubelet's current process started (unix seconds; 0: not yet). A node's
+    /// Ready counts only with a heartbeat from it: the Node object left from before a
+    /// reboot says Ready until its lease runs out. (Not this firstboot's own start: a
+    /// restarted firstboot adopts a kubelet that may send no new heartbeat for minutes.)
+    kubelet_started: Arc<AtomicU64>,
     checks: Arc<Mutex<Checks>>,
 }
 
@@ -446,9 +458,6 @@ fn thread_nice(nice: i32) {
 /// apiserver is ready), and every few seconds node Ready and CoreDNS ready.
 fn checker(p: &ClusterParams, node_checks: bool, flags: &Flags, done: &Arc<AtomicBool>) {
     let mut c = Checks::default();
-    // A node object left from before a reboot still says Ready until its lease runs out:
-    // only a heartbeat from this boot's kubelet counts.
-    let started_unix = crate::status::unix_ms() / 1000;
     let api = match Api::new(p) {
         Ok(api) => Some(Arc::new(api)),
         Err(e) => {
@@ -504,7 +513,9 @@ fn checker(p: &ClusterParams, node_checks: bool, flags: &Flags, done: &Arc<Atomi
         let usable = flags.apiserver.load(Ordering::SeqCst) && bound.load(Ordering::SeqCst);
         if let (true, true, Some(api)) = (node_checks, usable, &api) {
             let node = api.get(&format!("/api/v1/nodes/{}", p.hostname));
-            c.node_ready = node.is_some_and(|n| ready_since(&n, started_unix));
+            let kubelet_started = flags.kubelet_started.load(Ordering::SeqCst);
+            c.node_ready =
+                kubelet_started > 0 && node.is_some_and(|n| ready_since(&n, kubelet_started));
             if c.node_ready {
                 let dns = api.get("/apis/apps/v1/namespaces/kube-system/deployments/coredns");
                 c.coredns_ready =

@@ -491,6 +491,8 @@ fn firstboot_restart(node: &Node, how: Disruption) -> u64 {
         .unwrap_or_else(|| node.fail("no firstboot main pid"));
     let pids: Vec<Option<i64>> = COMPONENTS.iter().map(|c| node.component(c).pid()).collect();
     assert!(pids.iter().all(Option::is_some), "{pids:?}");
+    let ready_line = format!("kiln: node {HOSTNAME} Ready");
+    let ready_lines = node.console().matches(&ready_line).count();
     node.host_ok(&how.script(old));
     let (signal_ms, adopted_ms) = node.eventually(
         &format!("a new firstboot adopting every component after {how} of firstboot"),
@@ -527,11 +529,12 @@ fn firstboot_restart(node: &Node, how: Disruption) -> u64 {
         took <= bound,
         "firstboot after {how}: adopted after {took} ms"
     );
-    node.eventually(
-        &format!("the node Ready after {how} of firstboot"),
-        Duration::from_secs(300),
-        || node.node_ready().then_some(()),
-    );
+    // The new firstboot tells node Ready (on the console, and READY=1 to systemd) from the
+    // adopted kubelet's heartbeats.
+    node.wait_console_count(&ready_line, ready_lines + 1, Duration::from_secs(300));
+    assert!(node.node_ready());
+    let active = node.host_ok("systemctl is-active firstboot.service");
+    assert_eq!(active.trim(), "active", "firstboot after {how}");
     let console = node.console();
     assert!(
         console.contains("kiln: adopted 7 running components"),
@@ -964,6 +967,7 @@ spec:
     // firstboot itself killed and hung: systemd restarts it (the watchdog kills the hung
     // one), and the new firstboot adopts the running components instead of restarting the
     // node: the same pids, each ready, the node Ready, the workloads untouched.
+    let mut adopted = String::from("disruption\tadopted_ms\n");
     for how in [Disruption::Kill, Disruption::Stop] {
         let took = firstboot_restart(&node, how);
         eprintln!("firstboot after {how}: every component adopted {took} ms after the signal");
@@ -972,7 +976,10 @@ spec:
             pods_before,
             "workloads disturbed by {how} of firstboot"
         );
+        adopted += &format!("{how}\t{took}\n");
     }
+    let tsv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("node_vm-firstboot.tsv");
+    std::fs::write(&tsv, &adopted).unwrap();
 
     // Reboot through systemd: the node comes back under the same name with the same PKI
     // (this kubeconfig still works), etcd's data (the Secret decrypts with the key of the
