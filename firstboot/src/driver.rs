@@ -610,6 +610,7 @@ fn import_images(p: &ClusterParams) -> Option<String> {
         Path::new(crate::images::IMAGES_DIR),
         &ctr,
         &crate::images::HostRun,
+        &[crate::k8s::PAUSE_IMAGE, crate::k8s::COREDNS_IMAGE],
     ) {
         Ok(r) => {
             log::info!("images: imported {:?}, pinned {:?}", r.imported, r.pinned);

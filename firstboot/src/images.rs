@@ -267,13 +267,45 @@ impl ImportReport {
 }
 
 /// Imports every archive of `dir` that containerd does not already hold (same reference,
-/// same manifest digest), then pins every image the archives name.
-pub fn import_all(dir: &Path, ctr: &Ctr, run: &dyn Run) -> Result<ImportReport, ImagesError> {
+/// same manifest digest), then pins every image the archives name. The archives naming one
+/// of `first` go first, in that order (the sandbox image, which every pod needs, then what
+/// the cluster's own pods run); the rest by file name.
+pub fn import_all(
+    dir: &Path,
+    ctr: &Ctr,
+    run: &dyn Run,
+    first: &[&str],
+) -> Result<ImportReport, ImagesError> {
     let mut report = ImportReport::default();
-    let paths = archives(dir)?;
-    if paths.is_empty() {
+    let mut archives = archives(dir)?
+        .into_iter()
+        .map(|path| {
+            let read_err = |source| ImagesError::Read {
+                path: path.clone(),
+                source,
+            };
+            let file = File::open(&path).map_err(read_err)?;
+            let named = read_index(BufReader::new(file)).map_err(read_err)?;
+            if named.is_empty() {
+                return Err(ImagesError::BadArchive {
+                    path,
+                    reason: format!("no manifest carries the {ANNOTATION_NAME} annotation"),
+                });
+            }
+            Ok((path, named))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if archives.is_empty() {
         return Ok(report);
     }
+    // Stable: archives of equal rank keep their order by name.
+    archives.sort_by_key(|(_, named)| {
+        named
+            .iter()
+            .filter_map(|(r, _)| first.iter().position(|f| f == r))
+            .min()
+            .unwrap_or(first.len())
+    });
     let mut steps = Vec::new();
     let mut timed = |what: String, args: Vec<String>| {
         let t0 = std::time::Instant::now();
@@ -282,19 +314,7 @@ pub fn import_all(dir: &Path, ctr: &Ctr, run: &dyn Run) -> Result<ImportReport, 
         out
     };
     let present = parse_ls(&timed("ls".into(), ctr.list_args())?);
-    for path in paths {
-        let read_err = |source| ImagesError::Read {
-            path: path.clone(),
-            source,
-        };
-        let file = File::open(&path).map_err(read_err)?;
-        let named = read_index(BufReader::new(file)).map_err(read_err)?;
-        if named.is_empty() {
-            return Err(ImagesError::BadArchive {
-                path,
-                reason: format!("no manifest carries the {ANNOTATION_NAME} annotation"),
-            });
-        }
+    for (path, named) in archives {
         let current = |r: &str, d: &str| present.get(r).is_some_and(|l| l.digest == d);
         if !named.iter().all(|(r, d)| current(r, d)) {
             let file = path.file_name().unwrap_or_default().to_string_lossy();
@@ -454,7 +474,7 @@ kiln.local/busybox:1.35.0                application/vnd.oci.image.manifest.v1+j
             ls: LS.to_string(),
             calls: RefCell::new(Vec::new()),
         };
-        let report = import_all(&images, &Ctr::new("ctr"), &fake).expect("import");
+        let report = import_all(&images, &Ctr::new("ctr"), &fake, &[]).expect("import");
         // pause: same digest and pinned -> nothing; busybox: present but unpinned -> label
         // only; coredns: missing -> import and label.
         assert_eq!(report.unchanged, ["registry.k8s.io/pause:3.10.1"]);
@@ -481,7 +501,7 @@ kiln.local/busybox:1.35.0                application/vnd.oci.image.manifest.v1+j
             ls: changed,
             calls: RefCell::new(Vec::new()),
         };
-        let report = import_all(&images, &Ctr::new("ctr"), &fake).expect("import");
+        let report = import_all(&images, &Ctr::new("ctr"), &fake, &[]).expect("import");
         assert!(report
             .imported
             .contains(&"registry.k8s.io/pause:3.10.1".to_string()));
@@ -490,8 +510,33 @@ kiln.local/busybox:1.35.0                application/vnd.oci.image.manifest.v1+j
             ls: String::new(),
             calls: RefCell::new(Vec::new()),
         };
-        let r = import_all(&dir.path().join("none"), &Ctr::new("ctr"), &fake).expect("none");
+        let r = import_all(&dir.path().join("none"), &Ctr::new("ctr"), &fake, &[]).expect("none");
         assert_eq!(r, ImportReport::default());
         assert!(fake.calls.borrow().is_empty());
+
+        // Nothing present: the images named first are imported first, in that order, then
+        // the rest by file name.
+        let imported = |first: &[&str]| {
+            let fake = Fake {
+                ls: String::new(),
+                calls: RefCell::new(Vec::new()),
+            };
+            import_all(&images, &Ctr::new("ctr"), &fake, first).expect("import");
+            let calls = fake.calls.borrow();
+            calls
+                .iter()
+                .filter(|c| c.contains(&"import".to_string()))
+                .filter_map(|c| c.last().cloned())
+                .map(|a| a.rsplit('/').next().unwrap_or_default().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(imported(&[]), ["busybox.tar", "coredns.tar", "pause.tar"]);
+        assert_eq!(
+            imported(&[
+                "registry.k8s.io/pause:3.10.1",
+                "registry.k8s.io/coredns/coredns:v1.13.1"
+            ]),
+            ["pause.tar", "coredns.tar", "busybox.tar"]
+        );
     }
 }
