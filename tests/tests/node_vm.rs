@@ -117,6 +117,17 @@ impl Node {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// When a [`Disruption::script`] sent its signal (ms since boot, the supervisor's
+    /// clock), once it has.
+    fn signal_ms(&self) -> Option<u64> {
+        let signal = self.host_sh("cat /run/kiln-test-signal");
+        let up: f64 = String::from_utf8_lossy(&signal.stdout)
+            .trim()
+            .parse()
+            .ok()?;
+        Some((up * 1000.0) as u64)
+    }
+
     /// `comp`'s row of `firstboot status --json` on the node, if the node answers.
     fn try_component(&self, comp: &str) -> Option<Supervised> {
         let o = self.host_sh("firstboot status --json");
@@ -406,12 +417,7 @@ fn heal(node: &Node, comp: &'static str, how: Disruption) -> Healed {
         &format!("{comp} running again after {how}"),
         Duration::from_secs(600),
         || {
-            let signal = node.host_sh("cat /run/kiln-test-signal");
-            let up: f64 = String::from_utf8_lossy(&signal.stdout)
-                .trim()
-                .parse()
-                .ok()?;
-            let signal_ms = (up * 1000.0) as u64;
+            let signal_ms = node.signal_ms()?;
             let now = node.try_component(comp)?;
             let again = now.pid().is_some_and(|p| p != pid)
                 && now.0["ready"] == true
@@ -498,12 +504,7 @@ fn firstboot_restart(node: &Node, how: Disruption) -> u64 {
         &format!("a new firstboot adopting every component after {how} of firstboot"),
         Duration::from_secs(300),
         || {
-            let signal = node.host_sh("cat /run/kiln-test-signal");
-            let up: f64 = String::from_utf8_lossy(&signal.stdout)
-                .trim()
-                .parse()
-                .ok()?;
-            let signal_ms = (up * 1000.0) as u64;
+            let signal_ms = node.signal_ms()?;
             main_pid().filter(|p| *p > 0 && *p != old)?;
             let mut adopted = 0;
             for (comp, pid) in COMPONENTS.iter().zip(&pids) {
