@@ -27,7 +27,7 @@ use firstboot::supervisor::machine::{backoff_delay, FROZEN_AFTER};
 use firstboot::supervisor::shell::{monotonic_ms, STATE_CHECK_EVERY};
 use firstboot::supervisor::{ComponentSpec, HttpProbe, SupervisedStatus, TlsProbe};
 use kiln::gobuild::{self, GoInput};
-use kiln_tests::run_combined;
+use kiln_tests::{alive, free_port, run_combined};
 
 fn cache_root() -> PathBuf {
     match std::env::var_os("KILN_CACHE") {
@@ -75,14 +75,6 @@ fn flags_exist(binary: &Path, args: &[String]) {
             .any(|w| w == name);
         assert!(found, "{} has no flag {name}", binary.display());
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn read_status(root: &Path) -> Option<HostStatus> {
@@ -159,13 +151,6 @@ impl Drop for HostGuard {
 
 fn signal(pid: i32, sig: rustix::process::Signal) {
     rustix::process::kill_process(rustix::process::Pid::from_raw(pid).unwrap(), sig).unwrap();
-}
-
-fn alive(pid: i32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
 }
 
 fn component<'a>(st: &'a HostStatus, name: &str) -> &'a SupervisedStatus {

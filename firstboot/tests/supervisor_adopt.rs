@@ -6,13 +6,13 @@
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use firstboot::supervisor::machine::ComponentSpec;
 use firstboot::supervisor::{CommandSpec, HttpProbe, Managed, ProbeSpec, Supervisor};
+use kiln_tests::{alive, free_port};
 
 const ROLE: &str = "KILN_ADOPT_TEST_ROLE";
 const DIR: &str = "KILN_ADOPT_TEST_DIR";
@@ -74,23 +74,6 @@ fn components(dir: &Path, port: u16, worker_arg: &str) -> Vec<Managed> {
             probe: None,
         },
     ]
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn alive(pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat
-        .rsplit(')')
-        .next()
-        .and_then(|r| r.split_whitespace().next());
-    state.is_some_and(|s| s != "Z")
 }
 
 /// Kills, when the test ends (a failed assertion included), every process still running a

@@ -2,13 +2,13 @@
 //! waitpid(-1), so nothing else in this test binary may own children concurrently.
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use firstboot::supervisor::machine::{ComponentSpec, FROZEN_AFTER};
 use firstboot::supervisor::shell::{ProcStat, STATE_CHECK_EVERY};
 use firstboot::supervisor::{CommandSpec, HttpProbe, Managed, ProbeSpec, Supervisor};
+use kiln_tests::free_port;
 
 struct Recorder(Mutex<Vec<(String, String)>>);
 
@@ -25,14 +25,6 @@ impl log::Log for Recorder {
 }
 
 static LOG: Recorder = Recorder(Mutex::new(Vec::new()));
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn web(port: u16) -> Managed {
     Managed {

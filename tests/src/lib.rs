@@ -11,6 +11,24 @@ use std::process::{Command, Output};
 
 use sha2::{Digest as _, Sha256};
 
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port on 127.0.0.1")
+        .port()
+}
+
+/// Whether process `pid` is running: it exists and is not a zombie waiting to be reaped.
+pub fn alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next());
+    state.is_some_and(|s| s != "Z")
+}
+
 /// The workspace root (where Cargo.toml and images/ are).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_tests::{images, kiln_bin, text, workspace_root};
+use kiln_tests::{free_port, images, kiln_bin, text, workspace_root};
 
 const HOSTNAME: &str = "kiln-proof";
 const BUSYBOX: &str = "kiln.local/busybox:1.35.0";
@@ -212,14 +212,6 @@ impl Drop for Node {
             )
             .status();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn http_get(port: u16) -> Option<String> {
