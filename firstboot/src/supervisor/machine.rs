@@ -621,16 +621,12 @@ pub fn next(state: &mut State, event: Event, now: Millis) -> Vec<Action> {
                 if c.phase != Phase::Waiting {
                     continue;
                 }
+                let started = started.min(now);
                 c.spawned_once = true;
                 c.adopted_at = Some(now);
-                start_run(c, started.min(now), now);
-                out.push(log(
-                    &name,
-                    format!(
-                        "adopted: running for {} ms",
-                        now.saturating_sub(started.min(now))
-                    ),
-                ));
+                start_run(c, started, now);
+                let running_for = now - started;
+                out.push(log(&name, format!("adopted: running for {running_for} ms")));
             }
         }
         Event::IdentityChanged { name } => {

@@ -176,7 +176,8 @@ impl Supervisor {
         let mut running = Vec::new();
         let mut adopted = Vec::new();
         for (pid, argv) in processes() {
-            if pid.as_raw_nonzero().get().unsigned_abs() == own {
+            let raw = pid.as_raw_nonzero().get();
+            if raw.unsigned_abs() == own {
                 continue;
             }
             let runs = |m: &Managed| argv.first() == Some(&m.command.program);
@@ -187,12 +188,11 @@ impl Supervisor {
                 continue;
             };
             let stat = read_stat(pid);
-            let leader = stat.is_some_and(|s| s.pgrp == pid.as_raw_nonzero().get());
-            let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", pid.as_raw_nonzero()));
+            let leader = stat.is_some_and(|s| s.pgrp == raw);
+            let cgroup = std::fs::read_to_string(format!("/proc/{raw}/cgroup"));
             if !leader || own_cgroup.is_none() || cgroup.ok() != own_cgroup {
                 continue;
             }
-            let raw = pid.as_raw_nonzero().get();
             if argv[1..] != m.command.args || self.pids.contains_key(name) {
                 log::warn!(
                     target: "supervisor",
