@@ -26,7 +26,8 @@ pub struct Lock {
 }
 
 /// One `go` input: what was built (module, version, a digest of the whole recipe) and what
-/// came out (Go version, each binary's sha256). A fresh build must give the same bytes.
+/// came out (Go version, each binary's sha256), and the module closure it was built from.
+/// A fresh build must give the same bytes from the same closure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct GoInputLock {
@@ -41,6 +42,9 @@ pub struct GoInputLock {
     pub go_version: String,
     /// Binary name -> sha256.
     pub binaries: BTreeMap<String, Digest>,
+    /// Every module the build used, as go.sum lines (`path version[/go.mod] h1:hash`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub go_sum: Vec<String>,
 }
 
 impl GoInputLock {
@@ -53,6 +57,7 @@ impl GoInputLock {
             commit: built.commit.clone(),
             go_version: built.go_version.clone(),
             binaries: built.binaries.clone(),
+            go_sum: built.go_sum.clone(),
         }
     }
 
@@ -62,6 +67,7 @@ impl GoInputLock {
             commit: self.commit.clone(),
             go_version: self.go_version.clone(),
             binaries: self.binaries.clone(),
+            go_sum: self.go_sum.clone(),
         }
     }
 }
@@ -176,7 +182,7 @@ impl Lock {
         lock.artifact.sort_by(|a, b| a.name.cmp(&b.name));
         lock.go.sort_by(|a, b| a.name.cmp(&b.name));
         let body = toml::to_string(&lock).unwrap_or_default();
-        format!("{HEADER}{body}")
+        format!("{HEADER}{}", go_sum_one_per_line(&body))
     }
 
     /// The artifact pins, straight from the definition.
@@ -285,6 +291,10 @@ impl Lock {
                     "go input {}: its build recipe (packages, tags, ldflags, env) changed",
                     g.name
                 )),
+                Some(l) if l.go_sum.is_empty() => out.push(format!(
+                    "go input {}: its module closure (go-sum) is not pinned",
+                    g.name
+                )),
                 Some(l) => {
                     for p in &g.packages {
                         if !l.binaries.contains_key(p.binary()) {
@@ -313,6 +323,33 @@ impl Lock {
     pub fn digest(&self) -> Digest {
         Digest::of_bytes(Algorithm::Sha256, self.to_toml().as_bytes())
     }
+}
+
+/// Each `go-sum` array with one module line per line, so that a lock's diff shows which
+/// modules changed. The elements are go.sum lines, which hold no quote or comma.
+fn go_sum_one_per_line(toml_text: &str) -> String {
+    let mut out = String::with_capacity(toml_text.len() + toml_text.len() / 8);
+    for line in toml_text.lines() {
+        match line
+            .strip_prefix("go-sum = [")
+            .and_then(|l| l.strip_suffix(']'))
+        {
+            Some(items) if !items.is_empty() => {
+                out.push_str("go-sum = [\n");
+                for item in items.split(", ") {
+                    out.push_str("    ");
+                    out.push_str(item);
+                    out.push_str(",\n");
+                }
+                out.push_str("]\n");
+            }
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 fn artifact_lock(a: &Artifact) -> ArtifactLock {
@@ -451,15 +488,30 @@ packages = ["example.com/tool/cmd/tool"]
             "{m:?}"
         );
         assert_eq!(lock.go_mismatches(&d), m);
-        let built = GoLock {
+        let mut built = GoLock {
             commit: None,
             go_version: "go1.26.8".into(),
             binaries: [("tool".to_string(), deb("t").sha256)].into(),
+            go_sum: Vec::new(),
         };
+        // A lock without the module closure is stale.
+        lock.go.push(GoInputLock::new(&d.go[0], &built));
+        let m = lock.mismatches(&d);
+        assert!(m.iter().any(|s| s.contains("module closure")), "{m:?}");
+        built.go_sum =
+            vec!["example.com/tool v1.0.0 h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into()];
+        lock.go.clear();
         lock.go.push(GoInputLock::new(&d.go[0], &built));
         assert!(lock.mismatches(&d).is_empty());
         let text = lock.to_toml();
         assert!(text.contains("[go.binaries]"), "{text}");
+        // The closure one module line per line, and read back the same.
+        assert!(
+            text.contains("go-sum = [\n    \"example.com/tool v1.0.0 h1:"),
+            "{text}"
+        );
+        let back: Lock = toml::from_str(&text).expect("the lock reads back");
+        assert_eq!(back.go[0].go_sum, lock.go[0].go_sum);
         // A changed recipe (ldflags) makes the lock stale, and so does another version.
         let d2 = def(&format!("{DEF}{GO}ldflags = [\"-X=main.v=1\"]\n"));
         assert!(

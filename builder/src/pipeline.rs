@@ -82,6 +82,14 @@ fn fetcher_of(args: &FetchOptions) -> Result<Fetcher> {
     Ok(Fetcher::new(cache_of(args)?, opts)?)
 }
 
+/// Go's environment for this run: Kiln's cache, and the toolchain's proxy rewritten by the
+/// same `--mirror` rules as every URL, or none with `--offline`.
+fn go_env_of(fetcher: &Fetcher) -> Result<crate::gobuild::GoEnv> {
+    let o = fetcher.options();
+    crate::gobuild::GoEnv::with(fetcher.cache().root(), o.offline, &o.rewrites)
+        .context("reading the Go toolchain's defaults")
+}
+
 /// The Debian mirror: the definition's, else the host's apt configuration.
 fn mirror_of(d: &crate::definition::Debian) -> Result<String> {
     match &d.mirror {
@@ -137,10 +145,13 @@ pub fn lock(args: &LockOptions) -> Result<LockSummary> {
         }
     };
     let mut go = Vec::new();
-    for input in &def.go {
-        let out = crate::gobuild::build(input, def.epoch, fetcher.cache().root(), true)
-            .with_context(|| format!("building go input {}", input.name))?;
-        go.push(lock::GoInputLock::new(input, &out.lock()));
+    if !def.go.is_empty() {
+        let env = go_env_of(&fetcher)?;
+        for input in &def.go {
+            let out = crate::gobuild::build(input, def.epoch, &env, true)
+                .with_context(|| format!("building go input {}", input.name))?;
+            go.push(lock::GoInputLock::new(input, &out.lock()));
+        }
     }
     let new = Lock {
         version: LOCK_VERSION,
@@ -213,14 +224,62 @@ pub fn definition_and_lock(def_path: &Path, relock: bool) -> Result<(Definition,
         m.retain(|x| !go.contains(x));
     }
     if !m.is_empty() {
+        let go = lock.go_mismatches(&def);
+        let fix = match m.iter().all(|x| go.contains(x)) {
+            true => format!("kiln build --relock {}", def_path.display()),
+            false => format!("kiln lock {}", def_path.display()),
+        };
         anyhow::bail!(
-            "{} is out of date ({}); run `kiln lock {}`",
+            "{} is out of date ({}); run `{fix}`",
             path.display(),
             m.join("; "),
-            def_path.display()
         );
     }
     Ok((def, lock))
+}
+
+/// What `kiln fetch` downloads for.
+#[derive(Debug, Clone)]
+pub struct FetchDefinitionOptions {
+    pub definition: PathBuf,
+    pub fetch: FetchOptions,
+}
+
+/// What `kiln fetch` did.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FetchSummary {
+    /// Debian packages and artifacts: downloaded now, already in the cache.
+    pub downloaded: usize,
+    pub cached: usize,
+    pub go_inputs: usize,
+    /// Modules pinned by the go inputs' closures (zips), now all in Kiln's module cache.
+    pub go_modules: usize,
+}
+
+/// Downloads every input of a definition as its lock pins it (Debian packages, artifacts,
+/// each go input's modules), so that `kiln build --offline` needs no network afterwards.
+pub fn fetch(args: &FetchDefinitionOptions) -> Result<FetchSummary> {
+    let (def, lock) = definition_and_lock(&args.definition, false)?;
+    let fetcher = fetcher_of(&args.fetch)?;
+    let fetched = fetch_inputs(&def, &lock, &fetcher)?;
+    let mut go_modules = 0;
+    if !def.go.is_empty() {
+        let env = go_env_of(&fetcher)?;
+        for input in &def.go {
+            let Some(locked) = lock.go.iter().find(|l| l.name == input.name) else {
+                anyhow::bail!("go input {} is not in the lock", input.name);
+            };
+            go_modules += crate::gobuild::fetch(input, &env, &locked.built())
+                .with_context(|| format!("fetching the modules of go input {}", input.name))?;
+        }
+    }
+    Ok(FetchSummary {
+        downloaded: fetched.downloaded,
+        cached: fetched.cached,
+        go_inputs: def.go.len(),
+        go_modules,
+    })
 }
 
 /// What `kiln build --json` prints.
@@ -373,18 +432,22 @@ pub fn assemble(
 fn build_go(
     def: &Definition,
     lock: &mut Lock,
-    cache_root: &Path,
+    fetcher: &Fetcher,
     relock: bool,
     say: &dyn Fn(&str),
 ) -> Result<Vec<GoBuilt>> {
     let mut out = Vec::new();
+    if def.go.is_empty() {
+        return Ok(out);
+    }
+    let env = go_env_of(fetcher)?;
     let mut changed = false;
     for input in &def.go {
         let locked = lock.go.iter().find(|l| l.name == input.name).cloned();
         let output = match (&locked, relock) {
             (Some(l), false) => {
-                crate::gobuild::build_locked(input, def.epoch, cache_root, true, &l.built())
-                    .map_err(|e| {
+                crate::gobuild::build_locked(input, def.epoch, &env, true, &l.built()).map_err(
+                    |e| {
                         let hint = match e {
                             GoError::LockMismatch { .. }
                             | GoError::LockGoVersion { .. }
@@ -396,9 +459,10 @@ fn build_go(
                             _ => format!("building go input {}", input.name),
                         };
                         anyhow::Error::new(e).context(hint)
-                    })?
+                    },
+                )?
             }
-            _ => crate::gobuild::build(input, def.epoch, cache_root, true)
+            _ => crate::gobuild::build(input, def.epoch, &env, true)
                 .with_context(|| format!("building go input {}", input.name))?,
         };
         let fresh = lock::GoInputLock::new(input, &output.lock());
@@ -524,7 +588,7 @@ pub fn build(args: &BuildOptions, say: &dyn Fn(&str)) -> Result<BuildSummary> {
     seconds.insert("fetch".to_string(), t.elapsed().as_secs_f64());
 
     let t = Instant::now();
-    let go = build_go(&def, &mut lock, fetcher.cache().root(), args.relock, say)?;
+    let go = build_go(&def, &mut lock, &fetcher, args.relock, say)?;
     if !def.go.is_empty() {
         seconds.insert("go".to_string(), t.elapsed().as_secs_f64());
     }
@@ -654,6 +718,12 @@ pub fn build(args: &BuildOptions, say: &dyn Fn(&str)) -> Result<BuildSummary> {
         outputs: outputs.clone(),
     };
     let licenses = crate::outputs::sbom::licenses_from_tree(&tree, &inputs);
+    let mut go_modules = BTreeMap::new();
+    for b in go.iter().flat_map(|g| &g.output.binaries) {
+        let info = crate::gobuild::buildinfo::read(&b.path)
+            .map_err(|e| anyhow::anyhow!("the Go modules of {}: {e}", b.name))?;
+        go_modules.insert(b.name.clone(), info.modules);
+    }
     let sbom = crate::outputs::sbom::document(
         &def.name,
         &def.version,
@@ -661,6 +731,7 @@ pub fn build(args: &BuildOptions, say: &dyn Fn(&str)) -> Result<BuildSummary> {
         lock_digest.hex(),
         &inputs,
         &licenses,
+        &go_modules,
     );
     let mut sbom_text = serde_json::to_string_pretty(&sbom)?;
     sbom_text.push('\n');

@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use kiln::gobuild::{self, GoInput};
+use kiln::gobuild::{self, GoEnv, GoInput};
 
 const EPOCH: u64 = 1_767_225_600;
 
@@ -25,10 +25,10 @@ stamp = "kubernetes"
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let go_cache = tempfile::tempdir().unwrap();
-    let first = gobuild::build(&input, EPOCH, a.path(), true).unwrap();
-    std::env::set_var("GOCACHE", go_cache.path());
-    let second = gobuild::build(&input, EPOCH, b.path(), true).unwrap();
-    std::env::remove_var("GOCACHE");
+    let first = gobuild::build(&input, EPOCH, &GoEnv::new(a.path()).unwrap(), true).unwrap();
+    let mut cold = GoEnv::new(b.path()).unwrap();
+    cold.build_cache = go_cache.path().to_path_buf();
+    let second = gobuild::build(&input, EPOCH, &cold, true).unwrap();
     assert!(!first.report.cache_hit && !second.report.cache_hit);
     assert_eq!(first.binaries[0].sha256, second.binaries[0].sha256);
 }

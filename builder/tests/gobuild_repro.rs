@@ -1,10 +1,11 @@
 //! Reproducibility of `go` inputs: the same input built from two empty Kiln caches, one with
-//! the host's warm Go build cache and one with an empty Go build cache, gives the same bytes.
-//! One test per file: it points GOCACHE at a temp dir for the second build.
+//! a warm Go build cache and one with an empty Go build cache, gives the same bytes, even
+//! with a hostile Go environment in the caller (which Kiln must not pass on). One test per
+//! file: it sets environment variables for the second build.
 
 #![allow(clippy::unwrap_used)]
 
-use kiln::gobuild::{self, GoInput};
+use kiln::gobuild::{self, GoEnv, GoInput};
 
 const EPOCH: u64 = 1_767_225_600;
 
@@ -12,11 +13,36 @@ pub fn assert_reproducible(input: &GoInput) {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let go_cache = tempfile::tempdir().unwrap();
-    let first = gobuild::build(input, EPOCH, a.path(), false).unwrap();
-    // The only test in this binary, so no other thread reads the environment meanwhile.
-    std::env::set_var("GOCACHE", go_cache.path());
-    let second = gobuild::build(input, EPOCH, b.path(), false).unwrap();
-    std::env::remove_var("GOCACHE");
+    let mut warm = GoEnv::new(a.path()).unwrap();
+    warm.build_cache = std::env::temp_dir().join("kiln-test-go-build");
+    let first = gobuild::build(input, EPOCH, &warm, false).unwrap();
+    let mut cold = GoEnv::new(b.path()).unwrap();
+    cold.build_cache = go_cache.path().to_path_buf();
+    // Each would change the binary, or break the build, if Go saw it. The only test in this
+    // binary, so no other thread reads the environment meanwhile.
+    let hostile = [
+        ("GOFLAGS", "-mod=vendor -ldflags=-X=main.x=y"),
+        ("GOPROXY", "direct"),
+        ("GONOSUMDB", "*"),
+        ("GOSUMDB", "off"),
+        ("GOTOOLCHAIN", "go1.99.0"),
+        ("GOAMD64", "v3"),
+        ("GOEXPERIMENT", "nosynchashtriemap"),
+        ("CGO_ENABLED", "1"),
+        ("CGO_CFLAGS", "-O0"),
+        ("GOMODCACHE", "/nonexistent/kiln-test"),
+        ("GOCACHE", "/nonexistent/kiln-test"),
+        ("GOENV", "/nonexistent/kiln-test"),
+        ("GOWORK", "/nonexistent/go.work"),
+    ];
+    for (k, v) in hostile {
+        std::env::set_var(k, v);
+    }
+    let second = gobuild::build(input, EPOCH, &cold, false);
+    for (k, _) in hostile {
+        std::env::remove_var(k);
+    }
+    let second = second.unwrap();
     assert!(!first.report.cache_hit && !second.report.cache_hit);
     // The second build really compiled into the empty Go cache.
     assert!(std::fs::read_dir(go_cache.path()).unwrap().count() > 0);

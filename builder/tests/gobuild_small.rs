@@ -8,9 +8,19 @@ use std::path::Path;
 use std::process::Command;
 
 use kiln::digest::{Algorithm, Digest};
-use kiln::gobuild::{self, GoError, GoInput, GoLock};
+use kiln::gobuild::{self, GoEnv, GoError, GoInput, GoLock};
 
 const EPOCH: u64 = 1_767_225_600;
+
+/// Kiln's Go environment for a cache root, with the module and build caches shared by the
+/// tests of this file (what they hold is addressed by content; each test's binaries still
+/// go to its own root).
+fn env(root: &Path) -> GoEnv {
+    let mut env = GoEnv::new(root).unwrap();
+    env.module_cache = std::env::temp_dir().join("kiln-test-go-mod");
+    env.build_cache = std::env::temp_dir().join("kiln-test-go-build");
+    env
+}
 
 fn loopback() -> GoInput {
     toml::from_str(
@@ -39,7 +49,7 @@ fn cache_entries(root: &Path) -> Vec<String> {
 fn builds_runs_and_rebuilds_from_cache_without_go_work() {
     let root = tempfile::tempdir().unwrap();
     let input = loopback();
-    let first = gobuild::build(&input, EPOCH, root.path(), false).unwrap();
+    let first = gobuild::build(&input, EPOCH, &env(root.path()), false).unwrap();
     assert!(!first.report.cache_hit);
     assert!(first.go_version.starts_with("go1."), "{}", first.go_version);
     assert_eq!(first.binaries.len(), 1);
@@ -75,7 +85,7 @@ fn builds_runs_and_rebuilds_from_cache_without_go_work() {
     }
 
     // Warm: only `go version` runs, same outputs.
-    let second = gobuild::build(&input, EPOCH, root.path(), false).unwrap();
+    let second = gobuild::build(&input, EPOCH, &env(root.path()), false).unwrap();
     assert!(second.report.cache_hit);
     assert_eq!(second.report.commands, vec!["go version".to_string()]);
     assert_eq!(second.binaries, first.binaries);
@@ -84,12 +94,12 @@ fn builds_runs_and_rebuilds_from_cache_without_go_work() {
     assert_eq!(cache_entries(root.path()), vec![first.key.clone()]);
 
     // The epoch does not change an input that does not use it; a different tag set does.
-    let other_epoch = gobuild::build(&input, EPOCH + 1, root.path(), false).unwrap();
+    let other_epoch = gobuild::build(&input, EPOCH + 1, &env(root.path()), false).unwrap();
     assert!(other_epoch.report.cache_hit);
 
     // The lock written from this build passes; a build checked against a matching lock is fine.
     let lock = first.lock();
-    gobuild::build_locked(&input, EPOCH, root.path(), false, &lock).unwrap();
+    gobuild::build_locked(&input, EPOCH, &env(root.path()), false, &lock).unwrap();
 }
 
 #[test]
@@ -113,8 +123,9 @@ fn lock_mismatch_fails_naming_the_binary_and_caches_nothing() {
         commit: None,
         go_version: go_version.clone(),
         binaries: [("loopback".to_string(), wrong.clone())].into(),
+        go_sum: Vec::new(),
     };
-    let err = gobuild::build_locked(&input, EPOCH, root.path(), false, &lock).unwrap_err();
+    let err = gobuild::build_locked(&input, EPOCH, &env(root.path()), false, &lock).unwrap_err();
     match &err {
         GoError::LockMismatch {
             binary, expected, ..
@@ -140,13 +151,120 @@ fn lock_mismatch_fails_naming_the_binary_and_caches_nothing() {
         commit: None,
         go_version: "go1.0.0".into(),
         binaries: Default::default(),
+        go_sum: Vec::new(),
     };
-    let err = gobuild::build_locked(&input, EPOCH, root.path(), false, &lock).unwrap_err();
+    let err = gobuild::build_locked(&input, EPOCH, &env(root.path()), false, &lock).unwrap_err();
     assert!(
         err.to_string().contains("go1.0.0") && err.to_string().contains(&go_version),
         "{err}"
     );
     assert!(cache_entries(root.path()).is_empty());
+}
+
+/// The lock's closure with one module's `h1:` changed: the build fails naming that module,
+/// from an empty module cache (Go checks the download), from a module cache that holds it
+/// (Go checks the cached copy), and from Kiln's own cache entry; nothing is cached.
+#[test]
+fn a_changed_module_hash_in_the_lock_fails_naming_the_module() {
+    let input = loopback();
+    let root = tempfile::tempdir().unwrap();
+    let built = gobuild::build(&input, EPOCH, &env(root.path()), false).unwrap();
+    let lock = built.lock();
+    // Every module the loopback plugin compiles from, and the go.mod of each in the graph.
+    assert!(lock.go_sum.len() > 4, "{:?}", lock.go_sum);
+    assert!(lock
+        .go_sum
+        .iter()
+        .any(|l| l.starts_with("github.com/containernetworking/plugins v1.8.0 h1:")));
+    // A dependency's zip hash (not the main module's, not a go.mod line) gets another value.
+    let i = lock
+        .go_sum
+        .iter()
+        .position(|l| {
+            !l.contains("/go.mod ") && !l.starts_with("github.com/containernetworking/plugins ")
+        })
+        .unwrap();
+    let mut parts: Vec<String> = lock.go_sum[i].split(' ').map(str::to_string).collect();
+    let module_version = format!("{}@{}", parts[0], parts[1]);
+    parts[2] = "h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
+    let mut tampered = lock.clone();
+    tampered.go_sum[i] = parts.join(" ");
+    tampered.go_sum.sort();
+
+    let check = |err: GoError, root: &Path| {
+        let msg = err.to_string();
+        assert!(matches!(err, GoError::Closure { .. }), "{msg}");
+        assert!(msg.contains(&module_version), "{msg}");
+        // Go itself refused the module: its hash is checked against the lock's go.sum.
+        assert!(msg.contains("checksum mismatch"), "{msg}");
+        assert!(cache_entries(root).is_empty(), "{:?}", cache_entries(root));
+    };
+    // Empty module cache.
+    let fresh = tempfile::tempdir().unwrap();
+    let mut cold = env(fresh.path());
+    cold.module_cache = fresh.path().join("go-mod");
+    check(
+        gobuild::build_locked(&input, EPOCH, &cold, false, &tampered).unwrap_err(),
+        fresh.path(),
+    );
+    // The shared module cache, which holds the module.
+    let warm = tempfile::tempdir().unwrap();
+    check(
+        gobuild::build_locked(&input, EPOCH, &env(warm.path()), false, &tampered).unwrap_err(),
+        warm.path(),
+    );
+    // Kiln's cache entry of the untampered build.
+    let err =
+        gobuild::build_locked(&input, EPOCH, &env(root.path()), false, &tampered).unwrap_err();
+    assert!(err.to_string().contains(&module_version), "{err}");
+    // The untampered lock still builds.
+    gobuild::build_locked(&input, EPOCH, &env(warm.path()), false, &lock).unwrap();
+}
+
+/// Kiln's reading of a binary's module list (for the SBOM) against `go version -m`.
+#[test]
+fn build_info_lists_the_modules_go_version_m_lists() {
+    let root = tempfile::tempdir().unwrap();
+    let built = gobuild::build(&loopback(), EPOCH, &env(root.path()), false).unwrap();
+    let bin = &built.binaries[0].path;
+    let info = gobuild::buildinfo::read(bin).unwrap();
+    assert_eq!(info.go_version, built.go_version);
+    let ours: Vec<String> = info
+        .modules
+        .iter()
+        .map(|m| {
+            format!(
+                "{}\t{}\t{}\t{}",
+                if m.main { "mod" } else { "dep" },
+                m.path,
+                m.version,
+                m.sum
+            )
+        })
+        .collect();
+    let out = Command::new("go")
+        .args(["version", "-m"])
+        .arg(bin)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let theirs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("mod\t") || l.starts_with("dep\t"))
+        .map(str::to_string)
+        .collect();
+    assert!(theirs.len() > 3, "{theirs:?}");
+    assert_eq!(ours, theirs);
+    // Every module the binary links is pinned by the closure.
+    for m in &info.modules {
+        let line = format!("{} {} {}", m.path, m.version, m.sum);
+        assert!(
+            built.go_sum.contains(&line),
+            "{line} not in {:?}",
+            built.go_sum
+        );
+    }
 }
 
 #[test]
@@ -155,7 +273,7 @@ fn unknown_module_fails_naming_it_and_caches_nothing() {
     let mut input = loopback();
     input.module = "github.com/containernetworking/plugins-no-such-module".into();
     input.packages = vec![gobuild::GoPackage::Path(format!("{}/x", input.module))];
-    let err = gobuild::build(&input, EPOCH, root.path(), false).unwrap_err();
+    let err = gobuild::build(&input, EPOCH, &env(root.path()), false).unwrap_err();
     assert!(matches!(err, GoError::ModuleNotFound { .. }), "{err:?}");
     assert!(
         err.to_string()
@@ -170,7 +288,7 @@ fn unknown_version_fails_naming_it_and_caches_nothing() {
     let root = tempfile::tempdir().unwrap();
     let mut input = loopback();
     input.version = "v1.8.99".into();
-    let err = gobuild::build(&input, EPOCH, root.path(), false).unwrap_err();
+    let err = gobuild::build(&input, EPOCH, &env(root.path()), false).unwrap_err();
     assert!(matches!(err, GoError::ModuleNotFound { .. }), "{err:?}");
     assert!(
         err.to_string()
@@ -186,14 +304,14 @@ fn missing_or_non_main_package_fails_naming_it_and_caches_nothing() {
     let mut input = loopback();
     let missing = "github.com/containernetworking/plugins/plugins/main/no-such-plugin";
     input.packages = vec![gobuild::GoPackage::Path(missing.into())];
-    let err = gobuild::build(&input, EPOCH, root.path(), false).unwrap_err();
+    let err = gobuild::build(&input, EPOCH, &env(root.path()), false).unwrap_err();
     assert!(matches!(err, GoError::PackageNotFound { .. }), "{err:?}");
     assert!(err.to_string().contains(missing), "{err}");
     assert!(cache_entries(root.path()).is_empty());
 
     let library = "github.com/containernetworking/plugins/pkg/ns";
     input.packages = vec![gobuild::GoPackage::Path(library.into())];
-    let err = gobuild::build(&input, EPOCH, root.path(), false).unwrap_err();
+    let err = gobuild::build(&input, EPOCH, &env(root.path()), false).unwrap_err();
     assert!(matches!(err, GoError::NotMain { .. }), "{err:?}");
     assert!(err.to_string().contains(library), "{err}");
     assert!(cache_entries(root.path()).is_empty());
@@ -207,7 +325,7 @@ fn compile_failure_carries_go_stderr_and_caches_nothing() {
     input.ldflags = vec![
         "-X=github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion".into(),
     ];
-    let err = gobuild::build(&input, EPOCH, root.path(), false).unwrap_err();
+    let err = gobuild::build(&input, EPOCH, &env(root.path()), false).unwrap_err();
     assert!(matches!(err, GoError::Build { .. }), "{err:?}");
     assert!(err.to_string().contains("-X"), "{err}");
     assert!(cache_entries(root.path()).is_empty());

@@ -42,9 +42,10 @@ fn binaries(inputs: &[&str]) -> BTreeMap<String, PathBuf> {
     let def = kiln::definition::load(&path).unwrap();
     let go: Vec<GoInput> = def.go;
     let mut out = BTreeMap::new();
+    let env = gobuild::GoEnv::new(&cache_root()).unwrap();
     for input in go.iter().filter(|i| inputs.contains(&i.name.as_str())) {
         let t = Instant::now();
-        let built = gobuild::build(input, def.epoch, &cache_root(), false)
+        let built = gobuild::build(input, def.epoch, &env, false)
             .unwrap_or_else(|e| panic!("{}: {e}", input.name));
         eprintln!(
             "{}: cache_hit={} in {:.1?}",

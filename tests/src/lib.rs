@@ -187,3 +187,26 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, String> {
     walk(dir, dir, &mut out);
     out
 }
+
+/// Validates an SPDX document with the SPDX project's own validator (spdx-tools, which
+/// `ci/setup` installs); panics with its findings when the document is not valid SPDX.
+pub fn validate_spdx(path: &Path) {
+    let home = std::env::var_os("HOME").expect("HOME is set");
+    let tool = PathBuf::from(home).join(".cache/kiln-ci/spdx-venv/bin/pyspdxtools");
+    assert!(
+        tool.is_file(),
+        "{} is missing: run ci/setup",
+        tool.display()
+    );
+    let o = Command::new(&tool)
+        .arg("-i")
+        .arg(path)
+        .output()
+        .expect("running pyspdxtools");
+    assert!(
+        o.status.success(),
+        "{} is not valid SPDX:\n{}",
+        path.display(),
+        text(&o)
+    );
+}

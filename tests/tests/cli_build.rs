@@ -138,6 +138,7 @@ fn minimal_tar_is_reproducible_across_dirs_times_and_umask() {
         serde_json::from_slice(&std::fs::read(a.join("sbom.spdx.json")).expect("sbom"))
             .expect("json");
     assert_eq!(sbom["spdxVersion"], "SPDX-2.3");
+    kiln_tests::validate_spdx(&a.join("sbom.spdx.json"));
     // The image itself, every input (the .debs and firstboot).
     assert_eq!(
         sbom["packages"].as_array().map(Vec::len),

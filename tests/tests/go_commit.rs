@@ -118,6 +118,7 @@ module = "{MODULE}"
 version = "{VERSION}"
 packages = ["{MODULE}"]
 ldflags = ["-X=main.commit={{commit}}"]
+no-sumdb = ["{MODULE}"]
 {commit}"#
     );
     let path = dir.join("stamped.toml");
@@ -125,12 +126,33 @@ ldflags = ["-X=main.commit={{commit}}"]
     path
 }
 
-/// Everything one `kiln` run sees: its own Kiln cache and Go module cache, the file proxy,
-/// and no checksum database (the test module is in none).
+/// Everything one `kiln` run sees: its own Kiln cache (so its own Go module cache), Go's
+/// build cache shared by the runs (it holds compiled packages only), the file proxy put in
+/// place of the toolchain's proxy by `--mirror`, and the test module kept from the checksum
+/// database (`no-sumdb`: it is in none).
 struct World {
     dir: tempfile::TempDir,
+    /// The Kiln caches, apart from `dir` so that a run that must change nothing can be
+    /// checked by a snapshot of `dir`.
+    caches: tempfile::TempDir,
     proxy: PathBuf,
     go_cache: PathBuf,
+}
+
+/// The first URL of the toolchain's own GOPROXY list (its go.env), the one `--mirror`
+/// rewrites.
+fn toolchain_proxy() -> String {
+    let mut go = std::process::Command::new("go");
+    go.env_clear().env("GOENV", "off").args(["env", "GOPROXY"]);
+    if let Some(path) = std::env::var_os("PATH") {
+        go.env("PATH", path);
+    }
+    let o = go.output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let list = String::from_utf8(o.stdout).unwrap();
+    let first = list.trim().split([',', '|']).next().unwrap().to_string();
+    assert!(first.contains("://"), "no proxy URL in {list:?}");
+    first
 }
 
 impl World {
@@ -140,28 +162,36 @@ impl World {
         write_proxy(&proxy, origin);
         // One Go build cache for the whole test: it only holds compiled packages.
         let go_cache = std::env::temp_dir().join("kiln-go-commit-test-gocache");
+        std::fs::create_dir_all(&go_cache).unwrap();
         World {
             dir,
+            caches: tempfile::tempdir().unwrap(),
             proxy,
             go_cache,
         }
     }
 
-    /// Runs kiln with a fresh Kiln cache and module cache named `fresh`.
+    /// Runs kiln with a fresh Kiln cache named `fresh` (its module cache empty).
     fn kiln(&self, args: &[&str], fresh: &str) -> Output {
-        let cache = self.dir.path().join(fresh).join("kiln");
-        let modcache = self.dir.path().join(fresh).join("gomod");
-        let goproxy = PathBuf::from(format!("file://{}", self.proxy.display()));
-        kiln(
-            args,
-            &[
-                ("KILN_CACHE", &cache),
-                ("GOMODCACHE", &modcache),
-                ("GOCACHE", &self.go_cache),
-                ("GOPROXY", &goproxy),
-                ("GOSUMDB", Path::new("off")),
-            ],
-        )
+        self.kiln_env(args, fresh, &[])
+    }
+
+    /// Like [`World::kiln`], with more environment for kiln.
+    fn kiln_env(&self, args: &[&str], fresh: &str, env: &[(&str, &Path)]) -> Output {
+        let cache = self.caches.path().join(fresh);
+        std::fs::create_dir_all(&cache).unwrap();
+        let build_cache = cache.join(kiln::gobuild::BUILD_CACHE_DIR);
+        if !build_cache.exists() {
+            std::os::unix::fs::symlink(&self.go_cache, &build_cache).unwrap();
+        }
+        let mirror = format!("{}=file://{}", toolchain_proxy(), self.proxy.display());
+        let mut args: Vec<&str> = args.to_vec();
+        if !args.contains(&"--offline") {
+            args.extend(["--mirror", mirror.as_str()]);
+        }
+        let mut all: Vec<(&str, &Path)> = vec![("KILN_CACHE", &cache)];
+        all.extend(env);
+        kiln(&args, &all)
     }
 
     fn def(&self, commit: Option<&str>) -> (String, PathBuf) {
@@ -292,8 +322,8 @@ fn a_commit_that_is_not_40_hex_digits_is_located_and_changes_nothing() {
         let o = w.kiln(&["lock", &def], "a");
         assert!(!o.status.success(), "{}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);
-        // `commit = ...` is line 13 of the definition, its value starts at column 10.
-        assert!(err.contains("stamped.toml:13:10"), "{err}");
+        // `commit = ...` is line 14 of the definition, its value starts at column 10.
+        assert!(err.contains("stamped.toml:14:10"), "{err}");
         assert!(err.contains("40 lowercase hex digits"), "{err}");
         assert!(!lock.exists());
         assert_eq!(
@@ -302,4 +332,145 @@ fn a_commit_that_is_not_40_hex_digits_is_located_and_changes_nothing() {
             "a refused definition changed files"
         );
     }
+}
+
+/// The sha256 of the binary in the image a `kiln build` wrote to `<dir>/<fresh>/out`.
+fn built_binary_sha(w: &World, fresh: &str) -> String {
+    let out = w.dir.path().join(fresh).join("out");
+    let bytes = tar_member(&out.join("stamped.tar"), "usr/bin/stamped");
+    kiln::digest::Digest::of_bytes(kiln::digest::Algorithm::Sha256, &bytes).to_string()
+}
+
+/// `kiln build DEF --out <dir>/<out>/out`, more arguments and environment, with the Kiln
+/// cache `fresh`.
+fn build(
+    w: &World,
+    def: &str,
+    out: &str,
+    more: &[&str],
+    env: &[(&str, &Path)],
+    fresh: &str,
+) -> Output {
+    let out = w.dir.path().join(out).join("out");
+    let mut args = vec!["build", def, "--out", out.to_str().unwrap()];
+    args.extend(more);
+    w.kiln_env(&args, fresh, env)
+}
+
+#[test]
+fn the_callers_go_environment_changes_nothing() {
+    let w = World::new(None);
+    let (def, _) = w.def(Some(C1));
+    let o = w.kiln(&["lock", &def], "a");
+    assert!(o.status.success(), "{}", text(&o));
+    let o = build(&w, &def, "b", &[], &[], "b");
+    assert!(o.status.success(), "{}", text(&o));
+    let plain = built_binary_sha(&w, "b");
+
+    // Each of these, if Go saw it, would fail the build (no proxy, no vendor directory, a
+    // toolchain that does not exist) or change the binary (another instruction set, cgo).
+    let go_env_file = w.caches.path().join("hostile-go-env");
+    std::fs::write(&go_env_file, "GOPROXY=off\nGOFLAGS=-mod=vendor\n").unwrap();
+    let p = Path::new;
+    let hostile: Vec<(&str, &Path)> = vec![
+        ("GOPROXY", p("off")),
+        ("GOFLAGS", p("-mod=vendor")),
+        ("GONOSUMDB", p("*")),
+        ("GOSUMDB", p("off")),
+        ("GOTOOLCHAIN", p("go1.99.0")),
+        ("GOAMD64", p("v3")),
+        ("CGO_ENABLED", p("1")),
+        ("GOENV", &go_env_file),
+        ("GOMODCACHE", p("/nonexistent/kiln-test")),
+        ("GOCACHE", p("/nonexistent/kiln-test")),
+        ("GOWORK", p("/nonexistent/go.work")),
+    ];
+    let o = build(&w, &def, "c", &[], &hostile, "c");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(built_binary_sha(&w, "c"), plain);
+}
+
+#[test]
+fn offline_builds_after_kiln_fetch_or_names_the_missing_module() {
+    let w = World::new(None);
+    let (def, _) = w.def(Some(C1));
+    let o = w.kiln(&["lock", &def], "a");
+    assert!(o.status.success(), "{}", text(&o));
+
+    // An empty Kiln cache: the first module is named, and nothing is written.
+    let before = snapshot(w.dir.path());
+    let o = build(&w, &def, "b", &["--offline"], &[], "b");
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for want in ["offline", &format!("{MODULE}@{VERSION}"), "module cache"] {
+        assert!(err.contains(want), "missing {want:?} in {err}");
+    }
+    assert_eq!(snapshot(w.dir.path()), before, "a failed build wrote files");
+
+    // `kiln fetch` fills Kiln's module cache; with the proxy gone, the offline build
+    // succeeds from it, and gives the binary an online build gives.
+    let o = w.kiln(&["fetch", &def, "--json"], "c");
+    assert!(o.status.success(), "{}", text(&o));
+    let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(summary["go-modules"], 1, "{summary}");
+    assert!(w
+        .caches
+        .path()
+        .join("c/go-mod/cache/download")
+        .join(MODULE)
+        .is_dir());
+    let o = build(&w, &def, "e", &[], &[], "e");
+    assert!(o.status.success(), "{}", text(&o));
+    let sha = built_binary_sha(&w, "e");
+    std::fs::remove_dir_all(&w.proxy).unwrap();
+    let o = build(&w, &def, "d", &["--offline"], &[], "c");
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(built_binary_sha(&w, "d"), sha);
+
+    // The SBOM is valid SPDX and lists exactly the binary's one module, linked from it.
+    let sbom_path = w.dir.path().join("d/out/sbom.spdx.json");
+    kiln_tests::validate_spdx(&sbom_path);
+    let sbom: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sbom_path).unwrap()).unwrap();
+    let modules: Vec<String> = sbom["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["SPDXID"].as_str().unwrap().starts_with("SPDXRef-gomod-"))
+        .map(|p| {
+            format!(
+                "{} {}",
+                p["externalRefs"][0]["referenceLocator"].as_str().unwrap(),
+                p["sourceInfo"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let lock: toml::Value =
+        toml::from_str(&std::fs::read_to_string(w.dir.path().join("stamped.lock")).unwrap())
+            .unwrap();
+    let zip_sum = lock["go"][0]["go-sum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .find(|l| l.starts_with(&format!("{MODULE} {VERSION} h1:")))
+        .unwrap()
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        modules,
+        [format!(
+            "pkg:golang/{MODULE}@{VERSION} Go module, go.sum hash {zip_sum}"
+        )]
+    );
+    let links: Vec<&serde_json::Value> = sbom["relationships"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["relationshipType"] == "STATIC_LINK")
+        .collect();
+    assert_eq!(links.len(), 1, "{links:?}");
+    assert_eq!(links[0]["spdxElementId"], "SPDXRef-go-stamped");
 }

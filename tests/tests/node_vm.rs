@@ -30,7 +30,13 @@ fn kubectl_bin() -> PathBuf {
     let def = kiln::definition::load(&workspace_root().join("images/single-node.toml")).unwrap();
     let cache = kiln_tests::kiln_cache();
     let k8s = def.go.iter().find(|g| g.name == "kubernetes").unwrap();
-    let out = kiln::gobuild::build(k8s, def.epoch, &cache, false).unwrap();
+    let out = kiln::gobuild::build(
+        k8s,
+        def.epoch,
+        &kiln::gobuild::GoEnv::new(&cache).unwrap(),
+        false,
+    )
+    .unwrap();
     out.binaries
         .iter()
         .find(|b| b.name == "kubectl")

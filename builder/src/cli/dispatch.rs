@@ -8,7 +8,8 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::cli::{
-    BuildArgs, Cli, Command, FetchArgs, KubeconfigArgs, LockArgs, SecretsCommand, SecretsGenArgs,
+    BuildArgs, Cli, Command, FetchArgs, FetchDefinitionArgs, KubeconfigArgs, LockArgs,
+    SecretsCommand, SecretsGenArgs,
 };
 use crate::definition;
 use crate::pipeline::{self, BuildOptions, BuildSummary, FetchOptions, LockOptions};
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Lock(args) if args.check => lock_check(&args),
         Command::Lock(args) => lock(&args),
         Command::Build(args) => build(&args),
+        Command::Fetch(args) => fetch(&args),
         Command::Secrets(SecretsCommand::Gen(args)) => secrets_gen(&args),
         Command::Kubeconfig(args) => kubeconfig(&args),
         Command::Run(args) => crate::cli::run::run(&args),
@@ -118,6 +120,25 @@ fn lock(args: &LockArgs) -> Result<()> {
         s.packages,
         s.artifacts,
         s.go_inputs
+    );
+    Ok(())
+}
+
+fn fetch(args: &FetchDefinitionArgs) -> Result<()> {
+    let s = pipeline::fetch(&pipeline::FetchDefinitionOptions {
+        definition: args.definition.clone(),
+        fetch: (&args.fetch).into(),
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    }
+    eprintln!(
+        "{}: {} downloaded, {} already cached; {} go inputs, {} modules in the module cache",
+        args.definition.display(),
+        s.downloaded,
+        s.cached,
+        s.go_inputs,
+        s.go_modules
     );
     Ok(())
 }

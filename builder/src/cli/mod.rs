@@ -32,6 +32,9 @@ pub enum Command {
     Build(BuildArgs),
     /// Resolve every input of a definition and pin it in DEF's lock file.
     Lock(LockArgs),
+    /// Download every input of a definition as its lock pins it (Debian packages, artifacts,
+    /// the modules of each go input), so that `kiln build --offline` then needs no network.
+    Fetch(FetchDefinitionArgs),
     /// Print the JSON Schema of the definition format (for editors).
     Schema,
     /// Show what is inside a built output: partitions, slots, boot entries, root, manifest.
@@ -167,6 +170,18 @@ pub struct BuildArgs {
     /// rewrite the lock's go pins; without it such a build fails naming the binary.
     #[arg(long)]
     pub relock: bool,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchDefinitionArgs {
+    /// Image definition (its lock must be up to date).
+    #[arg(default_value = "images/single-node.toml", value_name = "DEF")]
+    pub definition: PathBuf,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub fetch: FetchArgs,
 }

@@ -26,6 +26,9 @@ pub const FIXED_ENV: &[&str] = &[
     "GOCACHE",
     "GOMODCACHE",
     "GOPATH",
+    "GOENV",
+    "GOVCS",
+    "GOINSECURE",
 ];
 
 /// A Go program built from a pinned module version with the host Go toolchain.
@@ -62,6 +65,12 @@ pub struct GoInput {
     /// Extra environment for the Go toolchain (may not override the fixed variables).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Module path patterns (Go's GONOSUMDB syntax, e.g. `example.com/private`) that the
+    /// public checksum database cannot know: private modules, or ones only a local mirror
+    /// serves. `kiln lock` does not ask it about them; their hashes are pinned in the lock
+    /// like every other module's. Kiln never takes GONOSUMDB from the caller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_sumdb: Vec<String>,
     /// Version stamping scheme of the upstream build, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stamp: Option<Stamp>,
@@ -230,6 +239,11 @@ impl GoInput {
         for t in &self.tags {
             if t.is_empty() || t.contains([',', ' ']) {
                 return Err(bad(format!("bad build tag {t:?}")));
+            }
+        }
+        for p in &self.no_sumdb {
+            if p.is_empty() || p.contains(|c: char| c == ',' || c.is_whitespace()) {
+                return Err(bad(format!("bad no-sumdb pattern {p:?}")));
             }
         }
         for k in self.env.keys() {

@@ -6,6 +6,9 @@
 //! flags. Outputs are cached under `<cache_root>/go/<key>/bin/`, where the key hashes every
 //! input and the `go version`; a cache hit runs nothing but `go version`.
 
+pub mod buildinfo;
+mod closure;
+mod env;
 mod input;
 mod modfile;
 mod run;
@@ -20,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Algorithm, Digest};
 
+pub use env::{GoEnv, GoNetwork, BUILD_CACHE_DIR, MODULE_CACHE_DIR};
 pub use input::{GitCommit, GoInput, GoPackage, Stamp, DEFAULT_DEST, FIXED_ENV};
 use run::GoCommand;
 
@@ -109,6 +113,20 @@ pub enum GoError {
         expected: String,
         actual: String,
     },
+    #[error("go input {name}: module {module_version} {reason}; rerun with --relock to accept")]
+    Closure {
+        name: String,
+        module_version: String,
+        reason: String,
+    },
+    #[error(
+        "offline: module {module_version} is not in Kiln's Go module cache ({cache}); \
+         `kiln fetch` the definition first"
+    )]
+    Offline {
+        module_version: String,
+        cache: PathBuf,
+    },
     #[error("go input {name}: the lock lists binary {binary}, the build has no such binary")]
     LockMissing { name: String, binary: String },
 }
@@ -148,6 +166,8 @@ pub struct GoBuildOutput {
     /// The upstream commit of the module version, where known (the one the binaries were
     /// stamped with, when they are).
     pub commit: Option<String>,
+    /// The module closure: the generated main module's go.sum lines, sorted.
+    pub go_sum: Vec<String>,
     pub report: GoBuildReport,
 }
 
@@ -162,6 +182,10 @@ pub struct GoLock {
     pub go_version: String,
     /// Binary name -> sha256.
     pub binaries: BTreeMap<String, Digest>,
+    /// The module closure (go.sum lines, sorted); empty in a lock written before Kiln
+    /// pinned it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub go_sum: Vec<String>,
 }
 
 impl GoBuildOutput {
@@ -169,6 +193,7 @@ impl GoBuildOutput {
         GoLock {
             commit: self.commit.clone(),
             go_version: self.go_version.clone(),
+            go_sum: self.go_sum.clone(),
             binaries: self
                 .binaries
                 .iter()
@@ -185,6 +210,9 @@ struct Manifest {
     #[serde(default)]
     commit: Option<String>,
     binaries: Vec<GoBinary>,
+    /// Empty in an entry built before Kiln recorded the closure: such an entry is built again.
+    #[serde(default)]
+    go_sum: Vec<String>,
 }
 
 /// The canonical serialisation hashed into the cache key.
@@ -212,10 +240,11 @@ struct KeyMaterial<'a> {
 pub fn build(
     input: &GoInput,
     epoch: u64,
-    cache_root: &Path,
+    env: &GoEnv,
     progress: bool,
 ) -> Result<GoBuildOutput, GoError> {
-    build_inner(input, epoch, cache_root, progress, None)
+    build_inner(input, epoch, env, progress, None)
+        .map_err(|e| closure::explain(&input.name, env.explain(e)))
 }
 
 /// Like [`build`], but the upstream commit comes from `lock` alone (the module proxy is not
@@ -224,11 +253,68 @@ pub fn build(
 pub fn build_locked(
     input: &GoInput,
     epoch: u64,
-    cache_root: &Path,
+    env: &GoEnv,
     progress: bool,
     lock: &GoLock,
 ) -> Result<GoBuildOutput, GoError> {
-    build_inner(input, epoch, cache_root, progress, Some(lock))
+    build_inner(input, epoch, env, progress, Some(lock))
+        .map_err(|e| closure::explain(&input.name, env.explain(e)))
+}
+
+/// `kiln fetch`: downloads what a locked build of `input` needs (the pinned module and every
+/// module its packages compile from, each checked against the lock's hashes) into Kiln's
+/// module cache, compiling nothing. Returns how many modules the lock's closure pins.
+pub fn fetch(input: &GoInput, env: &GoEnv, lock: &GoLock) -> Result<usize, GoError> {
+    let module_version = format!("{}@{}", input.module, input.version);
+    let fetched = (|| {
+        input.validate()?;
+        if lock.go_sum.is_empty() {
+            return Err(GoError::Closure {
+                name: input.name.clone(),
+                module_version: module_version.clone(),
+                reason: "has no module closure in the lock (run `kiln lock`)".into(),
+            });
+        }
+        closure::validate(&input.name, &lock.go_sum)?;
+        let commit = locked_commit(input, &module_version, lock)?;
+        let tmp = temp_dir(&env.cache_root.join("go"), ".tmp-fetch-")?;
+        let go = |dir: Option<&Path>| GoCommand::new(env, true, input, dir);
+        let mut commands = Vec::new();
+        let src = tmp.path();
+        prepare(
+            &go,
+            env,
+            input,
+            Some(commit),
+            Some(&lock.go_sum),
+            src,
+            &mut commands,
+        )?;
+        closure::check(&input.name, &closure::read(src)?, &lock.go_sum)?;
+        Ok(lock
+            .go_sum
+            .iter()
+            .filter(|l| !l.contains("/go.mod "))
+            .count())
+    })();
+    fetched.map_err(|e| closure::explain(&input.name, env.explain(e)))
+}
+
+/// A temporary directory in `go_dir` (created if need be), named with `prefix`.
+fn temp_dir(go_dir: &Path, prefix: &str) -> Result<tempfile::TempDir, GoError> {
+    fs::create_dir_all(go_dir).map_err(|source| GoError::Cache {
+        action: "creating",
+        path: go_dir.to_path_buf(),
+        source,
+    })?;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(go_dir)
+        .map_err(|source| GoError::Cache {
+            action: "creating a temporary directory in",
+            path: go_dir.to_path_buf(),
+            source,
+        })
 }
 
 /// Checks built binaries against a lock entry.
@@ -267,19 +353,24 @@ pub fn check_lock(
 fn build_inner(
     input: &GoInput,
     epoch: u64,
-    cache_root: &Path,
+    env: &GoEnv,
     progress: bool,
     lock: Option<&GoLock>,
 ) -> Result<GoBuildOutput, GoError> {
     let start = Instant::now();
+    // Where the lock pins the closure, go.sum holds every hash before Go runs: Go refuses a
+    // download that differs, and the checksum database is not asked.
+    let locked_sum = lock.map(|l| l.go_sum.as_slice()).filter(|s| !s.is_empty());
+    if let Some(lines) = locked_sum {
+        closure::validate(&input.name, lines)?;
+    }
+    let go = |dir: Option<&Path>| GoCommand::new(env, locked_sum.is_some(), input, dir);
     input.validate()?;
     let progress = progress && std::io::stderr().is_terminal();
     let module_version = format!("{}@{}", input.module, input.version);
     let mut commands = Vec::new();
 
-    let go_version_output = GoCommand::new(input, None)
-        .args(["version"])
-        .output(&mut commands)?;
+    let go_version_output = go(None).args(["version"]).output(&mut commands)?;
     let go_version = go_version_output
         .split_whitespace()
         .nth(2)
@@ -290,7 +381,7 @@ fn build_inner(
         })?
         .to_string();
     let cc_version = if input.cgo {
-        Some(run::cc_version(input, &mut commands)?)
+        Some(run::cc_version(env, input, &mut commands)?)
     } else {
         None
     };
@@ -307,40 +398,41 @@ fn build_inner(
         go_version_output.trim(),
         cc_version.as_deref(),
     );
-    let go_dir = cache_root.join("go");
+    let go_dir = env.cache_root.join("go");
     let dir = go_dir.join(&key);
     if dir.join(MANIFEST).is_file() {
-        let (binaries, cached_commit) = read_manifest(&dir, &key)?;
-        if let Some(lock) = lock {
-            check_lock(&input.name, &go_version, &binaries, lock)?;
+        let cached = read_manifest(&dir, &key)?;
+        if cached.go_sum.is_empty() {
+            // Built before the closure was recorded: build it again.
+            fs::remove_dir_all(&dir).map_err(|source| GoError::Cache {
+                action: "removing the outdated entry",
+                path: dir.clone(),
+                source,
+            })?;
+        } else {
+            if let Some(lock) = lock {
+                check_lock(&input.name, &go_version, &cached.binaries, lock)?;
+                if let Some(lines) = locked_sum {
+                    closure::check(&input.name, &cached.go_sum, lines)?;
+                }
+            }
+            return Ok(GoBuildOutput {
+                key,
+                dir,
+                binaries: cached.binaries,
+                go_version,
+                commit: locked_commit.unwrap_or(cached.commit),
+                go_sum: cached.go_sum,
+                report: GoBuildReport {
+                    cache_hit: true,
+                    commands,
+                    elapsed: start.elapsed(),
+                },
+            });
         }
-        return Ok(GoBuildOutput {
-            key,
-            dir,
-            binaries,
-            go_version,
-            commit: locked_commit.unwrap_or(cached_commit),
-            report: GoBuildReport {
-                cache_hit: true,
-                commands,
-                elapsed: start.elapsed(),
-            },
-        });
     }
 
-    fs::create_dir_all(&go_dir).map_err(|source| GoError::Cache {
-        action: "creating",
-        path: go_dir.clone(),
-        source,
-    })?;
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".tmp-{}-", &key[..16]))
-        .tempdir_in(&go_dir)
-        .map_err(|source| GoError::Cache {
-            action: "creating a temporary directory in",
-            path: go_dir.clone(),
-            source,
-        })?;
+    let tmp = temp_dir(&go_dir, &format!(".tmp-{}-", &key[..16]))?;
     let src = tmp.path().join("src");
     let out = tmp.path().join("out");
     let bin = out.join("bin");
@@ -352,82 +444,24 @@ fn build_inner(
         })?;
     }
 
-    // 1. The pinned module: its go.mod and, for `kiln lock`, the upstream commit.
-    let (go_mod_path, commit) = match locked_commit {
-        Some(commit) => (
-            download_module(input, &module_version, &src, &mut commands)?,
-            commit,
-        ),
-        None => resolve_module(input, &module_version, &src, &mut commands)?,
-    };
-    let modfile_json = GoCommand::new(input, Some(&src))
-        .args(["mod", "edit", "-json", go_mod_path.as_str()])
-        .output(&mut commands)?;
-    let pinned: modfile::ModFile =
-        serde_json::from_str(&modfile_json).map_err(|e| GoError::Output {
-            command: format!("go mod edit -json {go_mod_path}"),
-            reason: e.to_string(),
-        })?;
+    let commit = prepare(
+        &go,
+        env,
+        input,
+        locked_commit,
+        locked_sum,
+        &src,
+        &mut commands,
+    )?;
     let stamp_commit = commit.as_deref().filter(|_| input.needs_commit());
-
-    // 2. The generated main module.
-    let replaces = modfile::replaces_for(&input.module, &input.version, &pinned)?;
-    let go_mod_text = modfile::render_go_mod(&input.module, &input.version, &pinned, &replaces);
-    let go_mod_file = src.join("go.mod");
-    fs::write(&go_mod_file, go_mod_text).map_err(|source| GoError::Cache {
-        action: "writing",
-        path: go_mod_file.clone(),
-        source,
-    })?;
-
-    // 3. Check the packages exist and are commands (this also fills go.sum).
     let tags = input.tags.join(",");
-    let mut list = GoCommand::new(input, Some(&src));
-    list.args(["list", "-e", "-json=ImportPath,Name,Error,DepsErrors"]);
-    if !tags.is_empty() {
-        list.args(["-tags", tags.as_str()]);
-    }
-    list.args(input.packages.iter().map(|p| p.path()));
-    let listed = list.output_allow_fail(&mut commands)?;
-    check_packages(input, &module_version, &listed)?;
-    // With -mod=mod, go may "find" a missing package by upgrading the module: refuse that.
-    let after_json = GoCommand::new(input, Some(&src))
-        .args(["mod", "edit", "-json", "go.mod"])
-        .output(&mut commands)?;
-    let after: modfile::ModFile =
-        serde_json::from_str(&after_json).map_err(|e| GoError::Output {
-            command: "go mod edit -json go.mod".into(),
-            reason: e.to_string(),
-        })?;
-    let resolved = after
-        .require
-        .iter()
-        .flatten()
-        .find(|r| r.path == input.module)
-        .map(|r| r.version.clone());
-    if resolved.as_deref() != Some(input.version.as_str()) {
-        return Err(GoError::PackageNotFound {
-            package: input
-                .packages
-                .iter()
-                .map(|p| p.path())
-                .collect::<Vec<_>>()
-                .join(" "),
-            module_version,
-            message: format!(
-                "resolving the packages moved {} to {}",
-                input.module,
-                resolved.as_deref().unwrap_or("nothing")
-            ),
-        });
-    }
 
     // 4. Build each package.
     let ldflags = ldflags(input, epoch, stamp_commit, &module_version)?;
     let mut binaries = Vec::new();
     for p in &input.packages {
         let target = bin.join(p.binary());
-        let mut cmd = GoCommand::new(input, Some(&src));
+        let mut cmd = go(Some(&src));
         cmd.args(["build", "-p", "2", "-trimpath", "-buildvcs=false"]);
         if progress {
             cmd.args(["-v"]);
@@ -474,8 +508,12 @@ fn build_inner(
             size,
         });
     }
+    let go_sum = closure::read(&src)?;
     if let Some(lock) = lock {
         check_lock(&input.name, &go_version, &binaries, lock)?;
+    }
+    if let Some(lines) = locked_sum {
+        closure::check(&input.name, &go_sum, lines)?;
     }
 
     // 5. Commit atomically: manifest, then rename the whole directory.
@@ -484,6 +522,7 @@ fn build_inner(
         go_version: go_version.clone(),
         commit: commit.clone(),
         binaries: binaries.clone(),
+        go_sum: go_sum.clone(),
     };
     let manifest_path = out.join(MANIFEST);
     let manifest_text = serde_json::to_vec_pretty(&manifest).map_err(|e| GoError::Output {
@@ -512,12 +551,102 @@ fn build_inner(
         binaries,
         go_version,
         commit,
+        go_sum,
         report: GoBuildReport {
             cache_hit: false,
             commands,
             elapsed: start.elapsed(),
         },
     })
+}
+
+/// Steps 1–3 of a build in `src`: the pinned module downloaded (for `kiln lock` also its
+/// upstream commit resolved), the generated main module written, with the lock's go.sum
+/// where it pins the closure, and the packages listed, which downloads every module they
+/// compile from and fills go.sum. Returns the upstream commit.
+fn prepare(
+    go: &dyn Fn(Option<&Path>) -> GoCommand,
+    env: &GoEnv,
+    input: &GoInput,
+    locked_commit: Option<Option<String>>,
+    locked_sum: Option<&[String]>,
+    src: &Path,
+    commands: &mut Vec<String>,
+) -> Result<Option<String>, GoError> {
+    let module_version = format!("{}@{}", input.module, input.version);
+    if let Some(lines) = locked_sum {
+        closure::write(src, lines)?;
+    }
+
+    // 1. The pinned module: its go.mod and, for `kiln lock`, the upstream commit.
+    let (go_mod_path, commit) = match locked_commit {
+        Some(commit) => (
+            download_module(go, env, input, &module_version, src, commands)?,
+            commit,
+        ),
+        None => resolve_module(go, input, &module_version, src, commands)?,
+    };
+    let modfile_json = go(Some(src))
+        .args(["mod", "edit", "-json", go_mod_path.as_str()])
+        .output(commands)?;
+    let pinned: modfile::ModFile =
+        serde_json::from_str(&modfile_json).map_err(|e| GoError::Output {
+            command: format!("go mod edit -json {go_mod_path}"),
+            reason: e.to_string(),
+        })?;
+
+    // 2. The generated main module.
+    let replaces = modfile::replaces_for(&input.module, &input.version, &pinned)?;
+    let go_mod_text = modfile::render_go_mod(&input.module, &input.version, &pinned, &replaces);
+    let go_mod_file = src.join("go.mod");
+    fs::write(&go_mod_file, go_mod_text).map_err(|source| GoError::Cache {
+        action: "writing",
+        path: go_mod_file.clone(),
+        source,
+    })?;
+
+    // 3. Check the packages exist and are commands (this also fills go.sum).
+    let tags = input.tags.join(",");
+    let mut list = go(Some(src));
+    list.args(["list", "-e", "-json=ImportPath,Name,Error,DepsErrors"]);
+    if !tags.is_empty() {
+        list.args(["-tags", tags.as_str()]);
+    }
+    list.args(input.packages.iter().map(|p| p.path()));
+    let listed = list.output_allow_fail(commands)?;
+    check_packages(input, &module_version, &listed)?;
+    // With -mod=mod, go may "find" a missing package by upgrading the module: refuse that.
+    let after_json = go(Some(src))
+        .args(["mod", "edit", "-json", "go.mod"])
+        .output(commands)?;
+    let after: modfile::ModFile =
+        serde_json::from_str(&after_json).map_err(|e| GoError::Output {
+            command: "go mod edit -json go.mod".into(),
+            reason: e.to_string(),
+        })?;
+    let resolved = after
+        .require
+        .iter()
+        .flatten()
+        .find(|r| r.path == input.module)
+        .map(|r| r.version.clone());
+    if resolved.as_deref() != Some(input.version.as_str()) {
+        return Err(GoError::PackageNotFound {
+            package: input
+                .packages
+                .iter()
+                .map(|p| p.path())
+                .collect::<Vec<_>>()
+                .join(" "),
+            module_version,
+            message: format!(
+                "resolving the packages moved {} to {}",
+                input.module,
+                resolved.as_deref().unwrap_or("nothing")
+            ),
+        });
+    }
+    Ok(commit)
 }
 
 /// The commit `kiln build` stamps with: the lock's. A lock without one for an input that
@@ -570,12 +699,14 @@ fn needs_commit_what(input: &GoInput) -> &'static str {
 /// `kiln build`: downloads the pinned module (never asking for its Origin) and returns the
 /// path of its go.mod in the module cache.
 fn download_module(
+    go: &dyn Fn(Option<&Path>) -> GoCommand,
+    env: &GoEnv,
     input: &GoInput,
     module_version: &str,
     src: &Path,
     commands: &mut Vec<String>,
 ) -> Result<String, GoError> {
-    let dl = GoCommand::new(input, Some(src))
+    let dl = go(Some(src))
         .args(["mod", "download", module_version])
         .output_allow_fail(commands)?;
     if !dl.success {
@@ -584,18 +715,9 @@ fn download_module(
             message: run::tail(&dl.stderr),
         });
     }
-    let modcache = GoCommand::new(input, Some(src))
-        .args(["env", "GOMODCACHE"])
-        .output(commands)?;
-    let modcache = modcache.trim();
-    if modcache.is_empty() {
-        return Err(GoError::Output {
-            command: "go env GOMODCACHE".into(),
-            reason: "empty".into(),
-        });
-    }
     Ok(format!(
-        "{modcache}/cache/download/{}/@v/{}.mod",
+        "{}/cache/download/{}/@v/{}.mod",
+        env.module_cache.display(),
         escape_module_path(&input.module),
         escape_module_path(&input.version)
     ))
@@ -604,12 +726,13 @@ fn download_module(
 /// `kiln lock`: downloads the pinned module, reads the upstream commit from the module
 /// proxy's Origin and settles it against the definition's `commit`.
 fn resolve_module(
+    go: &dyn Fn(Option<&Path>) -> GoCommand,
     input: &GoInput,
     module_version: &str,
     src: &Path,
     commands: &mut Vec<String>,
 ) -> Result<(String, Option<String>), GoError> {
-    let download_json = GoCommand::new(input, Some(src))
+    let download_json = go(Some(src))
         .args(["mod", "download", "-json", module_version])
         .output_allow_fail(commands)?;
     let dl: modfile::Download =
@@ -715,7 +838,8 @@ fn cache_key(
         .to_string()
 }
 
-fn read_manifest(dir: &Path, key: &str) -> Result<(Vec<GoBinary>, Option<String>), GoError> {
+/// Reads a cache entry's manifest; every binary is hashed again and must match it.
+fn read_manifest(dir: &Path, key: &str) -> Result<Manifest, GoError> {
     let path = dir.join(MANIFEST);
     let bad = |reason: String| GoError::BadCacheEntry {
         path: dir.to_path_buf(),
@@ -730,10 +854,13 @@ fn read_manifest(dir: &Path, key: &str) -> Result<(Vec<GoBinary>, Option<String>
     if m.key != key {
         return Err(bad(format!("manifest key {} is not {key}", m.key)));
     }
-    let mut bins = m.binaries;
-    for b in &mut bins {
+    let mut m = m;
+    for b in &mut m.binaries {
         b.path = dir.join("bin").join(&b.name);
-        let size = fs::metadata(&b.path)
+        let file =
+            fs::File::open(&b.path).map_err(|e| bad(format!("{}: {e}", b.path.display())))?;
+        let size = file
+            .metadata()
             .map_err(|e| bad(format!("{}: {e}", b.path.display())))?
             .len();
         if size != b.size {
@@ -742,8 +869,16 @@ fn read_manifest(dir: &Path, key: &str) -> Result<(Vec<GoBinary>, Option<String>
                 b.name, b.size
             )));
         }
+        let sha256 = Digest::of_reader(Algorithm::Sha256, file)
+            .map_err(|e| bad(format!("{}: {e}", b.path.display())))?;
+        if sha256 != b.sha256 {
+            return Err(bad(format!(
+                "{} has {sha256}, manifest says {}",
+                b.name, b.sha256
+            )));
+        }
     }
-    Ok((bins, m.commit))
+    Ok(m)
 }
 
 #[derive(Deserialize)]
@@ -992,6 +1127,7 @@ mod tests {
             commit: c.map(str::to_string),
             go_version: "go1.26.8".into(),
             binaries: BTreeMap::new(),
+            go_sum: Vec::new(),
         };
         assert_eq!(
             locked_commit(&stamped(None), mv, &lock(Some(C1))).unwrap(),

@@ -1,4 +1,5 @@
-//! Running the host Go toolchain with the fixed environment, through [`crate::process::Tool`].
+//! Running the host Go toolchain in Kiln's environment ([`GoEnv`]), through
+//! [`crate::process::Tool`].
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
@@ -7,7 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use super::{GoError, GoInput};
+use super::{GoEnv, GoError, GoInput};
 use crate::process::{CommandError, Tool};
 
 const TAIL_LINES: usize = 30;
@@ -53,19 +54,15 @@ impl From<CommandError> for GoError {
 }
 
 impl GoCommand {
-    pub fn new(input: &GoInput, dir: Option<&Path>) -> Self {
-        let mut tool = Tool::new("go");
+    /// `go` in Kiln's environment for `input` ([`GoEnv::tool`]; `pinned`: go.sum holds
+    /// every module hash already), run in `dir`.
+    pub fn new(env: &GoEnv, pinned: bool, input: &GoInput, dir: Option<&Path>) -> Self {
+        let mut tool = env.tool(pinned);
         if let Some(d) = dir {
             tool.current_dir(d);
         }
-        tool.env("GOTOOLCHAIN", "local")
-            .env("GOFLAGS", "-mod=mod -modcacherw")
-            .env("GO111MODULE", "on")
-            .env("GOWORK", "off")
-            .env("GOOS", "linux")
-            .env("GOARCH", "amd64")
-            .env("GOAMD64", "v1")
-            .env("CGO_ENABLED", if input.cgo { "1" } else { "0" })
+        tool.env("CGO_ENABLED", if input.cgo { "1" } else { "0" })
+            .env("GONOSUMDB", input.no_sumdb.join(","))
             .envs(&input.env)
             .tail_lines(TAIL_LINES);
         GoCommand { tool }
@@ -164,8 +161,8 @@ impl GoCommand {
 }
 
 /// The C compiler's identification, for the cache key of cgo builds.
-pub fn cc_version(input: &GoInput, log: &mut Vec<String>) -> Result<String, GoError> {
-    let cc = GoCommand::new(input, None)
+pub fn cc_version(env: &GoEnv, input: &GoInput, log: &mut Vec<String>) -> Result<String, GoError> {
+    let cc = GoCommand::new(env, true, input, None)
         .args(["env", "CC"])
         .output(log)?;
     let cc = cc.trim();

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use crate::debian::control::parse_paragraphs;
+use crate::gobuild::buildinfo::GoModule;
 use crate::outputs::manifest::Input;
 use crate::tree::{Kind, Tree, TreePath};
 
@@ -50,26 +51,43 @@ pub fn debian_license(copyright: &str) -> Option<String> {
     (!license.is_empty()).then(|| license.to_string())
 }
 
-/// A Debian license expression (`GPL-2+ or Artistic`) as an SPDX expression.
+/// A Debian license expression (`GPL-2+ or Artistic`) as an SPDX expression. The words
+/// between two operators are one license: a known name alone becomes its SPDX identifier,
+/// anything else one `LicenseRef-` of all its words (`GPL-2+ with OpenSSL exception` becomes
+/// `LicenseRef-GPL-2--with-OpenSSL-exception`).
 pub fn spdx_expression(debian: &str) -> String {
-    let mut out = Vec::new();
+    let mut out: Vec<String> = Vec::new();
+    let mut term: Vec<&str> = Vec::new();
+    let flush = |term: &mut Vec<&str>, out: &mut Vec<String>| {
+        let id = match term.as_slice() {
+            [] => return,
+            [one] => SPDX_NAMES
+                .iter()
+                .find(|(d, _)| d.eq_ignore_ascii_case(one))
+                .map(|(_, s)| s.to_string())
+                .unwrap_or_else(|| format!("LicenseRef-{}", idstring(one))),
+            many => format!("LicenseRef-{}", idstring(&many.join("-"))),
+        };
+        out.push(id);
+        term.clear();
+    };
     for word in debian.split_whitespace() {
         let w = word.trim_matches(',');
         let lower = w.to_ascii_lowercase();
         if lower == "or" || lower == "and" {
+            if term.is_empty() {
+                return "NOASSERTION".into();
+            }
+            flush(&mut term, &mut out);
             out.push(lower.to_uppercase());
-            continue;
+        } else if !w.is_empty() {
+            term.push(w);
         }
-        let id = SPDX_NAMES
-            .iter()
-            .find(|(d, _)| d.eq_ignore_ascii_case(w))
-            .map(|(_, s)| s.to_string())
-            .unwrap_or_else(|| format!("LicenseRef-{}", idstring(w)));
-        out.push(id);
     }
-    if out.is_empty() || out.first().is_some_and(|w| w == "OR" || w == "AND") {
+    if term.is_empty() {
         return "NOASSERTION".into();
     }
+    flush(&mut term, &mut out);
     out.join(" ")
 }
 
@@ -109,7 +127,9 @@ fn spdx_id(kind: &str, name: &str) -> String {
     format!("SPDXRef-{kind}-{}", idstring(name))
 }
 
-/// The SPDX 2.3 document for an image.
+/// The SPDX 2.3 document for an image. `go_modules`: for each Go binary (by its input
+/// name), the modules linked into it; each module is listed once, and each binary that links
+/// it has a STATIC_LINK relationship to it.
 pub fn document(
     image: &str,
     version: &str,
@@ -117,6 +137,7 @@ pub fn document(
     lock_hex: &str,
     inputs: &[Input],
     licenses: &BTreeMap<String, String>,
+    go_modules: &BTreeMap<String, Vec<GoModule>>,
 ) -> Value {
     let mut packages = vec![json!({
         "SPDXID": "SPDXRef-image",
@@ -187,6 +208,35 @@ pub fn document(
             "relatedSpdxElement": id,
         }));
     }
+    let mut listed = std::collections::BTreeSet::new();
+    for (binary, modules) in go_modules {
+        for m in modules {
+            let id = spdx_id("gomod", &format!("{}@{}", m.path, m.version));
+            if listed.insert(id.clone()) {
+                packages.push(json!({
+                    "SPDXID": id,
+                    "name": m.path,
+                    "versionInfo": m.version,
+                    "downloadLocation": "NOASSERTION",
+                    "filesAnalyzed": false,
+                    "licenseConcluded": "NOASSERTION",
+                    "licenseDeclared": "NOASSERTION",
+                    "copyrightText": "NOASSERTION",
+                    "sourceInfo": format!("Go module, go.sum hash {}", if m.sum.is_empty() { "none" } else { &m.sum }),
+                    "externalRefs": [{
+                        "referenceCategory": "PACKAGE-MANAGER",
+                        "referenceType": "purl",
+                        "referenceLocator": m.purl(),
+                    }],
+                }));
+            }
+            relationships.push(json!({
+                "spdxElementId": spdx_id("go", binary),
+                "relationshipType": "STATIC_LINK",
+                "relatedSpdxElement": id,
+            }));
+        }
+    }
     let mut doc = json!({
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -217,6 +267,72 @@ mod tests {
     use crate::digest::{Algorithm, Digest};
 
     #[test]
+    fn go_binaries_link_their_modules() {
+        let bin = |name: &str| Input {
+            kind: "go".into(),
+            name: name.into(),
+            version: "v1.0.0".into(),
+            source: "example.com/m@v1.0.0".into(),
+            checksum: Digest::of_bytes(Algorithm::Sha256, name.as_bytes()),
+        };
+        let module = |path: &str| GoModule {
+            path: path.into(),
+            version: "v0.1.0".into(),
+            sum: "h1:x=".into(),
+            main: false,
+        };
+        let mut mods = BTreeMap::new();
+        mods.insert(
+            "a".to_string(),
+            vec![module("example.com/x"), module("example.com/y")],
+        );
+        mods.insert("b".to_string(), vec![module("example.com/x")]);
+        let d = document(
+            "img",
+            "1",
+            0,
+            "ab",
+            &[bin("a"), bin("b")],
+            &BTreeMap::new(),
+            &mods,
+        );
+        let pkgs = d["packages"].as_array().expect("packages");
+        // image, two binaries, two modules (x once).
+        assert_eq!(pkgs.len(), 5);
+        let x = pkgs
+            .iter()
+            .find(|p| p["name"] == "example.com/x")
+            .expect("x");
+        assert_eq!(
+            x["externalRefs"][0]["referenceLocator"],
+            "pkg:golang/example.com/x@v0.1.0"
+        );
+        let links: Vec<(String, String)> = d["relationships"]
+            .as_array()
+            .expect("relationships")
+            .iter()
+            .filter(|r| r["relationshipType"] == "STATIC_LINK")
+            .map(|r| {
+                (
+                    r["spdxElementId"].to_string(),
+                    r["relatedSpdxElement"].to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(links.len(), 3);
+        // Every relationship names packages that exist.
+        for r in d["relationships"].as_array().expect("relationships") {
+            for end in ["spdxElementId", "relatedSpdxElement"] {
+                let id = &r[end];
+                assert!(
+                    *id == "SPDXRef-DOCUMENT" || pkgs.iter().any(|p| p["SPDXID"] == *id),
+                    "{id} is not a package"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn reads_dep5_licenses() {
         let c = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\nFiles: debian/*\nLicense: MIT\n\nFiles: *\nCopyright: someone\nLicense: GPL-2+ or Artistic\n";
         let l = debian_license(c).expect("license");
@@ -226,10 +342,13 @@ mod tests {
         assert_eq!(debian_license(c).as_deref(), Some("GPL-2+"));
         assert_eq!(debian_license("Format: x\nno colon\n"), None);
         assert_eq!(spdx_expression(&l), "GPL-2.0-or-later OR Artistic-1.0-Perl");
+        assert_eq!(spdx_expression("Weird License"), "LicenseRef-Weird-License");
         assert_eq!(
-            spdx_expression("Weird License"),
-            "LicenseRef-Weird LicenseRef-License"
+            spdx_expression("GPL-2+ with OpenSSL exception or MIT"),
+            "LicenseRef-GPL-2--with-OpenSSL-exception OR MIT"
         );
+        assert_eq!(spdx_expression("GPL-2+ or"), "NOASSERTION");
+        assert_eq!(spdx_expression("or MIT"), "NOASSERTION");
         assert_eq!(debian_license("not machine readable"), None);
     }
 
@@ -244,7 +363,7 @@ mod tests {
         }];
         let mut lic = BTreeMap::new();
         lic.insert("hostname".to_string(), "GPL-2+".to_string());
-        let d = document("minimal", "1", 0, "ab", &inputs, &lic);
+        let d = document("minimal", "1", 0, "ab", &inputs, &lic, &BTreeMap::new());
         assert_eq!(d["spdxVersion"], "SPDX-2.3");
         let pkgs = d["packages"].as_array().expect("packages");
         assert_eq!(pkgs.len(), 2);
