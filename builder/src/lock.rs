@@ -42,6 +42,9 @@ pub struct GoInputLock {
     pub go_version: String,
     /// Binary name -> sha256.
     pub binaries: BTreeMap<String, Digest>,
+    /// The fetched toolchain, for an input that names one: its two go.sum lines.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub toolchain: Vec<String>,
     /// Every module the build used, as go.sum lines (`path version[/go.mod] h1:hash`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub go_sum: Vec<String>,
@@ -57,6 +60,7 @@ impl GoInputLock {
             commit: built.commit.clone(),
             go_version: built.go_version.clone(),
             binaries: built.binaries.clone(),
+            toolchain: built.toolchain.clone(),
             go_sum: built.go_sum.clone(),
         }
     }
@@ -67,6 +71,7 @@ impl GoInputLock {
             commit: self.commit.clone(),
             go_version: self.go_version.clone(),
             binaries: self.binaries.clone(),
+            toolchain: self.toolchain.clone(),
             go_sum: self.go_sum.clone(),
         }
     }
@@ -325,25 +330,26 @@ impl Lock {
     }
 }
 
-/// Each `go-sum` array with one module line per line, so that a lock's diff shows which
-/// modules changed. The elements are go.sum lines, which hold no quote or comma.
+/// Each `go-sum` and `toolchain` array with one module line per line, so that a lock's diff
+/// shows which modules changed. The elements are go.sum lines, which hold no quote or comma.
 fn go_sum_one_per_line(toml_text: &str) -> String {
     let mut out = String::with_capacity(toml_text.len() + toml_text.len() / 8);
     for line in toml_text.lines() {
-        match line
-            .strip_prefix("go-sum = [")
-            .and_then(|l| l.strip_suffix(']'))
-        {
-            Some(items) if !items.is_empty() => {
-                out.push_str("go-sum = [\n");
+        let split = ["go-sum", "toolchain"].iter().find_map(|key| {
+            let items = line
+                .strip_prefix(&format!("{key} = ["))?
+                .strip_suffix(']')?;
+            (!items.is_empty()).then_some((key, items))
+        });
+        match split {
+            Some((key, items)) => {
+                out.push_str(&format!("{key} = [\n"));
                 for item in items.split(", ") {
-                    out.push_str("    ");
-                    out.push_str(item);
-                    out.push_str(",\n");
+                    out.push_str(&format!("    {item},\n"));
                 }
                 out.push_str("]\n");
             }
-            _ => {
+            None => {
                 out.push_str(line);
                 out.push('\n');
             }
@@ -492,6 +498,7 @@ packages = ["example.com/tool/cmd/tool"]
             commit: None,
             go_version: "go1.26.8".into(),
             binaries: [("tool".to_string(), deb("t").sha256)].into(),
+            toolchain: Vec::new(),
             go_sum: Vec::new(),
         };
         // A lock without the module closure is stale.
@@ -512,6 +519,18 @@ packages = ["example.com/tool/cmd/tool"]
         );
         let back: Lock = toml::from_str(&text).expect("the lock reads back");
         assert_eq!(back.go[0].go_sum, lock.go[0].go_sum);
+        let mut with_toolchain = lock.clone();
+        with_toolchain.go[0].toolchain = vec![
+            "golang.org/toolchain v0.0.1-go1.25.9.linux-amd64 h1:x".into(),
+            "golang.org/toolchain v0.0.1-go1.25.9.linux-amd64/go.mod h1:y".into(),
+        ];
+        let text = with_toolchain.to_toml();
+        assert!(
+            text.contains("toolchain = [\n    \"golang.org/toolchain"),
+            "{text}"
+        );
+        let back: Lock = toml::from_str(&text).expect("the lock reads back");
+        assert_eq!(back.go[0].toolchain, with_toolchain.go[0].toolchain);
         // A changed recipe (ldflags) makes the lock stale, and so does another version.
         let d2 = def(&format!("{DEF}{GO}ldflags = [\"-X=main.v=1\"]\n"));
         assert!(

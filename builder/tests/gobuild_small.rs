@@ -123,6 +123,7 @@ fn lock_mismatch_fails_naming_the_binary_and_caches_nothing() {
         commit: None,
         go_version: go_version.clone(),
         binaries: [("loopback".to_string(), wrong.clone())].into(),
+        toolchain: Vec::new(),
         go_sum: Vec::new(),
     };
     let err = gobuild::build_locked(&input, EPOCH, &env(root.path()), false, &lock).unwrap_err();
@@ -151,6 +152,7 @@ fn lock_mismatch_fails_naming_the_binary_and_caches_nothing() {
         commit: None,
         go_version: "go1.0.0".into(),
         binaries: Default::default(),
+        toolchain: Vec::new(),
         go_sum: Vec::new(),
     };
     let err = gobuild::build_locked(&input, EPOCH, &env(root.path()), false, &lock).unwrap_err();
@@ -219,6 +221,49 @@ fn a_changed_module_hash_in_the_lock_fails_naming_the_module() {
     assert!(err.to_string().contains(&module_version), "{err}");
     // The untampered lock still builds.
     gobuild::build_locked(&input, EPOCH, &env(warm.path()), false, &lock).unwrap();
+}
+
+/// An input that names its Go release builds with that toolchain, fetched as a module and
+/// pinned in the lock; a lock with another hash for it fails naming it and caches nothing.
+#[test]
+fn a_named_toolchain_is_fetched_pinned_and_checked() {
+    const RELEASE: &str = "1.25.9";
+    let module = format!("golang.org/toolchain@v0.0.1-go{RELEASE}.linux-amd64");
+    let mut input = loopback();
+    input.go = Some(RELEASE.into());
+    let root = tempfile::tempdir().unwrap();
+    let built = gobuild::build(&input, EPOCH, &env(root.path()), false).unwrap();
+    assert_eq!(built.go_version, format!("go{RELEASE}"));
+    let lock = built.lock();
+    let version = format!("v0.0.1-go{RELEASE}.linux-amd64");
+    assert_eq!(lock.toolchain.len(), 2, "{:?}", lock.toolchain);
+    assert!(lock.toolchain[0].starts_with(&format!("golang.org/toolchain {version} h1:")));
+    assert!(lock.toolchain[1].starts_with(&format!("golang.org/toolchain {version}/go.mod h1:")));
+    // The binary says so itself.
+    let info = gobuild::buildinfo::read(&built.binaries[0].path).unwrap();
+    assert_eq!(info.go_version, format!("go{RELEASE}"));
+    // The host's own toolchain (another release here) gives another binary and cache entry.
+    let host = gobuild::build(&loopback(), EPOCH, &env(root.path()), false).unwrap();
+    if host.go_version != built.go_version {
+        assert_ne!(host.key, built.key);
+        assert_ne!(host.binaries[0].sha256, built.binaries[0].sha256);
+    }
+    // Locked: the same again, from Kiln's cache.
+    let again = gobuild::build_locked(&input, EPOCH, &env(root.path()), false, &lock).unwrap();
+    assert!(again.report.cache_hit);
+    // A lock pinning another hash for the toolchain.
+    let mut other = lock.clone();
+    other.toolchain[0] =
+        format!("golang.org/toolchain {version} h1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+    let fresh = tempfile::tempdir().unwrap();
+    let err = gobuild::build_locked(&input, EPOCH, &env(fresh.path()), false, &other).unwrap_err();
+    assert!(matches!(err, GoError::Toolchain { .. }), "{err}");
+    assert!(err.to_string().contains(&module), "{err}");
+    assert!(
+        cache_entries(fresh.path()).is_empty(),
+        "{:?}",
+        cache_entries(fresh.path())
+    );
 }
 
 /// Kiln's reading of a binary's module list (for the SBOM) against `go version -m`.

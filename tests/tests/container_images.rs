@@ -63,6 +63,7 @@ fn go_built(binary: &Path) -> GoBuilt {
             }],
             go_version: "host".into(),
             commit: None,
+            toolchain: Vec::new(),
             go_sum: Vec::new(),
             report: kiln::gobuild::GoBuildReport {
                 cache_hit: false,

@@ -93,6 +93,9 @@ fn module_of(line: &str) -> String {
 /// A Go failure that is a checksum mismatch against the lock's go.sum becomes
 /// [`GoError::Closure`] naming the module.
 pub fn explain(name: &str, e: GoError) -> GoError {
+    if matches!(e, GoError::Toolchain { .. }) {
+        return e;
+    }
     let text = e.to_string();
     let Some(line) = text.lines().find(|l| l.contains(": checksum mismatch")) else {
         return e;

@@ -77,8 +77,8 @@ impl GoEnv {
     /// A `go` command with nothing of the caller's environment but [`PASSED`], and every
     /// variable Go reads set by Kiln. `pinned`: every module hash is in go.sum already, so
     /// the checksum database is not asked.
-    pub fn tool(&self, pinned: bool) -> Tool {
-        let mut tool = self.clean();
+    pub fn tool(&self, program: Option<&Path>, pinned: bool) -> Tool {
+        let mut tool = self.clean(program.unwrap_or(Path::new("go")));
         let (proxy, sumdb) = match &self.network {
             GoNetwork::Proxy { proxy, sumdb } if !pinned => (proxy.as_str(), sumdb.as_str()),
             GoNetwork::Proxy { proxy, .. } => (proxy.as_str(), "off"),
@@ -88,9 +88,18 @@ impl GoEnv {
         tool
     }
 
-    /// `go` with an empty environment but [`PASSED`] and the fixed variables.
-    fn clean(&self) -> Tool {
-        let mut tool = Tool::new("go");
+    /// The `go` of a toolchain fetched into the module cache (`release`: `1.25.9`).
+    pub fn toolchain_go(&self, release: &str) -> PathBuf {
+        self.module_cache
+            .join(format!(
+                "golang.org/toolchain@v0.0.1-go{release}.linux-amd64"
+            ))
+            .join("bin/go")
+    }
+
+    /// `program` (a `go`) with an empty environment but [`PASSED`] and the fixed variables.
+    fn clean(&self, program: &Path) -> Tool {
+        let mut tool = Tool::new(program);
         tool.env_clear();
         for name in PASSED {
             if let Some(v) = std::env::var_os(name) {
@@ -128,7 +137,7 @@ impl GoEnv {
     /// GOPROXY and GOSUMDB as the toolchain sets them by default (its `go.env`), read with
     /// the same clean environment.
     fn toolchain_defaults(&self) -> Result<(String, String), GoError> {
-        let mut tool = self.clean();
+        let mut tool = self.clean(Path::new("go"));
         tool.args(["env", "GOPROXY", "GOSUMDB"]);
         let command = tool.cmdline().to_string();
         let out = tool.run_text()?;

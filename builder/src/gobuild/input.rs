@@ -65,6 +65,11 @@ pub struct GoInput {
     /// Extra environment for the Go toolchain (may not override the fixed variables).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The Go release to build with, exact (`1.25.9`): Kiln fetches it as the module
+    /// `golang.org/toolchain@v0.0.1-go1.25.9.linux-amd64` through the module proxy and pins
+    /// its hash in the lock. Default: the host's `go`, whose version the lock records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go: Option<String>,
     /// Module path patterns (Go's GONOSUMDB syntax, e.g. `example.com/private`) that the
     /// public checksum database cannot know: private modules, or ones only a local mirror
     /// serves. `kiln lock` does not ask it about them; their hashes are pinned in the lock
@@ -200,6 +205,13 @@ pub fn exact_module_version(v: &str) -> bool {
 }
 
 impl GoInput {
+    /// The toolchain module of `go`, if set.
+    pub fn toolchain_module(&self) -> Option<String> {
+        self.go
+            .as_ref()
+            .map(|v| format!("golang.org/toolchain@v0.0.1-go{v}.linux-amd64"))
+    }
+
     /// Checks the fields that can be checked without the network.
     pub fn validate(&self) -> Result<(), GoError> {
         let bad = |reason: String| GoError::InvalidInput {
@@ -239,6 +251,20 @@ impl GoInput {
         for t in &self.tags {
             if t.is_empty() || t.contains([',', ' ']) {
                 return Err(bad(format!("bad build tag {t:?}")));
+            }
+        }
+        if let Some(v) = &self.go {
+            let parts: Vec<&str> = v.split('.').collect();
+            let numbers = parts.iter().all(|p| {
+                !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && !(p.len() > 1 && p.starts_with('0'))
+            });
+            if parts.len() != 3 || !numbers {
+                return Err(bad(format!(
+                    "go {v:?} must be an exact Go release like 1.25.9 (not a prefix, a \
+                     `go` prefix or a query)"
+                )));
             }
         }
         for p in &self.no_sumdb {
@@ -378,6 +404,19 @@ stamp = "kubernetes"
         let mut i = base.clone();
         i.version = "latest".into();
         assert!(i.validate().is_err());
+        for bad in ["1.25", "go1.25.9", "1.25.x", "1.25.09", "latest", "1.25.9 "] {
+            let mut i = base.clone();
+            i.go = Some(bad.into());
+            let err = i.validate().unwrap_err().to_string();
+            assert!(err.contains("exact Go release"), "{bad}: {err}");
+        }
+        let mut i = base.clone();
+        i.go = Some("1.25.9".into());
+        i.validate().unwrap();
+        assert_eq!(
+            i.toolchain_module().as_deref(),
+            Some("golang.org/toolchain@v0.0.1-go1.25.9.linux-amd64")
+        );
         let mut i = base;
         i.packages.push(GoPackage::Path("ex.com/m/cmd2/a".into()));
         assert!(i

@@ -119,6 +119,12 @@ pub enum GoError {
         module_version: String,
         reason: String,
     },
+    #[error("go input {name}: toolchain {module}: {reason}")]
+    Toolchain {
+        name: String,
+        module: String,
+        reason: String,
+    },
     #[error(
         "offline: module {module_version} is not in Kiln's Go module cache ({cache}); \
          `kiln fetch` the definition first"
@@ -166,6 +172,8 @@ pub struct GoBuildOutput {
     /// The upstream commit of the module version, where known (the one the binaries were
     /// stamped with, when they are).
     pub commit: Option<String>,
+    /// The toolchain fetched for an input that names one: its two go.sum lines.
+    pub toolchain: Vec<String>,
     /// The module closure: the generated main module's go.sum lines, sorted.
     pub go_sum: Vec<String>,
     pub report: GoBuildReport,
@@ -182,6 +190,10 @@ pub struct GoLock {
     pub go_version: String,
     /// Binary name -> sha256.
     pub binaries: BTreeMap<String, Digest>,
+    /// The toolchain fetched for an input that names one: its two go.sum lines (the module
+    /// zip's and its go.mod's hash).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub toolchain: Vec<String>,
     /// The module closure (go.sum lines, sorted); empty in a lock written before Kiln
     /// pinned it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -193,6 +205,7 @@ impl GoBuildOutput {
         GoLock {
             commit: self.commit.clone(),
             go_version: self.go_version.clone(),
+            toolchain: self.toolchain.clone(),
             go_sum: self.go_sum.clone(),
             binaries: self
                 .binaries
@@ -277,9 +290,10 @@ pub fn fetch(input: &GoInput, env: &GoEnv, lock: &GoLock) -> Result<usize, GoErr
         }
         closure::validate(&input.name, &lock.go_sum)?;
         let commit = locked_commit(input, &module_version, lock)?;
+        let mut commands = Vec::new();
+        fetch_toolchain(env, input, Some(lock), &mut commands)?;
         let tmp = temp_dir(&env.cache_root.join("go"), ".tmp-fetch-")?;
         let go = |dir: Option<&Path>| GoCommand::new(env, true, input, dir);
-        let mut commands = Vec::new();
         let src = tmp.path();
         prepare(
             &go,
@@ -298,6 +312,78 @@ pub fn fetch(input: &GoInput, env: &GoEnv, lock: &GoLock) -> Result<usize, GoErr
             .count())
     })();
     fetched.map_err(|e| closure::explain(&input.name, env.explain(e)))
+}
+
+/// The toolchain an input names, downloaded as the module `golang.org/toolchain` by the host
+/// `go` into Kiln's module cache, where [`GoEnv::toolchain_go`] finds its `go`. With the lock
+/// pinning it, the download runs in a scratch module whose go.sum holds the lock's two lines,
+/// so Go checks it against them (Go takes a toolchain only from go.sum or the checksum
+/// database); without, the checksum database vouches for it. Returns its two go.sum lines
+/// (none for an input built with the host's `go`).
+fn fetch_toolchain(
+    env: &GoEnv,
+    input: &GoInput,
+    lock: Option<&GoLock>,
+    commands: &mut Vec<String>,
+) -> Result<Vec<String>, GoError> {
+    let (Some(module_version), Some(release)) = (input.toolchain_module(), input.go.as_deref())
+    else {
+        return Ok(Vec::new());
+    };
+    let err = |reason: String| GoError::Toolchain {
+        name: input.name.clone(),
+        module: module_version.clone(),
+        reason,
+    };
+    let locked = lock
+        .map(|l| l.toolchain.as_slice())
+        .filter(|t| !t.is_empty());
+    let dir = temp_dir(&env.cache_root.join("go"), ".tmp-toolchain-")?;
+    if let Some(lines) = locked {
+        closure::validate(&input.name, lines)?;
+        let go_mod = dir.path().join("go.mod");
+        fs::write(&go_mod, "module kiln.local/toolchain\n").map_err(|source| GoError::Cache {
+            action: "writing",
+            path: go_mod,
+            source,
+        })?;
+        closure::write(dir.path(), lines)?;
+    }
+    let host = GoInput {
+        go: None,
+        ..input.clone()
+    };
+    let dl = GoCommand::new(env, locked.is_some(), &host, Some(dir.path()))
+        .args(["mod", "download", "-json", module_version.as_str()])
+        .output_allow_fail(commands)?;
+    let d: modfile::Download = match serde_json::from_str(&dl.stdout) {
+        Ok(d) => d,
+        Err(_) => return Err(err(run::tail(&dl.stderr))),
+    };
+    if let Some(e) = d.error {
+        return Err(err(e));
+    }
+    let (Some(sum), Some(go_mod_sum)) = (d.sum, d.go_mod_sum) else {
+        return Err(err("the module proxy gave no hash".into()));
+    };
+    let (path, version) = (d.path, d.version);
+    let mut lines = vec![
+        format!("{path} {version} {sum}"),
+        format!("{path} {version}/go.mod {go_mod_sum}"),
+    ];
+    lines.sort();
+    if let Some(l) = locked.filter(|l| *l != lines.as_slice()) {
+        return Err(err(format!(
+            "the lock pins {}, the download has {} (rerun with --relock to accept)",
+            l.join(", "),
+            lines.join(", ")
+        )));
+    }
+    let go = env.toolchain_go(release);
+    if !go.is_file() {
+        return Err(err(format!("no {} after the download", go.display())));
+    }
+    Ok(lines)
 }
 
 /// A temporary directory in `go_dir` (created if need be), named with `prefix`.
@@ -370,6 +456,7 @@ fn build_inner(
     let module_version = format!("{}@{}", input.module, input.version);
     let mut commands = Vec::new();
 
+    let toolchain = fetch_toolchain(env, input, lock, &mut commands)?;
     let go_version_output = go(None).args(["version"]).output(&mut commands)?;
     let go_version = go_version_output
         .split_whitespace()
@@ -422,6 +509,7 @@ fn build_inner(
                 binaries: cached.binaries,
                 go_version,
                 commit: locked_commit.unwrap_or(cached.commit),
+                toolchain,
                 go_sum: cached.go_sum,
                 report: GoBuildReport {
                     cache_hit: true,
@@ -551,6 +639,7 @@ fn build_inner(
         binaries,
         go_version,
         commit,
+        toolchain,
         go_sum,
         report: GoBuildReport {
             cache_hit: false,
@@ -1127,6 +1216,7 @@ mod tests {
             commit: c.map(str::to_string),
             go_version: "go1.26.8".into(),
             binaries: BTreeMap::new(),
+            toolchain: Vec::new(),
             go_sum: Vec::new(),
         };
         assert_eq!(

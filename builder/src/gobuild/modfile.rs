@@ -19,6 +19,12 @@ pub struct Download {
     pub go_mod: Option<String>,
     #[serde(default)]
     pub origin: Option<Origin>,
+    /// The module zip's go.sum hash (`h1:…`).
+    #[serde(default)]
+    pub sum: Option<String>,
+    /// Its go.mod's go.sum hash.
+    #[serde(default)]
+    pub go_mod_sum: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

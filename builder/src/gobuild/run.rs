@@ -57,7 +57,10 @@ impl GoCommand {
     /// `go` in Kiln's environment for `input` ([`GoEnv::tool`]; `pinned`: go.sum holds
     /// every module hash already), run in `dir`.
     pub fn new(env: &GoEnv, pinned: bool, input: &GoInput, dir: Option<&Path>) -> Self {
-        let mut tool = env.tool(pinned);
+        // An input that names its Go release runs that toolchain's own `go` (fetched into the
+        // module cache); `GOTOOLCHAIN=local` keeps it from switching again.
+        let program = input.go.as_deref().map(|v| env.toolchain_go(v));
+        let mut tool = env.tool(program.as_deref(), pinned);
         if let Some(d) = dir {
             tool.current_dir(d);
         }
