@@ -266,6 +266,48 @@ fn a_named_toolchain_is_fetched_pinned_and_checked() {
     );
 }
 
+/// The packages of one input are built by one `go build` and then named: a package with an
+/// explicit binary name gets it; each binary is the one a build of that package alone gives.
+#[test]
+fn an_inputs_packages_build_together_and_get_their_names() {
+    let mut input = loopback();
+    input.packages.push(gobuild::GoPackage::Named {
+        path: "github.com/containernetworking/plugins/plugins/meta/portmap".into(),
+        binary: "kiln-portmap".into(),
+    });
+    let root = tempfile::tempdir().unwrap();
+    let both = gobuild::build(&input, EPOCH, &env(root.path()), false).unwrap();
+    let builds: Vec<&String> = both
+        .report
+        .commands
+        .iter()
+        .filter(|c| c.starts_with("go build "))
+        .collect();
+    assert_eq!(builds.len(), 1, "{builds:?}");
+    assert!(
+        builds[0].ends_with(
+            "/plugins/main/loopback github.com/containernetworking/plugins/plugins/meta/portmap"
+        ),
+        "{}",
+        builds[0]
+    );
+    let names: Vec<&str> = both.binaries.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["loopback", "kiln-portmap"]);
+    for b in &both.binaries {
+        assert!(b.path.is_file(), "{}", b.path.display());
+    }
+    let alone = gobuild::build(&loopback(), EPOCH, &env(root.path()), false).unwrap();
+    assert_eq!(alone.binaries[0].sha256, both.binaries[0].sha256);
+    // Nothing but the binaries and the manifest in the entry.
+    let mut entry: Vec<String> = fs::read_dir(both.dir.join("bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    entry.sort();
+    assert_eq!(entry, ["kiln-portmap", "loopback"]);
+    assert!(!both.dir.join("built").exists());
+}
+
 /// Kiln's reading of a binary's module list (for the SBOM) against `go version -m`.
 #[test]
 fn build_info_lists_the_modules_go_version_m_lists() {

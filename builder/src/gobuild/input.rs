@@ -158,7 +158,8 @@ impl GoPackage {
     }
 }
 
-fn default_binary_name(path: &str) -> &str {
+/// The name `go build -o DIR/` gives a main package's executable.
+pub fn default_binary_name(path: &str) -> &str {
     let mut parts = path.rsplit('/');
     let last = parts.next().unwrap_or(path);
     let is_major =

@@ -544,11 +544,32 @@ fn build_inner(
     let stamp_commit = commit.as_deref().filter(|_| input.needs_commit());
     let tags = input.tags.join(",");
 
-    // 4. Build each package.
+    // 4. Build the packages: one `go build` for all of them, so the package graph is loaded
+    // once and the links run side by side; each binary is then moved to its name. Packages
+    // whose executables Go would give one name are built one at a time.
     let ldflags = ldflags(input, epoch, stamp_commit, &module_version)?;
-    let mut binaries = Vec::new();
-    for p in &input.packages {
-        let target = bin.join(p.binary());
+    let built = out.join("built");
+    let go_names: Vec<&str> = input
+        .packages
+        .iter()
+        .map(|p| input::default_binary_name(p.path()))
+        .collect();
+    let distinct = go_names
+        .iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        == go_names.len();
+    let groups: Vec<Vec<&GoPackage>> = match distinct {
+        true => vec![input.packages.iter().collect()],
+        false => input.packages.iter().map(|p| vec![p]).collect(),
+    };
+    for (i, group) in groups.into_iter().enumerate() {
+        let group_dir = built.join(i.to_string());
+        fs::create_dir_all(&group_dir).map_err(|source| GoError::Cache {
+            action: "creating",
+            path: group_dir.clone(),
+            source,
+        })?;
         let mut cmd = go(Some(&src));
         cmd.args(["build", "-p", "2", "-trimpath", "-buildvcs=false"]);
         if progress {
@@ -558,17 +579,37 @@ fn build_inner(
             cmd.args(["-tags", tags.as_str()]);
         }
         cmd.args(["-ldflags", ldflags.as_str()]);
-        cmd.arg("-o").arg(&target).args([p.path()]);
-        let label = format!("{} {}", input.name, p.binary());
-        cmd.build(&mut commands, progress.then_some(label.as_str()))
+        cmd.arg("-o")
+            .arg(format!("{}/", group_dir.display()))
+            .args(group.iter().map(|p| p.path()));
+        let packages: Vec<&str> = group.iter().map(|p| p.path()).collect();
+        cmd.build(&mut commands, progress.then_some(input.name.as_str()))
             .map_err(|e| match e {
                 run::BuildFailure::Go(e) => e,
                 run::BuildFailure::Failed(stderr) => GoError::Build {
-                    package: p.path().to_string(),
+                    package: packages.join(" "),
                     module_version: module_version.clone(),
                     stderr,
                 },
             })?;
+        for p in group {
+            let from = group_dir.join(input::default_binary_name(p.path()));
+            let target = bin.join(p.binary());
+            fs::rename(&from, &target).map_err(|source| GoError::Cache {
+                action: "moving the built binary to",
+                path: target.clone(),
+                source,
+            })?;
+        }
+    }
+    fs::remove_dir_all(&built).map_err(|source| GoError::Cache {
+        action: "removing",
+        path: built.clone(),
+        source,
+    })?;
+    let mut binaries = Vec::new();
+    for p in &input.packages {
+        let target = bin.join(p.binary());
         let file = fs::File::open(&target).map_err(|source| GoError::Cache {
             action: "opening built binary",
             path: target.clone(),
