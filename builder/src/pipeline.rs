@@ -306,6 +306,8 @@ pub struct GoSummary {
     /// Every `go` command the build ran.
     pub commands: Vec<String>,
     pub seconds: f64,
+    /// Of `seconds`, the time in `go build` itself.
+    pub go_build_seconds: f64,
     pub binaries: Vec<crate::gobuild::GoBinary>,
 }
 
@@ -758,6 +760,7 @@ pub fn build(args: &BuildOptions, say: &dyn Fn(&str)) -> Result<BuildSummary> {
                 cache_hit: g.output.report.cache_hit,
                 commands: g.output.report.commands.clone(),
                 seconds: g.output.report.elapsed.as_secs_f64(),
+                go_build_seconds: g.output.report.go_build.as_secs_f64(),
                 binaries: g.output.binaries.clone(),
             })
             .collect(),

@@ -69,6 +69,7 @@ fn go_built(binary: &Path) -> GoBuilt {
                 cache_hit: false,
                 commands: Vec::new(),
                 elapsed: std::time::Duration::ZERO,
+                go_build: std::time::Duration::ZERO,
             },
         },
     }
