@@ -230,7 +230,7 @@ fn a_named_toolchain_is_fetched_pinned_and_checked() {
     const RELEASE: &str = "1.25.9";
     let module = format!("golang.org/toolchain@v0.0.1-go{RELEASE}.linux-amd64");
     let mut input = loopback();
-    input.go = Some(RELEASE.into());
+    input.go = Some(RELEASE.parse().unwrap());
     let root = tempfile::tempdir().unwrap();
     let built = gobuild::build(&input, EPOCH, &env(root.path()), false).unwrap();
     assert_eq!(built.go_version, format!("go{RELEASE}"));

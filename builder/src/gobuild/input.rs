@@ -69,7 +69,7 @@ pub struct GoInput {
     /// `golang.org/toolchain@v0.0.1-go1.25.9.linux-amd64` through the module proxy and pins
     /// its hash in the lock. Default: the host's `go`, whose version the lock records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub go: Option<String>,
+    pub go: Option<GoRelease>,
     /// Module path patterns (Go's GONOSUMDB syntax, e.g. `example.com/private`) that the
     /// public checksum database cannot know: private modules, or ones only a local mirror
     /// serves. `kiln lock` does not ask it about them; their hashes are pinned in the lock
@@ -120,6 +120,53 @@ impl From<GitCommit> for String {
 impl std::fmt::Display for GitCommit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// An exact Go release (`1.25.9`), checked when the definition is parsed (so a bad one is
+/// reported with its file, line and column).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(try_from = "String", into = "String")]
+pub struct GoRelease(String);
+
+impl GoRelease {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for GoRelease {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split('.').collect();
+        let numbers = parts.iter().all(|p| {
+            !p.is_empty()
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && !(p.len() > 1 && p.starts_with('0'))
+        });
+        if parts.len() == 3 && numbers {
+            Ok(GoRelease(s))
+        } else {
+            Err(format!(
+                "go {s:?} must be an exact Go release like 1.25.9 (not a prefix, a `go` \
+                 prefix or a query)"
+            ))
+        }
+    }
+}
+
+impl From<GoRelease> for String {
+    fn from(r: GoRelease) -> String {
+        r.0
+    }
+}
+
+impl std::str::FromStr for GoRelease {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        GoRelease::try_from(s.to_string())
     }
 }
 
@@ -210,7 +257,7 @@ impl GoInput {
     pub fn toolchain_module(&self) -> Option<String> {
         self.go
             .as_ref()
-            .map(|v| format!("golang.org/toolchain@v0.0.1-go{v}.linux-amd64"))
+            .map(|v| format!("golang.org/toolchain@v0.0.1-go{}.linux-amd64", v.as_str()))
     }
 
     /// Checks the fields that can be checked without the network.
@@ -252,20 +299,6 @@ impl GoInput {
         for t in &self.tags {
             if t.is_empty() || t.contains([',', ' ']) {
                 return Err(bad(format!("bad build tag {t:?}")));
-            }
-        }
-        if let Some(v) = &self.go {
-            let parts: Vec<&str> = v.split('.').collect();
-            let numbers = parts.iter().all(|p| {
-                !p.is_empty()
-                    && p.bytes().all(|b| b.is_ascii_digit())
-                    && !(p.len() > 1 && p.starts_with('0'))
-            });
-            if parts.len() != 3 || !numbers {
-                return Err(bad(format!(
-                    "go {v:?} must be an exact Go release like 1.25.9 (not a prefix, a \
-                     `go` prefix or a query)"
-                )));
             }
         }
         for p in &self.no_sumdb {
@@ -405,14 +438,17 @@ stamp = "kubernetes"
         let mut i = base.clone();
         i.version = "latest".into();
         assert!(i.validate().is_err());
+        let head = "name='a'\nmodule='ex.com/m'\nversion='v1.0.0'\npackages=['ex.com/m/cmd/a']\n";
         for bad in ["1.25", "go1.25.9", "1.25.x", "1.25.09", "latest", "1.25.9 "] {
-            let mut i = base.clone();
-            i.go = Some(bad.into());
-            let err = i.validate().unwrap_err().to_string();
+            let err = toml::from_str::<GoInput>(&format!("{head}go = '{bad}'\n"))
+                .expect_err(bad)
+                .to_string();
             assert!(err.contains("exact Go release"), "{bad}: {err}");
+            // The error points at the offending line.
+            assert!(err.contains("line 5"), "{bad}: {err}");
         }
         let mut i = base.clone();
-        i.go = Some("1.25.9".into());
+        i.go = Some("1.25.9".parse().unwrap());
         i.validate().unwrap();
         assert_eq!(
             i.toolchain_module().as_deref(),

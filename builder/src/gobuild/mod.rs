@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::{Algorithm, Digest};
 
 pub use env::{GoEnv, GoNetwork, BUILD_CACHE_DIR, MODULE_CACHE_DIR};
-pub use input::{GitCommit, GoInput, GoPackage, Stamp, DEFAULT_DEST, FIXED_ENV};
+pub use input::{GitCommit, GoInput, GoPackage, GoRelease, Stamp, DEFAULT_DEST, FIXED_ENV};
 use run::GoCommand;
 
 /// Bumped when the build recipe changes, so old cache entries are not reused.
@@ -329,7 +329,7 @@ fn fetch_toolchain(
     lock: Option<&GoLock>,
     commands: &mut Vec<String>,
 ) -> Result<Vec<String>, GoError> {
-    let (Some(module_version), Some(release)) = (input.toolchain_module(), input.go.as_deref())
+    let (Some(module_version), Some(release)) = (input.toolchain_module(), input.go.as_ref())
     else {
         return Ok(Vec::new());
     };
@@ -382,7 +382,7 @@ fn fetch_toolchain(
             lines.join(", ")
         )));
     }
-    let go = env.toolchain_go(release);
+    let go = env.toolchain_go(release.as_str());
     if !go.is_file() {
         return Err(err(format!("no {} after the download", go.display())));
     }

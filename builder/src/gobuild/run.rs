@@ -59,7 +59,7 @@ impl GoCommand {
     pub fn new(env: &GoEnv, pinned: bool, input: &GoInput, dir: Option<&Path>) -> Self {
         // An input that names its Go release runs that toolchain's own `go` (fetched into the
         // module cache); `GOTOOLCHAIN=local` keeps it from switching again.
-        let program = input.go.as_deref().map(|v| env.toolchain_go(v));
+        let program = input.go.as_ref().map(|v| env.toolchain_go(v.as_str()));
         let mut tool = env.tool(program.as_deref(), pinned);
         if let Some(d) = dir {
             tool.current_dir(d);
