@@ -194,6 +194,15 @@ impl World {
         kiln(&args, &all)
     }
 
+    /// The definition with `commit`, locked with the Kiln cache "a" (which must succeed);
+    /// its path and its lock's.
+    fn locked(&self, commit: Option<&str>) -> (String, PathBuf) {
+        let (def, lock) = self.def(commit);
+        let o = self.kiln(&["lock", &def], "a");
+        assert!(o.status.success(), "{}", text(&o));
+        (def, lock)
+    }
+
     fn def(&self, commit: Option<&str>) -> (String, PathBuf) {
         let d = definition(self.dir.path(), commit);
         let lock = d.with_extension("lock");
@@ -276,9 +285,7 @@ fn no_origin_and_no_commit_fails_naming_the_key() {
 #[test]
 fn commit_in_the_definition_is_locked_and_stamped() {
     let w = World::new(None);
-    let (def, lock) = w.def(Some(C1));
-    let o = w.kiln(&["lock", &def], "a");
-    assert!(o.status.success(), "{}", text(&o));
+    let (def, lock) = w.locked(Some(C1));
     assert_eq!(locked_commit(&lock).as_deref(), Some(C1));
     let (said, commands) = build_and_run(&w, &def, "b");
     assert_eq!(said, format!("commit={C1}"));
@@ -288,9 +295,7 @@ fn commit_in_the_definition_is_locked_and_stamped() {
 #[test]
 fn origin_is_locked_and_the_build_never_asks_again() {
     let w = World::new(Some(C2));
-    let (def, lock) = w.def(None);
-    let o = w.kiln(&["lock", &def], "a");
-    assert!(o.status.success(), "{}", text(&o));
+    let (def, lock) = w.locked(None);
     assert_eq!(locked_commit(&lock).as_deref(), Some(C2));
     // The proxy now reports another commit; a build from empty caches still stamps the
     // locked one, because it takes the commit from the lock alone.
@@ -360,9 +365,7 @@ fn build(
 #[test]
 fn the_callers_go_environment_changes_nothing() {
     let w = World::new(None);
-    let (def, _) = w.def(Some(C1));
-    let o = w.kiln(&["lock", &def], "a");
-    assert!(o.status.success(), "{}", text(&o));
+    let (def, _) = w.locked(Some(C1));
     let o = build(&w, &def, "b", &[], &[], "b");
     assert!(o.status.success(), "{}", text(&o));
     let plain = built_binary_sha(&w, "b");
@@ -393,9 +396,7 @@ fn the_callers_go_environment_changes_nothing() {
 #[test]
 fn offline_builds_after_kiln_fetch_or_names_the_missing_module() {
     let w = World::new(None);
-    let (def, _) = w.def(Some(C1));
-    let o = w.kiln(&["lock", &def], "a");
-    assert!(o.status.success(), "{}", text(&o));
+    let (def, _) = w.locked(Some(C1));
 
     // An empty Kiln cache: the first module is named, and nothing is written.
     let before = snapshot(w.dir.path());

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Algorithm, Digest};
+use crate::outputs::manifest::describe;
 
 pub use env::{GoEnv, GoNetwork, BUILD_CACHE_DIR, MODULE_CACHE_DIR};
 pub use input::{GitCommit, GoInput, GoPackage, GoRelease, Stamp, DEFAULT_DEST, FIXED_ENV};
@@ -259,8 +260,13 @@ pub fn build(
     env: &GoEnv,
     progress: bool,
 ) -> Result<GoBuildOutput, GoError> {
-    build_inner(input, epoch, env, progress, None)
-        .map_err(|e| closure::explain(&input.name, env.explain(e)))
+    build_inner(input, epoch, env, progress, None).map_err(|e| explain(env, input, e))
+}
+
+/// A Go failure in Kiln's words where it has some: a module missing offline
+/// ([`GoEnv::explain`]), a hash that differs from the lock ([`closure::explain`]).
+fn explain(env: &GoEnv, input: &GoInput, e: GoError) -> GoError {
+    closure::explain(&input.name, env.explain(e))
 }
 
 /// Like [`build`], but the upstream commit comes from `lock` alone (the module proxy is not
@@ -273,8 +279,7 @@ pub fn build_locked(
     progress: bool,
     lock: &GoLock,
 ) -> Result<GoBuildOutput, GoError> {
-    build_inner(input, epoch, env, progress, Some(lock))
-        .map_err(|e| closure::explain(&input.name, env.explain(e)))
+    build_inner(input, epoch, env, progress, Some(lock)).map_err(|e| explain(env, input, e))
 }
 
 /// `kiln fetch`: downloads what a locked build of `input` needs (the pinned module and every
@@ -314,7 +319,7 @@ pub fn fetch(input: &GoInput, env: &GoEnv, lock: &GoLock) -> Result<usize, GoErr
             .filter(|l| !l.contains("/go.mod "))
             .count())
     })();
-    fetched.map_err(|e| closure::explain(&input.name, env.explain(e)))
+    fetched.map_err(|e| explain(env, input, e))
 }
 
 /// The toolchain an input names, downloaded as the module `golang.org/toolchain` by the host
@@ -617,31 +622,17 @@ fn build_inner(
     let mut binaries = Vec::new();
     for p in &input.packages {
         let target = bin.join(p.binary());
-        let file = fs::File::open(&target).map_err(|source| GoError::Cache {
-            action: "opening built binary",
+        let hashed = describe(&target).map_err(|source| GoError::Cache {
+            action: "hashing built binary",
             path: target.clone(),
             source,
         })?;
-        let size = file
-            .metadata()
-            .map_err(|source| GoError::Cache {
-                action: "reading metadata of",
-                path: target.clone(),
-                source,
-            })?
-            .len();
-        let sha256 =
-            Digest::of_reader(Algorithm::Sha256, file).map_err(|source| GoError::Cache {
-                action: "hashing",
-                path: target.clone(),
-                source,
-            })?;
         binaries.push(GoBinary {
             name: p.binary().to_string(),
             package: p.path().to_string(),
             path: dir.join("bin").join(p.binary()),
-            sha256,
-            size,
+            sha256: hashed.sha256,
+            size: hashed.size,
         });
     }
     let go_sum = closure::read(&src)?;
@@ -995,24 +986,17 @@ fn read_manifest(dir: &Path, key: &str) -> Result<Manifest, GoError> {
     let mut m = m;
     for b in &mut m.binaries {
         b.path = dir.join("bin").join(&b.name);
-        let file =
-            fs::File::open(&b.path).map_err(|e| bad(format!("{}: {e}", b.path.display())))?;
-        let size = file
-            .metadata()
-            .map_err(|e| bad(format!("{}: {e}", b.path.display())))?
-            .len();
-        if size != b.size {
+        let hashed = describe(&b.path).map_err(|e| bad(format!("{}: {e}", b.path.display())))?;
+        if hashed.size != b.size {
             return Err(bad(format!(
-                "{} is {size} bytes, manifest says {}",
-                b.name, b.size
+                "{} is {} bytes, manifest says {}",
+                b.name, hashed.size, b.size
             )));
         }
-        let sha256 = Digest::of_reader(Algorithm::Sha256, file)
-            .map_err(|e| bad(format!("{}: {e}", b.path.display())))?;
-        if sha256 != b.sha256 {
+        if hashed.sha256 != b.sha256 {
             return Err(bad(format!(
-                "{} has {sha256}, manifest says {}",
-                b.name, b.sha256
+                "{} has {}, manifest says {}",
+                b.name, hashed.sha256, b.sha256
             )));
         }
     }
