@@ -6,6 +6,7 @@ pub mod cmdline;
 pub mod commands;
 pub mod config;
 pub mod console;
+pub mod cpu;
 pub mod driver;
 pub mod gpt;
 pub mod host;

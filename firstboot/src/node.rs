@@ -98,6 +98,18 @@ pub fn timeline(
     }
 }
 
+/// The console line with the CPU time so far of the machine, each running component and
+/// firstboot ([`crate::cpu`]).
+fn cpu_line(at: &str, run: &Run) -> String {
+    let running: Vec<(String, i32)> = run
+        .sup
+        .status()
+        .into_iter()
+        .filter_map(|c| Some((c.component.name, c.pid?)))
+        .collect();
+    crate::cpu::CpuUse::read(&running).line(at, rustix::param::clock_ticks_per_second())
+}
+
 /// Where a node without upstream DNS gets its (empty) resolv.conf for pods.
 const AIRGAP_RESOLV: &str = "/run/kiln/resolv.conf";
 
@@ -235,7 +247,10 @@ impl Hooks for NodeHooks<'_, '_> {
             Event::ImagesImported { detail } => {
                 self.phase(IMAGES_IMPORTED, &format!("kiln: images imported {detail}"))
             }
-            Event::CorednsReady => self.phase(COREDNS_READY, "kiln: coredns ready"),
+            Event::CorednsReady => {
+                self.phase(COREDNS_READY, "kiln: coredns ready");
+                say(&cpu_line(COREDNS_READY, run));
+            }
             Event::NodeReady => {
                 self.phase(NODE_READY, &format!("kiln: node {} Ready", p.hostname));
                 let setup_ms = self.configured_ms.saturating_sub(self.entered.monotonic_ms);
@@ -247,6 +262,7 @@ impl Hooks for NodeHooks<'_, '_> {
                 say(&line);
                 self.st.notes.push(line);
                 say(&timeline(self.st, run.deps, run.first).line());
+                say(&cpu_line(NODE_READY, run));
                 if let Err(e) = self.env.notify.ready(&format!("node {} Ready", p.hostname)) {
                     log::warn!("sd_notify READY=1: {e}");
                 }
