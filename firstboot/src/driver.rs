@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -186,40 +185,6 @@ pub fn write_files(files: &[GeneratedFile]) -> Result<Vec<PathBuf>, K8sError> {
     Ok(changed)
 }
 
-/// Applies `manifest` with `kubectl apply --server-side` as the super-admin.
-pub fn apply_with_kubectl(
-    kubectl: &Path,
-    kubeconfig: &Path,
-    manifest: &Path,
-) -> anyhow::Result<()> {
-    let out = Command::new(kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args([
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=kiln",
-            // The manifests are ours (checked against the real apiserver in the host-mode
-            // test); client-side validation would first download the OpenAPI document,
-            // which takes over 30 s on an emulated node and fails the apply.
-            "--validate=false",
-            "-f",
-        ])
-        .arg(manifest)
-        .output()
-        .with_context(|| format!("running {}", kubectl.display()))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "kubectl apply -f {} failed ({}): {}",
-            manifest.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// Runs the profile until `stop` is set, then stops every component: SIGTERM, then SIGKILL
 /// after the profile's grace. Returns whether every component stopped within it. A
 /// supervisor failure stops the components too, then is returned.
@@ -385,16 +350,14 @@ impl Api {
         HttpProbe::from_url(&format!("{}/", p.server_url()), Some(tls)).map(Api)
     }
 
-    /// Server-side applies `binding` (a ClusterRoleBinding) as field manager `kiln`, the
-    /// manager the addons' kubectl apply uses too.
-    fn apply_binding(&self, binding: &serde_json::Value) -> Result<(), String> {
-        let name = binding["metadata"]["name"]
-            .as_str()
-            .ok_or("a binding without a name")?;
+    /// Server-side applies `object` (a kind [`addons::apply_path`] knows) as field manager
+    /// `kiln`, forcing conflicts: the addons are Kiln's, and a boot puts them back.
+    fn apply(&self, object: &serde_json::Value) -> Result<(), String> {
         let path = format!(
-            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}?fieldManager=kiln&force=true"
+            "{}?fieldManager=kiln&force=true",
+            addons::apply_path(object)?
         );
-        let body = binding.to_string();
+        let body = object.to_string();
         match self.0.send(
             "PATCH",
             &path,
@@ -553,51 +516,42 @@ fn apply_addons(
     applied: &AtomicBool,
     done: &AtomicBool,
 ) {
-    let kubectl_bin = p.paths.binary("kubectl");
-    let addons_path = p.paths.config_file(ADDONS_FILE);
-    let bindings = crate::pki::rbac_bindings_json();
-    let mut warned = false;
-    while !done.load(Ordering::SeqCst) && !applied.load(Ordering::SeqCst) {
+    let Some(api) = api else {
+        log::warn!("no API client: the addons (CoreDNS) not applied");
+        return;
+    };
+    // The RBAC bindings come first in the list: node Ready is told once they are applied.
+    let objects = match addons::all(p) {
+        Ok(objects) => objects,
+        Err(e) => {
+            log::warn!("the addons: {e}");
+            return;
+        }
+    };
+    let bindings = crate::pki::rbac_bindings_json()["items"]
+        .as_array()
+        .map_or(0, Vec::len);
+    let mut next = 0;
+    while !done.load(Ordering::SeqCst) && next < objects.len() {
         if !apiserver.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(500));
             continue;
         }
-        if !bound.load(Ordering::SeqCst) {
-            if let Some(api) = api {
-                let items = bindings["items"].as_array().into_iter().flatten();
-                match items.into_iter().try_for_each(|b| api.apply_binding(b)) {
-                    Ok(()) => bound.store(true, Ordering::SeqCst),
-                    Err(e) => log::warn!("applying the RBAC bindings: {e}"),
-                }
-            }
-        }
-        if !kubectl_bin.is_file() {
-            if !warned {
-                warned = true;
-                log::warn!(
-                    "no {}: the addons (CoreDNS) not applied",
-                    kubectl_bin.display()
-                );
-            }
-            if bound.load(Ordering::SeqCst) {
-                return;
-            }
-        } else {
-            match apply_with_kubectl(
-                &kubectl_bin,
-                &p.paths.pki_file("super-admin.conf"),
-                &addons_path,
-            ) {
-                Ok(()) => {
-                    // The list holds the bindings too.
+        match api.apply(&objects[next]) {
+            Ok(()) => {
+                next += 1;
+                if next >= bindings {
                     bound.store(true, Ordering::SeqCst);
-                    applied.store(true, Ordering::SeqCst);
-                    return;
                 }
-                Err(e) => log::warn!("applying addons: {e:#}"),
+            }
+            Err(e) => {
+                log::warn!("applying addons: {e}");
+                std::thread::sleep(Duration::from_secs(2));
             }
         }
-        std::thread::sleep(Duration::from_secs(2));
+    }
+    if next == objects.len() {
+        applied.store(true, Ordering::SeqCst);
     }
 }
 
@@ -610,7 +564,7 @@ fn import_images(p: &ClusterParams) -> Option<String> {
         Path::new(crate::images::IMAGES_DIR),
         &ctr,
         &crate::images::HostRun,
-        &[crate::k8s::PAUSE_IMAGE, crate::k8s::COREDNS_IMAGE],
+        &[crate::k8s::PAUSE_IMAGE],
     ) {
         Ok(r) => {
             log::info!("images: imported {:?}, pinned {:?}", r.imported, r.pinned);

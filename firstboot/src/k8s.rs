@@ -34,10 +34,11 @@ pub const KUBE_PROXY_HEALTHZ_PORT: u16 = 10256;
 /// containerd's Prometheus metrics, plain HTTP on 127.0.0.1 only: its one HTTP endpoint,
 /// so its liveness probe.
 pub const CONTAINERD_METRICS_PORT: u16 = 1338;
-/// The sandbox image containerd pins (baked into the image).
+/// The sandbox image containerd pins (baked into the image). CoreDNS's container runs it
+/// too, with the root's own `coredns` mounted in ([`addons::coredns`]).
 pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
-/// The CoreDNS image (baked into the image).
-pub const COREDNS_IMAGE: &str = "registry.k8s.io/coredns/coredns:v1.13.1";
+/// Where CoreDNS's container finds the root's `coredns` binary.
+pub const COREDNS_IN_POD: &str = "/kiln/coredns";
 
 /// Errors from computing or writing component configuration.
 #[derive(Debug, thiserror::Error)]

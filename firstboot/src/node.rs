@@ -249,6 +249,9 @@ impl Hooks for NodeHooks<'_, '_> {
             }
             Event::CorednsReady => {
                 self.phase(COREDNS_READY, "kiln: coredns ready");
+                // Again, with what came after node Ready: the controllers, kube-proxy,
+                // the images, CoreDNS (`kiln run` draws the last timeline it sees).
+                say(&timeline(self.st, run.deps, run.first).line());
                 say(&cpu_line(COREDNS_READY, run));
             }
             Event::NodeReady => {

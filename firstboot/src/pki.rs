@@ -33,6 +33,8 @@ const BACKDATE_SECS: i64 = 300;
 pub const ADMIN_GROUP: &str = "kiln:cluster-admins";
 /// The apiserver's client identity towards kubelets; bind it to `system:kubelet-api-admin`.
 pub const APISERVER_KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+/// The controller manager's identity (its client certificate's CN).
+pub const CONTROLLER_MANAGER_USER: &str = "system:kube-controller-manager";
 /// Default location on the node.
 pub const DEFAULT_DIR: &str = "/var/lib/kiln/pki";
 
@@ -227,7 +229,7 @@ const KUBECONFIGS: &[(&str, &str, &str)] = &[
     (
         "controller-manager.conf",
         "controller-manager",
-        "system:kube-controller-manager",
+        CONTROLLER_MANAGER_USER,
     ),
     ("scheduler.conf", "scheduler", "system:kube-scheduler"),
     ("kubelet.conf", "kubelet-client", "kubelet"),
@@ -350,7 +352,7 @@ fn leaves(p: &PkiParams) -> Result<Vec<Leaf>, PkiError> {
         leaf(
             "controller-manager",
             Cluster,
-            "system:kube-controller-manager",
+            CONTROLLER_MANAGER_USER,
             vec![],
             vec![],
             Client,
@@ -766,6 +768,17 @@ pub fn rbac_bindings_json() -> serde_json::Value {
         "kind": "List",
         "items": [
             binding("kiln:cluster-admins", "cluster-admin", "Group", ADMIN_GROUP),
+            // The controller manager runs every controller with its own credentials (no
+            // service account and token for each: fetching about 40 of them held back its
+            // first ReplicaSet, CoreDNS's, by 15-20 s on an emulated node). It holds the
+            // cluster CA's and the service-account signing keys, so it can act as anyone
+            // already; this grants nothing it could not take.
+            binding(
+                "kiln:controller-manager",
+                "cluster-admin",
+                "User",
+                CONTROLLER_MANAGER_USER,
+            ),
             binding(
                 "kiln:apiserver-kubelet-client",
                 "system:kubelet-api-admin",

@@ -441,6 +441,41 @@ fn control_plane_in_host_mode() {
         "jsonpath={.spec.clusterIP}",
     ]);
     assert_eq!(dns.trim(), p.dns_ip().unwrap().to_string());
+    // The addons are applied in process (server-side apply, field manager kiln): CoreDNS's
+    // pod runs the root's own binary, mounted from the host.
+    let volume = kubectl(&[
+        "-n",
+        "kube-system",
+        "get",
+        "deployment",
+        "coredns",
+        "-o",
+        "jsonpath={.spec.template.spec.volumes[?(@.name==\"coredns-binary\")].hostPath.path}",
+    ]);
+    assert_eq!(volume.trim(), bin.join("coredns").display().to_string());
+    let managers = kubectl(&[
+        "-n",
+        "kube-system",
+        "get",
+        "service",
+        "kube-dns",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}",
+    ]);
+    assert_eq!(managers.trim(), "kiln");
+    // The controller manager's controllers act with its own identity (bound to
+    // cluster-admin): its deployment controller creates CoreDNS's ReplicaSet.
+    let t = Instant::now();
+    while !kubectl(&["-n", "kube-system", "get", "replicasets", "-o", "name"])
+        .lines()
+        .any(|l| l.starts_with("replicaset.apps/coredns-"))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no ReplicaSet for CoreDNS after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // 4. Anonymous access: health paths only.
     let anon = |path: &str| {

@@ -640,6 +640,32 @@ fn single_node_cluster_in_qemu() {
         "--timeout=900s",
     ]);
     eprintln!("CoreDNS ready after {:.0?}", node.started.elapsed());
+    // At CoreDNS ready firstboot prints the timeline again, with the later milestones, and
+    // where the boot's CPU time went.
+    let console = node.console();
+    let last_timeline = console
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once("kiln: timeline ").map(|(_, j)| j.to_string()))
+        .unwrap_or_default();
+    if !last_timeline.contains("\"coredns-ready\"") {
+        node.fail(&format!(
+            "the last timeline has no coredns-ready: {last_timeline}"
+        ));
+    }
+    let cpu = console
+        .lines()
+        .find_map(|l| {
+            l.split_once("kiln: cpu at coredns-ready: ")
+                .map(|(_, r)| r.to_string())
+        })
+        .unwrap_or_else(|| node.fail("no `kiln: cpu at coredns-ready` line"));
+    eprintln!("CPU at CoreDNS ready: {cpu}");
+    for part in ["busy ", "kube-apiserver ", "etcd ", "kubelet ", "other "] {
+        if !cpu.contains(part) {
+            node.fail(&format!("the CPU line has no {part:?}: {cpu}"));
+        }
+    }
 
     // A Deployment of 2 busybox httpd replicas behind a Service and a NodePort.
     node.apply(&format!(

@@ -500,13 +500,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
                 );
             }
         }
-        // firstboot's timeline (printed at node Ready, again after a reboot) as a picture.
+        // firstboot's timeline (printed at node Ready and at CoreDNS ready, again after a
+        // reboot) as a picture.
         if let Some(t) = firstboot::timeline::Timeline::from_console(&log) {
             if drawn.as_ref() != Some(&t) {
-                let svg = crate::cli::timeline::render_svg(
-                    &t,
-                    &format!("{}: boot to node Ready", image_name),
-                );
+                // Printed again once CoreDNS is ready, with what came after node Ready.
+                let until = if t.phases.iter().any(|p| p.name == "coredns-ready") {
+                    "CoreDNS ready"
+                } else {
+                    "node Ready"
+                };
+                let svg =
+                    crate::cli::timeline::render_svg(&t, &format!("{image_name}: boot to {until}"));
                 if let Err(e) = crate::cache::write_atomic_bytes(&timeline_svg, svg.as_bytes()) {
                     eprintln!("kiln: writing {}: {e}", timeline_svg.display());
                 }

@@ -202,12 +202,17 @@ pub fn controller_manager_args(p: &ClusterParams) -> Vec<String> {
         flag("service-account-private-key-file", pki("sa.key")),
         flag("cluster-signing-cert-file", pki("ca.crt")),
         flag("cluster-signing-key-file", pki("ca.key")),
-        flag("use-service-account-credentials", true),
+        // Every controller with the controller manager's own credentials (bound to
+        // cluster-admin: see `pki::rbac_bindings_json`).
+        flag("use-service-account-credentials", false),
         flag("allocate-node-cidrs", true),
         flag("cluster-cidr", p.pod_cidr),
         flag("service-cluster-ip-range", p.service_cidr),
         flag("cluster-name", "kubernetes"),
-        flag("leader-elect", true),
+        // One controller manager per cluster: with leader election a restarted one (after
+        // a kill -9) would wait up to the 15 s lease for its dead predecessor, and a healthy
+        // one renews the lease in etcd every 2 s. The supervisor never runs two.
+        flag("leader-elect", false),
         flag("controllers", "*,bootstrapsigner,tokencleaner"),
     ]
 }
@@ -500,7 +505,7 @@ mod tests {
             "--allocate-node-cidrs=true",
             "--cluster-cidr=10.244.0.0/16",
             "--service-cluster-ip-range=10.96.0.0/12",
-            "--use-service-account-credentials=true",
+            "--use-service-account-credentials=false",
             "--cluster-signing-cert-file=/var/lib/kiln/pki/ca.crt",
             "--cluster-signing-key-file=/var/lib/kiln/pki/ca.key",
             "--root-ca-file=/var/lib/kiln/pki/ca.crt",

@@ -56,7 +56,8 @@ pub fn scheduler_config(p: &ClusterParams) -> serde_json::Value {
         "apiVersion": "kubescheduler.config.k8s.io/v1",
         "kind": "KubeSchedulerConfiguration",
         "clientConnection": {"kubeconfig": s(&p.paths.pki_file("scheduler.conf"))},
-        "leaderElection": {"leaderElect": true},
+        // One scheduler, as for the controller manager (see its `--leader-elect`).
+        "leaderElection": {"leaderElect": false},
     })
 }
 
