@@ -431,37 +431,26 @@ fn control_plane_in_host_mode() {
     for want in ["namespace/default", "namespace/kube-system"] {
         assert!(ns.lines().any(|l| l == want), "{ns}");
     }
-    let dns = kubectl(&[
-        "-n",
-        "kube-system",
-        "get",
-        "service",
-        "kube-dns",
-        "-o",
-        "jsonpath={.spec.clusterIP}",
-    ]);
+    // One field of a kube-system object.
+    let field = |kind: &str, name: &str, jsonpath: &str| {
+        let path = format!("jsonpath={jsonpath}");
+        kubectl(&["-n", "kube-system", "get", kind, name, "-o", &path])
+    };
+    let dns = field("service", "kube-dns", "{.spec.clusterIP}");
     assert_eq!(dns.trim(), p.dns_ip().unwrap().to_string());
     // The addons are applied in process (server-side apply, field manager kiln): CoreDNS's
     // pod runs the root's own binary, mounted from the host.
-    let volume = kubectl(&[
-        "-n",
-        "kube-system",
-        "get",
+    let volume = field(
         "deployment",
         "coredns",
-        "-o",
-        "jsonpath={.spec.template.spec.volumes[?(@.name==\"coredns-binary\")].hostPath.path}",
-    ]);
+        "{.spec.template.spec.volumes[?(@.name==\"coredns-binary\")].hostPath.path}",
+    );
     assert_eq!(volume.trim(), bin.join("coredns").display().to_string());
-    let managers = kubectl(&[
-        "-n",
-        "kube-system",
-        "get",
+    let managers = field(
         "service",
         "kube-dns",
-        "-o",
-        "jsonpath={.metadata.managedFields[*].manager}",
-    ]);
+        "{.metadata.managedFields[*].manager}",
+    );
     assert_eq!(managers.trim(), "kiln");
     // The controller manager's controllers act with its own identity (bound to
     // cluster-admin): its deployment controller creates CoreDNS's ReplicaSet.
