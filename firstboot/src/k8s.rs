@@ -145,14 +145,6 @@ impl Paths {
     pub fn containerd_socket(&self) -> PathBuf {
         self.run.join("containerd/containerd.sock")
     }
-    /// kube-controller-manager's `--cert-dir` (its self-signed serving certificate).
-    pub fn controller_manager_certs(&self) -> PathBuf {
-        self.data.join("kube-controller-manager")
-    }
-    /// kube-scheduler's `--cert-dir`.
-    pub fn scheduler_certs(&self) -> PathBuf {
-        self.data.join("kube-scheduler")
-    }
     pub fn pki_file(&self, rel: &str) -> PathBuf {
         self.pki.join(rel)
     }

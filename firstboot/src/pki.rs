@@ -251,6 +251,11 @@ fn leaves(p: &PkiParams) -> Result<Vec<Leaf>, PkiError> {
     ips.insert(IpAddr::V6(Ipv6Addr::LOCALHOST));
     node_sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
 
+    // The controller manager and the scheduler serve on 127.0.0.1 only.
+    let loopback_sans = vec![
+        dns("localhost")?,
+        SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+    ];
     let mut api_sans = node_sans.clone();
     let domain = &p.cluster_domain;
     for name in [
@@ -364,6 +369,24 @@ fn leaves(p: &PkiParams) -> Result<Vec<Leaf>, PkiError> {
             vec![],
             vec![],
             Client,
+        ),
+        // Their serving certificates: without one each would generate two RSA keys on its
+        // first start (seconds of CPU on an emulated node, on the way to CoreDNS).
+        leaf(
+            "controller-manager-server",
+            Cluster,
+            "kube-controller-manager",
+            vec![],
+            loopback_sans.clone(),
+            Server,
+        ),
+        leaf(
+            "scheduler-server",
+            Cluster,
+            "kube-scheduler",
+            vec![],
+            loopback_sans,
+            Server,
         ),
         leaf(
             "kube-proxy",

@@ -72,6 +72,8 @@ const LEAVES: &[(&str, &str, &str)] = &[
     ("controller-manager.crt", "ca.crt", "sslclient"),
     ("scheduler.crt", "ca.crt", "sslclient"),
     ("kube-proxy.crt", "ca.crt", "sslclient"),
+    ("controller-manager-server.crt", "ca.crt", "sslserver"),
+    ("scheduler-server.crt", "ca.crt", "sslserver"),
 ];
 
 #[test]
@@ -114,6 +116,14 @@ fn generates_a_verifiable_pki() {
         assert!(api.contains(san), "apiserver SAN {san} missing:\n{api}");
     }
     assert!(api.contains("CN=kube-apiserver") || api.contains("CN = kube-apiserver"));
+    // The controller manager and the scheduler serve on the loopback address only.
+    for crt in ["controller-manager-server.crt", "scheduler-server.crt"] {
+        let t = text(&dir, crt);
+        for san in ["DNS:localhost", "IP Address:127.0.0.1"] {
+            assert!(t.contains(san), "{crt} SAN {san} missing:\n{t}");
+        }
+        assert!(!t.contains("DNS:node-1"), "{crt}:\n{t}");
+    }
 
     let subject = |crt: &str| {
         openssl(
@@ -252,7 +262,7 @@ fn generates_a_verifiable_pki() {
 
     // Report: every certificate, expiry one year (leaves) or ten years (CAs) from NOW.
     let certs: BTreeMap<_, _> = report.certs.iter().map(|c| (c.file.as_str(), c)).collect();
-    assert_eq!(certs.len(), 3 + 13, "{:?}", certs.keys());
+    assert_eq!(certs.len(), 3 + 15, "{:?}", certs.keys());
     assert_eq!(certs["apiserver.crt"].not_after, NOW + 365 * 86_400);
     assert_eq!(certs["ca.crt"].not_after, NOW + 10 * 365 * 86_400);
     let enddate = openssl(

@@ -195,7 +195,8 @@ pub fn controller_manager_args(p: &ClusterParams) -> Vec<String> {
         flag("authorization-kubeconfig", &kubeconfig),
         flag("bind-address", "127.0.0.1"),
         flag("secure-port", CONTROLLER_MANAGER_PORT),
-        flag("cert-dir", path(&p.paths.controller_manager_certs())),
+        flag("tls-cert-file", pki("controller-manager-server.crt")),
+        flag("tls-private-key-file", pki("controller-manager-server.key")),
         flag("client-ca-file", pki("ca.crt")),
         flag("requestheader-client-ca-file", pki("front-proxy-ca.crt")),
         flag("root-ca-file", pki("ca.crt")),
@@ -226,15 +227,22 @@ pub fn scheduler_args(p: &ClusterParams) -> Vec<String> {
         flag("authorization-kubeconfig", &kubeconfig),
         flag("bind-address", "127.0.0.1"),
         flag("secure-port", SCHEDULER_PORT),
-        flag("cert-dir", path(&p.paths.scheduler_certs())),
+        flag(
+            "tls-cert-file",
+            path(&p.paths.pki_file("scheduler-server.crt")),
+        ),
+        flag(
+            "tls-private-key-file",
+            path(&p.paths.pki_file("scheduler-server.key")),
+        ),
     ]
 }
 
-/// The self-signed serving certificate (with its CA appended) a controller writes into its
-/// `--cert-dir` on first start; the probe trusts it.
-fn self_signed_probe(cert_dir: &Path, pair_name: &str) -> TlsProbe {
+/// The controller manager's and the scheduler's probe: their serving certificates are the
+/// cluster CA's (`pki`).
+fn cluster_ca_probe(p: &ClusterParams) -> TlsProbe {
     TlsProbe {
-        ca: cert_dir.join(format!("{pair_name}.crt")),
+        ca: p.paths.pki_file("ca.crt"),
         client: None,
     }
 }
@@ -293,10 +301,7 @@ pub fn control_plane(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
                 "{}/healthz",
                 url("https", LOOPBACK, CONTROLLER_MANAGER_PORT)
             ),
-            Some(self_signed_probe(
-                &p.paths.controller_manager_certs(),
-                CONTROLLER_MANAGER,
-            )),
+            Some(cluster_ca_probe(p)),
         )?,
     };
     let scheduler = Managed {
@@ -310,7 +315,7 @@ pub fn control_plane(p: &ClusterParams) -> Result<Vec<Managed>, K8sError> {
         probe: http_probe(
             SCHEDULER,
             &format!("{}/healthz", url("https", LOOPBACK, SCHEDULER_PORT)),
-            Some(self_signed_probe(&p.paths.scheduler_certs(), SCHEDULER)),
+            Some(cluster_ca_probe(p)),
         )?,
     };
     Ok(vec![etcd, apiserver, controller_manager, scheduler])

@@ -238,13 +238,10 @@ pub fn node_files(p: &ClusterParams) -> Result<Vec<GeneratedFile>, K8sError> {
     ])
 }
 
-/// The state directories the components expect, with their modes (etcd's and the
-/// controllers' certificates 0700).
+/// The state directories the components expect, with their modes (etcd's 0700).
 pub fn state_dirs(p: &ClusterParams) -> Vec<(PathBuf, u32)> {
     vec![
         (p.paths.etcd_data(), 0o700),
-        (p.paths.controller_manager_certs(), 0o700),
-        (p.paths.scheduler_certs(), 0o700),
         (p.paths.config.clone(), 0o755),
     ]
 }
