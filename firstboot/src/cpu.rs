@@ -1,7 +1,8 @@
 //! Where the machine's CPU time went: the whole machine's busy and idle time (`/proc/stat`)
 //! beside each supervised component's (`/proc/PID/stat`) and firstboot's own, with the
-//! children it has waited for (`ctr` imports, `kubectl`). Printed on the console when CoreDNS
-//! is ready (`kiln: cpu at coredns-ready …`), so a slow boot shows what it was busy with.
+//! children it has waited for (the `ctr` runs of the image import). Printed on the console at
+//! node Ready and when CoreDNS is ready (`kiln: cpu at coredns-ready …`), so a slow boot shows
+//! what it was busy with.
 
 use crate::supervisor::shell::ProcStat;
 
@@ -38,13 +39,11 @@ impl MachineTicks {
     }
 }
 
-/// This process's CPU time with that of its children it has waited for, in clock ticks
-/// (fields 14–17 of `/proc/self/stat`).
+/// A process's CPU time with that of its children it has waited for, in clock ticks (a
+/// `/proc/PID/stat` line).
 pub fn own_with_children_ticks(stat: &str) -> Option<u64> {
-    let own = ProcStat::parse(stat)?.cpu_ticks;
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
-    Some(own + field(16)? + field(17)?)
+    let s = ProcStat::parse(stat)?;
+    Some(s.cpu_ticks.saturating_add(s.waited_children_ticks))
 }
 
 /// One reading: the machine's total and each named part's CPU ticks.
@@ -66,7 +65,7 @@ impl CpuUse {
             })
             .collect();
         if let Some(t) = stat_of("self").as_deref().and_then(own_with_children_ticks) {
-            parts.push(("firstboot (with ctr, kubectl)".into(), t));
+            parts.push(("firstboot (with ctr)".into(), t));
         }
         CpuUse {
             machine: MachineTicks::read().unwrap_or_default(),
@@ -154,13 +153,13 @@ mod tests {
             parts: vec![
                 ("etcd".into(), 1_000),
                 ("kube-apiserver".into(), 4_000),
-                ("firstboot (with ctr, kubectl)".into(), 1_500),
+                ("firstboot (with ctr)".into(), 1_500),
             ],
         };
         assert_eq!(
             u.line("coredns-ready", 100),
             "kiln: cpu at coredns-ready: busy 100.0 s, idle 5.0 s; kube-apiserver 40.0 s, \
-             firstboot (with ctr, kubectl) 15.0 s, etcd 10.0 s, other 35.0 s"
+             firstboot (with ctr) 15.0 s, etcd 10.0 s, other 35.0 s"
         );
     }
 }

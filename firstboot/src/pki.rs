@@ -792,8 +792,8 @@ pub fn rbac_bindings_json() -> serde_json::Value {
         "items": [
             binding("kiln:cluster-admins", "cluster-admin", "Group", ADMIN_GROUP),
             // The controller manager runs every controller with its own credentials (no
-            // service account and token for each: fetching about 40 of them held back its
-            // first ReplicaSet, CoreDNS's, by 15-20 s on an emulated node). It holds the
+            // service account and token for each of about 40 controllers before they run,
+            // on the way to CoreDNS's ReplicaSet on an emulated node). It holds the
             // cluster CA's and the service-account signing keys, so it can act as anyone
             // already; this grants nothing it could not take.
             binding(

@@ -186,6 +186,12 @@ pub fn all(p: &ClusterParams) -> Result<Vec<Value>, K8sError> {
     Ok(out)
 }
 
+/// A name or namespace usable as one segment of an API path.
+fn path_segment(v: &Value) -> Option<&str> {
+    v.as_str()
+        .filter(|n| !n.is_empty() && !n.contains(['/', '?', '#', '%']))
+}
+
 /// The API path a server-side apply of `object` PATCHes: `/api/v1/...` for the core group,
 /// `/apis/GROUP/VERSION/...` for the others, under `namespaces/NS/` for a namespaced kind.
 /// Only the kinds the addons use are known (an unknown one is an error that names it).
@@ -194,9 +200,7 @@ pub fn apply_path(object: &Value) -> Result<String, String> {
         .as_str()
         .ok_or("an object without apiVersion")?;
     let kind = object["kind"].as_str().ok_or("an object without kind")?;
-    let name = object["metadata"]["name"]
-        .as_str()
-        .filter(|n| !n.is_empty() && !n.contains(['/', '?', '#', '%']))
+    let name = path_segment(&object["metadata"]["name"])
         .ok_or_else(|| format!("a {kind} without a usable name"))?;
     let (plural, namespaced) = match kind {
         "ServiceAccount" => ("serviceaccounts", true),
@@ -215,9 +219,7 @@ pub fn apply_path(object: &Value) -> Result<String, String> {
         format!("/api/{api_version}/")
     };
     if namespaced {
-        let ns = object["metadata"]["namespace"]
-            .as_str()
-            .filter(|n| !n.is_empty() && !n.contains(['/', '?', '#', '%']))
+        let ns = path_segment(&object["metadata"]["namespace"])
             .ok_or_else(|| format!("{kind} {name} has no namespace"))?;
         path.push_str(&format!("namespaces/{ns}/"));
     }

@@ -570,12 +570,15 @@ pub struct ProcStat {
     pub pgrp: i32,
     /// When it started, in clock ticks since boot.
     pub start_ticks: u64,
+    /// User plus system CPU time of its children it has waited for, in clock ticks.
+    pub waited_children_ticks: u64,
 }
 
 impl ProcStat {
     /// Parses the fields after the command name, which may itself hold spaces and
     /// parentheses: the state is field 3, the process group field 5, utime and stime
-    /// fields 14 and 15, the start time field 22.
+    /// fields 14 and 15, the waited-for children's cutime and cstime 16 and 17, the start
+    /// time field 22.
     pub fn parse(stat: &str) -> Option<ProcStat> {
         let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
         // Field n of proc_pid_stat(5) is fields[n - 3].
@@ -586,6 +589,7 @@ impl ProcStat {
             pgrp: field(5)?.parse().ok()?,
             cpu_ticks: number(14)?.saturating_add(number(15)?),
             start_ticks: number(22)?,
+            waited_children_ticks: number(16)?.saturating_add(number(17)?),
         })
     }
 }
