@@ -213,17 +213,21 @@ mod tests {
             .status()
             .unwrap();
         assert!(out.success());
-        // A running child is one of the others, under its command name.
-        let mut sleeper = std::process::Command::new("sleep")
+        // A running child is one of the others, under its command name: a name of this
+        // test's own (other tests run `sleep` at the same time), through a symlink.
+        let dir = tempfile::tempdir().unwrap();
+        let name = format!("kcpu{}", std::process::id() % 100_000);
+        std::os::unix::fs::symlink("/bin/sleep", dir.path().join(&name)).unwrap();
+        let mut sleeper = std::process::Command::new(dir.path().join(&name))
             .arg("30")
             .spawn()
             .unwrap();
         let after = CpuUse::read(&[("sleeper".into(), sleeper.id() as i32)]);
         assert!(self_part(&after).unwrap().children > mine.children);
         assert!(after.parts.iter().any(|p| p.name == "sleeper"));
-        assert!(!after.others.iter().any(|p| p.name == "sleep"));
+        assert!(!after.others.iter().any(|p| p.name == name));
         let unnamed = CpuUse::read(&[]);
-        assert!(unnamed.others.iter().any(|p| p.name == "sleep"));
+        assert!(unnamed.others.iter().any(|p| p.name == name));
         assert!(!unnamed.others.iter().any(|p| p.name == "firstboot"));
         sleeper.kill().unwrap();
         sleeper.wait().unwrap();
