@@ -391,7 +391,43 @@ fn fetch_toolchain(
     if !go.is_file() {
         return Err(err(format!("no {} after the download", go.display())));
     }
+    // A module zip keeps no execute bits: Go's own toolchain switch sets them on first use,
+    // and Kiln runs the toolchain's `go` itself.
+    if let Some(root) = go.parent().and_then(Path::parent) {
+        for dir in ["bin", "pkg/tool"] {
+            make_executable(&root.join(dir)).map_err(|source| GoError::Cache {
+                action: "making executable",
+                path: root.join(dir),
+                source,
+            })?;
+        }
+    }
     Ok(lines)
+}
+
+/// Gives every regular file under `dir` (when it exists) the execute bits its read bits
+/// have.
+fn make_executable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            make_executable(&entry.path())?;
+        } else if kind.is_file() {
+            let mode = entry.metadata()?.permissions().mode();
+            let exec = (mode & 0o444) >> 2;
+            if mode & exec != exec {
+                fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode | exec))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A temporary directory in `go_dir` (created if need be), named with `prefix`.
@@ -1142,6 +1178,30 @@ pub struct GoBuilt {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fetched_toolchain_gets_execute_bits_where_it_can_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("pkg/tool/linux_amd64");
+        fs::create_dir_all(&tool).unwrap();
+        let files = [
+            (dir.path().join("go"), 0o444, 0o555),
+            (tool.join("compile"), 0o644, 0o755),
+            (tool.join("vet"), 0o400, 0o500),
+        ];
+        for (f, mode, _) in &files {
+            fs::write(f, "x").unwrap();
+            fs::set_permissions(f, fs::Permissions::from_mode(*mode)).unwrap();
+        }
+        make_executable(dir.path()).unwrap();
+        for (f, _, want) in &files {
+            let got = fs::metadata(f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(got, *want, "{}", f.display());
+        }
+        // A toolchain without the directory is left as it is.
+        make_executable(&dir.path().join("absent")).unwrap();
+    }
 
     fn input(toml_text: &str) -> GoInput {
         toml::from_str(toml_text).unwrap()
