@@ -37,6 +37,23 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// Copies the project's definitions and locks (images/*.toml, *.lock) into `dir`, so that a
+/// test's own definition there can extend them (a definition reads only files inside its
+/// own directory).
+pub fn copy_definitions(dir: &Path) {
+    let images = workspace_root().join("images");
+    for entry in std::fs::read_dir(&images).expect("images/") {
+        let path = entry.expect("images/ entry").path();
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("toml" | "lock")
+        ) {
+            let name = path.file_name().expect("a file name");
+            std::fs::copy(&path, dir.join(name)).expect("copying a definition");
+        }
+    }
+}
+
 /// The `kiln` binary of this build profile, built on demand.
 pub fn kiln_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -371,12 +371,10 @@ fn live_only_iso_leaves_the_installer_out() {
     let root = kiln_tests::workspace_root();
     // A low zstd level: this test is about what goes on the ISO, not its squashfs.
     let def = t.path().join("live.toml");
+    kiln_tests::copy_definitions(t.path());
     std::fs::write(
         &def,
-        format!(
-            "extends = \"{}\"\n[image]\nname = \"live\"\noutputs = [\"iso\"]\ncompression-level = 1\n[disk]\niso-installer = false\n",
-            root.join("images/minimal.toml").display()
-        ),
+        "extends = \"minimal.toml\"\n[image]\nname = \"live\"\noutputs = [\"iso\"]\ncompression-level = 1\n[disk]\niso-installer = false\n",
     )
     .expect("definition");
     std::fs::copy(root.join("images/minimal.lock"), t.path().join("live.lock")).expect("lock");

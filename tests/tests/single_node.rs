@@ -180,16 +180,14 @@ fn upstream_artifacts_through_a_mirror_are_verified() {
         hex::encode(sha2::Sha256::digest(&probe))
     };
     let dir = tempfile::tempdir().unwrap();
+    kiln_tests::copy_definitions(dir.path());
     let def = dir.path().join("mirror-probe.toml");
     std::fs::write(
         &def,
         format!(
-            "extends = \"{}\"\n\n[[artifact]]\nname = \"probe\"\n\
+            "extends = \"single-node-upstream.toml\"\n\n[[artifact]]\nname = \"probe\"\n\
              url = \"https://dl.k8s.io/kiln-test/probe\"\nchecksum = \"sha256:{probe_sha}\"\n\
-             dest = \"/usr/share/kiln/probe\"\nmode = 0o644\n",
-            workspace_root()
-                .join("images/single-node-upstream.toml")
-                .display()
+             dest = \"/usr/share/kiln/probe\"\nmode = 0o644\n"
         ),
     )
     .unwrap();

@@ -170,8 +170,82 @@ fn parse_values(path: &Path, text: &str) -> Result<DefinitionFile, DefinitionErr
     })
 }
 
-/// Loads a definition and its `extends` chain, merges and validates it.
+/// Where in `text` each string value of `key` sits, in the order of the text: the top-level
+/// key when `table` is None, else the key in each entry of the array of tables `table`.
+fn string_values(text: &str, table: Option<&str>, key: &str) -> Vec<(usize, String)> {
+    let Ok(doc) = DeTable::parse(text) else {
+        return Vec::new();
+    };
+    let string = |v: &Spanned<DeValue>| match v.get_ref() {
+        DeValue::String(s) => Some((v.span().start, s.to_string())),
+        _ => None,
+    };
+    let Some(table) = table else {
+        return doc
+            .get_ref()
+            .get(key)
+            .and_then(string)
+            .into_iter()
+            .collect();
+    };
+    let Some(DeValue::Array(items)) = doc.get_ref().get(table).map(Spanned::get_ref) else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| match item.get_ref() {
+            DeValue::Table(t) => t.get(key).and_then(string),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The project directory: the one holding the definition Kiln was given, with every symlink
+/// resolved.
+fn project_dir(definition: &Path) -> Result<PathBuf, DefinitionError> {
+    let dir = match definition.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    dir.canonicalize().map_err(|source| DefinitionError::Read {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// `rel` (an `extends` or a `[[local]]` source, relative to `dir`, the directory of the
+/// file that names it) joined to `dir`, when it stays inside the project directory `root`:
+/// not absolute, no `..`, and no symlink on the way leading out. A path that does not exist
+/// passes: reading it says so.
+fn confined(root: &Path, dir: &Path, rel: &str) -> Result<PathBuf, String> {
+    let p = Path::new(rel);
+    let why = if p.is_absolute() {
+        "is an absolute path"
+    } else if p.components().any(|c| c == std::path::Component::ParentDir) {
+        "climbs with `..`"
+    } else {
+        let joined = dir.join(p);
+        return match joined.canonicalize() {
+            Ok(real) if !real.starts_with(root) => Err(format!(
+                "{rel:?} leads out of the project directory {} through a symlink (to {}); \
+                 a definition reads only files inside it",
+                root.display(),
+                real.display()
+            )),
+            _ => Ok(joined),
+        };
+    };
+    Err(format!(
+        "{rel:?} {why}; a definition reads only files inside its project directory {} \
+         (paths relative to the file that names them)",
+        root.display()
+    ))
+}
+
+/// Loads a definition and its `extends` chain, merges and validates it. Every file of the
+/// chain and every `[[local]]` source must lie inside the project directory ([`confined`]).
 pub fn load(path: &Path) -> Result<Definition, DefinitionError> {
+    let root = project_dir(path)?;
     let mut chain: Vec<(PathBuf, DefinitionFile)> = Vec::new();
     let mut next = Some(path.to_path_buf());
     while let Some(p) = next.take() {
@@ -186,11 +260,30 @@ pub fn load(path: &Path) -> Result<Definition, DefinitionError> {
         })?;
         let mut file = parse_file(&p, &text)?;
         let dir = p.parent().map(Path::to_path_buf).unwrap_or_default();
-        for l in &mut file.local {
-            l.source = dir.join(&l.source).to_string_lossy().into_owned();
+        let outside = |offsets: Vec<(usize, String)>, i: usize, key: &str, message: String| {
+            let offset = offsets.get(i).map_or(0, |o| o.0);
+            let (line, column) = line_col(&text, offset);
+            DefinitionError::Parse {
+                path: p.clone(),
+                line,
+                column,
+                message: format!("{message} (at {key})"),
+            }
+        };
+        for (i, l) in file.local.iter_mut().enumerate() {
+            l.source = confined(&root, &dir, &l.source)
+                .map_err(|m| {
+                    let at = string_values(&text, Some("local"), "source");
+                    outside(at, i, "local.source", m)
+                })?
+                .to_string_lossy()
+                .into_owned();
         }
         if let Some(base) = &file.extends {
-            next = Some(dir.join(base));
+            next =
+                Some(confined(&root, &dir, base).map_err(|m| {
+                    outside(string_values(&text, None, "extends"), 0, "extends", m)
+                })?);
         }
         chain.push((p, file));
     }
@@ -265,6 +358,69 @@ mod tests {
             "[[file]]\npath = \"/c\"\ncontent = \"-----BEGIN CERTIFICATE-----\"\n",
         )
         .unwrap();
+    }
+
+    #[test]
+    fn extends_and_local_sources_stay_inside_the_project_directory() {
+        let outer = tempfile::tempdir().unwrap();
+        let root = outer.path().join("project");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        let secret = outer.path().join("secret");
+        std::fs::write(&secret, "host file").unwrap();
+        std::os::unix::fs::symlink(&secret, root.join("sub/link")).unwrap();
+        std::fs::write(root.join("sub/inside"), "ok").unwrap();
+        std::fs::write(
+            root.join("base.toml"),
+            "[image]\nname = \"b\"\nversion = \"1\"\nepoch = 0\n",
+        )
+        .unwrap();
+        let def = root.join("d.toml");
+        let load_with = |body: &str| {
+            std::fs::write(&def, body).unwrap();
+            load(&def).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let local = |source: &str| {
+            format!(
+                "extends = \"base.toml\"\n[[local]]\nsource = \"sub/inside\"\ndest = \"/a\"\n\
+                 [[local]]\nsource = \"{source}\"\ndest = \"/b\"\n"
+            )
+        };
+        // Inside: a plain relative path, also through a subdirectory.
+        load_with(&local("sub/inside")).unwrap();
+        for (source, why) in [
+            (secret.to_str().unwrap(), "is an absolute path"),
+            ("../secret", "climbs with `..`"),
+            ("sub/../sub/inside", "climbs with `..`"),
+            ("sub/link", "leads out of the project directory"),
+        ] {
+            let msg = load_with(&local(source)).unwrap_err();
+            assert!(
+                msg.starts_with(&format!("{}:6:10: ", def.display())),
+                "{source}: {msg}"
+            );
+            assert!(msg.contains(why), "{source}: {msg}");
+            assert!(msg.ends_with("(at local.source)"), "{source}: {msg}");
+        }
+        // extends too, named where it is written; and a link to a base inside is fine.
+        std::os::unix::fs::symlink(root.join("base.toml"), root.join("sub/base.toml")).unwrap();
+        load_with("extends = \"sub/base.toml\"\n").unwrap();
+        for base in ["../secret", "/etc/hostname"] {
+            let msg = load_with(&format!("\n\nextends = \"{base}\"\n")).unwrap_err();
+            assert!(
+                msg.starts_with(&format!("{}:3:11: ", def.display())),
+                "{base}: {msg}"
+            );
+            assert!(msg.ends_with("(at extends)"), "{base}: {msg}");
+        }
+        // A base's own local sources are confined to the project directory too: a base in a
+        // subdirectory may not climb back out of it either.
+        std::fs::write(
+            root.join("sub/b2.toml"),
+            "[[local]]\nsource = \"../../secret\"\ndest = \"/c\"\n",
+        )
+        .unwrap();
+        let msg = load_with("extends = \"sub/b2.toml\"\n").unwrap_err();
+        assert!(msg.contains("sub/b2.toml:2:10: "), "{msg}");
     }
 
     #[test]

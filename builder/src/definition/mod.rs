@@ -35,7 +35,9 @@ const MAX_EXTENDS: usize = 8;
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DefinitionFile {
-    /// Another definition (path relative to this file) this one is based on.
+    /// Another definition (path relative to this file) this one is based on. It must lie
+    /// inside the project directory (the directory of the definition given to Kiln): no
+    /// absolute path, no `..`, no symlink leading out.
     pub extends: Option<String>,
     pub image: Option<ImageSection>,
     pub debian: Option<DebianSection>,
@@ -194,7 +196,7 @@ pub struct Artifact {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LocalFile {
-    /// Path relative to the definition file.
+    /// Path relative to the definition file, inside the project directory (as `extends`).
     pub source: String,
     pub dest: ImagePath,
     pub mode: Option<Mode>,
