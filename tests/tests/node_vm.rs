@@ -411,18 +411,32 @@ fn heal(node: &Node, comp: &'static str, how: Disruption) -> Healed {
         .pid()
         .unwrap_or_else(|| node.fail(&format!("{comp}: no pid")));
     node.host_ok(&how.script(pid));
+    // The first respawn seen holds the supervisor's reason and its reaction time. On a slow
+    // machine the new run may itself fail while it starts (an apiserver post-start hook
+    // timing out exits 255) and be started once more before it is ready: that later failure
+    // is not the disruption's.
+    let mut first: Option<Supervised> = None;
     let (now, signal_ms) = node.eventually(
         &format!("{comp} running again after {how}"),
         Duration::from_secs(600),
         || {
             let signal_ms = node.signal_ms()?;
             let now = node.try_component(comp)?;
-            let again = now.pid().is_some_and(|p| p != pid)
-                && now.0["ready"] == true
+            let respawned = now.pid().is_some_and(|p| p != pid)
                 && now.ms("started_at_ms").is_some_and(|t| t + 20 >= signal_ms);
-            again.then_some((now, signal_ms))
+            if respawned && first.is_none() {
+                first = Some(Supervised(now.0.clone()));
+            }
+            (respawned && now.0["ready"] == true).then_some((now, signal_ms))
         },
     );
+    let first = first.unwrap_or_else(|| Supervised(now.0.clone()));
+    if first.pid() != now.pid() {
+        eprintln!(
+            "{comp} after {how}: started again before it was ready ({:?})",
+            now.0["last_failure"]
+        );
+    }
     if comp == "kube-apiserver" {
         // Ready means usable: right after the supervisor calls the new apiserver ready, the
         // admin's requests are authorized, by the apiserver and by the kubelet (no 403).
@@ -450,7 +464,7 @@ fn heal(node: &Node, comp: &'static str, how: Disruption) -> Healed {
             healthy.then_some(())
         },
     );
-    let why = now.0["last_failure"]
+    let why = first.0["last_failure"]
         .as_str()
         .unwrap_or_default()
         .to_string();
@@ -463,13 +477,13 @@ fn heal(node: &Node, comp: &'static str, how: Disruption) -> Healed {
             .and_then(|r| r.split_whitespace().next());
         assert_eq!(state, Some("S"), "{comp} frozen: {stat}");
     }
-    let after = |key: &str| now.ms(key).map(|t| t.saturating_sub(signal_ms));
+    let after = |row: &Supervised, key: &str| row.ms(key).map(|t| t.saturating_sub(signal_ms));
     let healed = Healed {
         component: comp,
         how,
-        detected_ms: after("exited_at_ms"),
-        respawned_ms: after("started_at_ms").unwrap_or(u64::MAX),
-        ready_ms: after("ready_at_ms").unwrap_or(u64::MAX),
+        detected_ms: after(&first, "exited_at_ms"),
+        respawned_ms: after(&first, "started_at_ms").unwrap_or(u64::MAX),
+        ready_ms: after(&now, "ready_at_ms").unwrap_or(u64::MAX),
     };
     assert!(
         healed.respawned_ms <= HEAL_BUDGET_MS,
