@@ -8,6 +8,7 @@
 
 pub mod assemble;
 pub mod cache;
+pub mod cache_admin;
 pub mod cli;
 pub mod container_image;
 pub mod debian;

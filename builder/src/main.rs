@@ -17,8 +17,8 @@ fn main() -> ExitCode {
     match kiln::cli::dispatch::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kiln: error: {e:#}");
-            ExitCode::from(1)
+            eprintln!("kiln: error: {}", kiln::cli::input::error_line(&e));
+            ExitCode::from(kiln::cli::input::exit_code(&e))
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Kiln's test support: local mirror server, the `kiln` binary, directory snapshots,
 //! QEMU harness.
 pub mod boot;
+pub mod goproxy;
 pub mod images;
 pub mod mirror;
 pub mod qemu;

@@ -170,7 +170,12 @@ fn lock_check_is_offline_and_detects_drift() {
     write(tmp.path(), "m.lock", &lock);
     let before = snapshot(tmp.path());
     let o = kiln(&["lock", d.to_str().expect("utf8"), "--check"], &[]);
-    assert!(!o.status.success());
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "drift has its own code: {}",
+        text(&o)
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("package busybox is in the definition but not in the lock"),

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use kiln_tests::{kiln, snapshot, tar_member, text};
+use kiln_tests::{goproxy, kiln, snapshot, tar_member, text};
 
 const MODULE: &str = "example.com/kiln/stamped";
 const VERSION: &str = "v1.0.0";
@@ -27,79 +27,10 @@ var commit = "unset"
 func main() { os.Stdout.WriteString("commit=" + commit + "\n") }
 "#;
 
-/// A stored (uncompressed) zip archive of `files`, as the module proxy protocol serves.
-fn zip(files: &[(String, &[u8])]) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut central = Vec::new();
-    for (name, data) in files {
-        let crc = crc32fast::hash(data);
-        let offset = out.len() as u32;
-        let size = data.len() as u32;
-        let head = |sig: u32, central: bool| {
-            let mut h = Vec::new();
-            h.extend(sig.to_le_bytes());
-            if central {
-                h.extend(20u16.to_le_bytes()); // made by
-            }
-            h.extend(20u16.to_le_bytes()); // version needed
-            h.extend(0u16.to_le_bytes()); // flags
-            h.extend(0u16.to_le_bytes()); // stored
-            h.extend(0u16.to_le_bytes()); // time
-            h.extend(0x21u16.to_le_bytes()); // date: 1980-01-01
-            h.extend(crc.to_le_bytes());
-            h.extend(size.to_le_bytes());
-            h.extend(size.to_le_bytes());
-            h.extend((name.len() as u16).to_le_bytes());
-            h.extend(0u16.to_le_bytes()); // extra
-            if central {
-                h.extend([0u8; 6]); // comment, disk, internal attributes
-                h.extend(0u32.to_le_bytes()); // external attributes
-                h.extend(offset.to_le_bytes());
-            }
-            h.extend(name.as_bytes());
-            h
-        };
-        out.extend(head(0x0403_4b50, false));
-        out.extend(*data);
-        central.extend(head(0x0201_4b50, true));
-    }
-    let dir_offset = out.len() as u32;
-    let n = files.len() as u16;
-    out.extend(&central);
-    out.extend(0x0605_4b50u32.to_le_bytes());
-    out.extend([0u8; 4]);
-    out.extend(n.to_le_bytes());
-    out.extend(n.to_le_bytes());
-    out.extend((central.len() as u32).to_le_bytes());
-    out.extend(dir_offset.to_le_bytes());
-    out.extend(0u16.to_le_bytes());
-    out
-}
-
 /// Writes the module into a file proxy at `proxy`; `origin` is the commit its `.info`
 /// reports (none: the `.info` has Version and Time only, as the proxy gives for some tags).
 fn write_proxy(proxy: &Path, origin: Option<&str>) {
-    let v = proxy.join(MODULE).join("@v");
-    std::fs::create_dir_all(&v).unwrap();
-    let go_mod = format!("module {MODULE}\n\ngo 1.21\n");
-    let mut info = serde_json::json!({ "Version": VERSION, "Time": "2026-01-01T00:00:00Z" });
-    if let Some(hash) = origin {
-        info["Origin"] = serde_json::json!({
-            "VCS": "git",
-            "URL": format!("https://{MODULE}"),
-            "Ref": format!("refs/tags/{VERSION}"),
-            "Hash": hash,
-        });
-    }
-    std::fs::write(v.join("list"), format!("{VERSION}\n")).unwrap();
-    std::fs::write(v.join(format!("{VERSION}.info")), info.to_string()).unwrap();
-    std::fs::write(v.join(format!("{VERSION}.mod")), &go_mod).unwrap();
-    let prefix = format!("{MODULE}@{VERSION}");
-    let archive = zip(&[
-        (format!("{prefix}/go.mod"), go_mod.as_bytes()),
-        (format!("{prefix}/main.go"), MAIN_GO.as_bytes()),
-    ]);
-    std::fs::write(v.join(format!("{VERSION}.zip")), archive).unwrap();
+    goproxy::write_module(proxy, MODULE, VERSION, origin, MAIN_GO);
 }
 
 /// A definition building the module, its binary stamped through `{commit}`.
@@ -139,22 +70,6 @@ struct World {
     go_cache: PathBuf,
 }
 
-/// The first URL of the toolchain's own GOPROXY list (its go.env), the one `--mirror`
-/// rewrites.
-fn toolchain_proxy() -> String {
-    let mut go = std::process::Command::new("go");
-    go.env_clear().env("GOENV", "off").args(["env", "GOPROXY"]);
-    if let Some(path) = std::env::var_os("PATH") {
-        go.env("PATH", path);
-    }
-    let o = go.output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let list = String::from_utf8(o.stdout).unwrap();
-    let first = list.trim().split([',', '|']).next().unwrap().to_string();
-    assert!(first.contains("://"), "no proxy URL in {list:?}");
-    first
-}
-
 impl World {
     fn new(origin: Option<&str>) -> World {
         let dir = tempfile::tempdir().unwrap();
@@ -184,7 +99,11 @@ impl World {
         if !build_cache.exists() {
             std::os::unix::fs::symlink(&self.go_cache, &build_cache).unwrap();
         }
-        let mirror = format!("{}=file://{}", toolchain_proxy(), self.proxy.display());
+        let mirror = format!(
+            "{}=file://{}",
+            goproxy::toolchain_proxy(),
+            self.proxy.display()
+        );
         let mut args: Vec<&str> = args.to_vec();
         if !args.contains(&"--offline") {
             args.extend(["--mirror", mirror.as_str()]);

@@ -7,14 +7,16 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use crate::cli::input::{self, Kind, LockDrift, Usage};
 use crate::cli::{
-    BuildArgs, Cli, Command, FetchArgs, FetchDefinitionArgs, KubeconfigArgs, LockArgs,
-    SecretsCommand, SecretsGenArgs,
+    BuildArgs, CacheArgs, CacheCommand, Cli, Command, FetchArgs, FetchDefinitionArgs,
+    KubeconfigArgs, LockArgs, SecretsCommand, SecretsGenArgs,
 };
 use crate::definition;
 use crate::pipeline::{self, BuildOptions, BuildSummary, FetchOptions, LockOptions};
 
 pub fn run(cli: Cli) -> Result<()> {
+    check_paths(&cli.command)?;
     match cli.command {
         Command::Schema => {
             let s = serde_json::to_string_pretty(&definition::schema())?;
@@ -28,6 +30,17 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Secrets(SecretsCommand::Gen(args)) => secrets_gen(&args),
         Command::Kubeconfig(args) => kubeconfig(&args),
         Command::Run(args) => crate::cli::run::run(&args),
+        Command::Cache(args) => cache(&args),
+        Command::Completions(args) => {
+            crate::cli::manual::completions(args.shell, &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man(args) => {
+            for p in crate::cli::manual::write_pages(&args.out)? {
+                eprintln!("{}", p.display());
+            }
+            Ok(())
+        }
         Command::Inspect(args) => {
             let r = crate::outputs::inspect::inspect(&args.output)?;
             if args.json {
@@ -38,6 +51,50 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Checks every path the command line names before any work starts: a missing one, a
+/// directory where a file is wanted or a file of the wrong kind is a usage error.
+fn check_paths(command: &Command) -> Result<()> {
+    let mut wanted: Vec<(&Path, Kind)> = Vec::new();
+    match command {
+        Command::Build(a) => {
+            wanted.push((&a.definition, Kind::Definition));
+            if a.out.is_file() {
+                return Err(Usage(format!(
+                    "{}: a file, not an output directory (--out)",
+                    a.out.display()
+                ))
+                .into());
+            }
+        }
+        Command::Lock(a) => wanted.push((&a.definition, Kind::Definition)),
+        Command::Fetch(a) => wanted.push((&a.definition, Kind::Definition)),
+        Command::Inspect(a) => wanted.push((&a.output, Kind::Output)),
+        Command::Run(a) => {
+            wanted.push((&a.image, Kind::Image));
+            if let Some(c) = &a.config {
+                wanted.push((c, Kind::MachineConfig));
+            }
+            // A --secrets file that does not exist yet is generated there.
+            if let Some(s) = a.secrets.as_deref().filter(|s| s.exists()) {
+                wanted.push((s, Kind::Secrets));
+            }
+        }
+        Command::Kubeconfig(a) => wanted.push((&a.secrets, Kind::Secrets)),
+        Command::Cache(a) => {
+            if let Some(CacheCommand::Prune(p)) = &a.command {
+                for d in &p.keep_locked {
+                    wanted.push((d, Kind::Definition));
+                }
+            }
+        }
+        Command::Secrets(_) | Command::Schema | Command::Completions(_) | Command::Man(_) => {}
+    }
+    for (path, kind) in wanted {
+        input::check(path, kind)?;
+    }
+    Ok(())
 }
 
 /// Unix seconds now (certificates are valid from here).
@@ -152,12 +209,11 @@ fn lock_check(args: &LockArgs) -> Result<()> {
     for line in &m {
         eprintln!("{}: {line}", path.display());
     }
-    bail!(
-        "{} does not match {}; run `kiln lock {}`",
-        path.display(),
-        args.definition.display(),
-        args.definition.display()
-    )
+    Err(LockDrift {
+        lock: path.display().to_string(),
+        definition: args.definition.display().to_string(),
+    }
+    .into())
 }
 
 fn build(args: &BuildArgs) -> Result<()> {
@@ -196,4 +252,81 @@ fn print_summary(s: &BuildSummary) {
         s.downloaded,
         s.cached
     );
+}
+
+fn cache(args: &CacheArgs) -> Result<()> {
+    let root = match &args.cache {
+        Some(d) => d.clone(),
+        None => crate::cache::Cache::from_env()?.root().to_path_buf(),
+    };
+    match &args.command {
+        None => {
+            let u = crate::cache_admin::usage(&root)
+                .with_context(|| format!("reading the cache {}", root.display()))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&u)?);
+                return Ok(());
+            }
+            println!("{}", root.display());
+            for k in &u.kinds {
+                println!(
+                    "  {:<16} {:>10}  {:>8} files",
+                    k.kind,
+                    bytes(k.bytes),
+                    k.files
+                );
+            }
+            for k in &u.other {
+                println!(
+                    "  {:<16} {:>10}  {:>8} files  (not Kiln's: never pruned)",
+                    k.kind,
+                    bytes(k.bytes),
+                    k.files
+                );
+            }
+            println!("  {:<16} {:>10}", "total", bytes(u.total_bytes));
+            Ok(())
+        }
+        Some(CacheCommand::Prune(p)) => {
+            let mut keep = crate::cache_admin::Keep::default();
+            for def in &p.keep_locked {
+                let lock = crate::lock::lock_path(def);
+                keep.add(&crate::lock::Lock::read(&lock, def)?);
+            }
+            let r = crate::cache_admin::prune(&root, &keep, p.dry_run)
+                .with_context(|| format!("pruning the cache {}", root.display()))?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return Ok(());
+            }
+            let verb = if r.dry_run { "would remove" } else { "removed" };
+            for k in &r.kinds {
+                eprintln!(
+                    "  {:<16} {verb} {:>10} ({} files), kept {:>10} ({} files)",
+                    k.kind,
+                    bytes(k.removed_bytes),
+                    k.removed_files,
+                    bytes(k.kept_bytes),
+                    k.kept_files
+                );
+            }
+            eprintln!("{}: {verb} {}", root.display(), bytes(r.removed_bytes));
+            Ok(())
+        }
+    }
+}
+
+/// A size for people: 1.2 GiB, 340.0 MiB, 12 B.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }

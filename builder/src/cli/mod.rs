@@ -2,6 +2,9 @@
 //! (runs a parsed command line, prints what the pipeline returns) and `kiln run`.
 
 pub mod dispatch;
+mod examples;
+pub mod input;
+pub mod manual;
 pub mod run;
 pub mod timeline;
 
@@ -17,7 +20,12 @@ use crate::definition::OutputFormat;
 /// every input pinned by checksum in a lock file, every output reproducible byte
 /// for byte.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, propagate_version = true)]
+#[command(
+    name = "kiln",
+    version,
+    propagate_version = true,
+    after_long_help = examples::TOP
+)]
 pub struct Cli {
     /// More log output (-v: debug, -vv: trace). Logs go to stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -29,26 +37,90 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build an image from its definition and lock file.
+    #[command(after_long_help = examples::BUILD)]
     Build(BuildArgs),
     /// Resolve every input of a definition and pin it in DEF's lock file.
+    #[command(after_long_help = examples::LOCK)]
     Lock(LockArgs),
     /// Download every input of a definition as its lock pins it (Debian packages, artifacts,
     /// the modules of each go input), so that `kiln build --offline` then needs no network.
+    #[command(after_long_help = examples::FETCH)]
     Fetch(FetchDefinitionArgs),
     /// Print the JSON Schema of the definition format (for editors).
+    #[command(after_long_help = examples::SCHEMA)]
     Schema,
     /// Show what is inside a built output: partitions, slots, boot entries, root, manifest.
+    #[command(after_long_help = examples::INSPECT)]
     Inspect(InspectArgs),
     /// Boot a built image under QEMU: API server and a NodePort forwarded to 127.0.0.1,
     /// operator secrets and an admin kubeconfig, boot phases from the console. Ctrl-C or
     /// SIGTERM shuts the guest down through ACPI.
+    #[command(after_long_help = examples::RUN)]
     Run(RunArgs),
     /// Cluster secrets kept by the operator (CAs and the service-account key pair).
     #[command(subcommand)]
     Secrets(SecretsCommand),
     /// Mint an admin kubeconfig from a secrets file (group kiln:cluster-admins, revocable
     /// through RBAC), for a node that was given those secrets.
+    #[command(after_long_help = examples::KUBECONFIG)]
     Kubeconfig(KubeconfigArgs),
+    /// Show what the cache holds, by kind; `kiln cache prune` removes what no kept lock pins.
+    #[command(after_long_help = examples::CACHE)]
+    Cache(CacheArgs),
+    /// Print a completion script for a shell on stdout.
+    #[command(after_long_help = examples::COMPLETIONS)]
+    Completions(CompletionsArgs),
+    /// Write Kiln's manual pages (kiln.1 and one per subcommand) into a directory.
+    #[command(after_long_help = examples::MAN)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    #[command(subcommand)]
+    pub command: Option<CacheCommand>,
+    /// Print JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Cache directory.
+    #[arg(long, env = "KILN_CACHE", global = true, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Remove what no kept lock pins: blobs, unpacked .debs and their contents, go builds,
+    /// Go's build cache, module versions, old temporary files. Entries that are not Kiln's
+    /// are never touched. Run it while no build is running.
+    #[command(after_long_help = examples::CACHE_PRUNE)]
+    Prune(CachePruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CachePruneArgs {
+    /// Keep everything DEF's lock pins (the lock next to it). Repeatable.
+    #[arg(long, value_name = "DEF", required_unless_present = "all")]
+    pub keep_locked: Vec<PathBuf>,
+    /// Keep nothing: remove all of Kiln's cache content.
+    #[arg(long, conflicts_with = "keep_locked")]
+    pub all: bool,
+    /// Only say what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing; pages in it are replaced).
+    #[arg(long, short, default_value = "man", value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +174,7 @@ pub struct RunArgs {
 pub enum SecretsCommand {
     /// Generate a secrets file (mode 0600): the cluster, etcd and front-proxy CAs and the
     /// service-account key pair. `kiln kubeconfig` mints admin credentials from it.
+    #[command(after_long_help = examples::SECRETS_GEN)]
     Gen(SecretsGenArgs),
 }
 
@@ -243,5 +316,16 @@ mod tests {
             Cli::try_parse_from(["kiln", "lock", "d.toml", "--check"]).map(|c| c.command),
             Ok(Command::Lock(LockArgs { check: true, .. }))
         ));
+        assert!(matches!(
+            Cli::try_parse_from(["kiln", "completions", "zsh"]).map(|c| c.command),
+            Ok(Command::Completions(CompletionsArgs {
+                shell: clap_complete::Shell::Zsh
+            }))
+        ));
+        assert!(Cli::try_parse_from(["kiln", "completions", "tcsh"]).is_err());
+        match Cli::try_parse_from(["kiln", "man", "-o", "pages"]).map(|c| c.command) {
+            Ok(Command::Man(m)) => assert_eq!(m.out, PathBuf::from("pages")),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -958,7 +958,7 @@ fn settle_commit(
 
 /// Module paths and versions as the module cache stores them: each upper-case letter
 /// becomes `!` and its lower-case form.
-fn escape_module_path(s: &str) -> String {
+pub fn escape_module_path(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c.is_ascii_uppercase() {
@@ -1001,6 +1001,14 @@ fn cache_key(
     Digest::of_bytes(Algorithm::Sha256, &bytes)
         .hex()
         .to_string()
+}
+
+/// The binaries (name -> sha256) a cache entry's manifest lists, without hashing them
+/// again; None when the entry has no readable manifest.
+pub fn cached_binaries(dir: &Path) -> Option<BTreeMap<String, Digest>> {
+    let bytes = fs::read(dir.join(MANIFEST)).ok()?;
+    let m: Manifest = serde_json::from_slice(&bytes).ok()?;
+    Some(m.binaries.into_iter().map(|b| (b.name, b.sha256)).collect())
 }
 
 /// Reads a cache entry's manifest; every binary is hashed again and must match it.

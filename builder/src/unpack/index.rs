@@ -47,6 +47,17 @@ fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
+/// The contents (sha256 hex) an index file keeps in the content store; None when the file
+/// is not a readable index of the current format.
+pub fn indexed_contents(path: &std::path::Path) -> Option<Vec<String>> {
+    let bytes = fs::read(path).ok()?;
+    let file: IndexFile = serde_json::from_slice(&bytes).ok()?;
+    if file.format != FORMAT {
+        return None;
+    }
+    Some(file.entries.into_iter().filter_map(|e| e.sha256).collect())
+}
+
 /// Loads a cached index. Anything unusable (missing, older format, corrupt, a
 /// stored content gone, an entry over the current limits) gives `None`, and the
 /// caller unpacks again.

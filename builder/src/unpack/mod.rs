@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 pub use archive::{Compression, ExtractMap};
 pub use deb::{add_deb, add_debs, DebControl, DebInput};
+pub use index::indexed_contents;
 pub use store::{ContentStore, StoreError, INLINE_MAX};
 
 use crate::digest::{Algorithm, Digest};
