@@ -119,6 +119,7 @@ pub fn run_agent() -> anyhow::Result<()> {
             say: &say,
             notify: &notifier,
             status_path: paths.status_json(),
+            host_status_path: Some(PathBuf::from(crate::node::HOST_STATUS)),
             now: &now,
         };
         let r = crate::node::run(&mut st, &cfg, &node_env);

@@ -142,8 +142,19 @@ pub struct NodeEnv<'a> {
     pub say: &'a dyn Fn(&str),
     pub notify: &'a Notifier,
     pub status_path: PathBuf,
+    /// Where the status is also written, with the certificates' expiry, for the operator
+    /// on the host (`kiln status`, `kiln health`): under /var/log, which the kubelet serves
+    /// to clients the API server authorizes for `nodes/log` (so nothing new listens).
+    pub host_status_path: Option<PathBuf>,
     pub now: &'a dyn Fn() -> Now,
 }
+
+/// The status file the operator reads through the kubelet's log endpoint
+/// (`/api/v1/nodes/NAME/proxy/logs/kiln/status.json`).
+pub const HOST_STATUS: &str = "/var/log/kiln/status.json";
+
+/// How often the certificates in the host's status file are read again.
+const CERTS_EVERY: Duration = Duration::from_secs(600);
 
 /// The node's cluster parameters from the effective machine config and stage 2's status.
 pub fn params(cfg: &MachineConfig, st: &Status) -> anyhow::Result<ClusterParams> {
@@ -198,12 +209,36 @@ struct NodeHooks<'a, 'e> {
     next_status: Instant,
     watchdog: Option<Duration>,
     next_ping: Instant,
+    /// The certificates for the host's status file, and when they were read.
+    certs: Option<(Instant, Vec<crate::pki::CertInfo>, Option<String>)>,
 }
 
 impl NodeHooks<'_, '_> {
-    fn save(&self) {
+    fn save(&mut self) {
         if let Err(e) = self.st.write(&self.env.status_path) {
             log::warn!("writing {}: {e}", self.env.status_path.display());
+        }
+        let Some(path) = &self.env.host_status_path else {
+            return;
+        };
+        if self
+            .certs
+            .as_ref()
+            .is_none_or(|c| c.0.elapsed() >= CERTS_EVERY)
+        {
+            let (certs, error) = match crate::pki::Pki::certs(Path::new(crate::pki::DEFAULT_DIR)) {
+                Ok(c) => (c, None),
+                Err(e) => (Vec::new(), Some(format!("{e:#}"))),
+            };
+            self.certs = Some((Instant::now(), certs, error));
+        }
+        let mut host = self.st.clone();
+        if let Some((_, certs, error)) = &self.certs {
+            host.certificates = certs.clone();
+            host.certificates_error = error.clone();
+        }
+        if let Err(e) = host.write(path) {
+            log::warn!("writing {}: {e}", path.display());
         }
     }
 
@@ -318,6 +353,7 @@ pub fn run(st: &mut Status, cfg: &MachineConfig, env: &NodeEnv) -> anyhow::Resul
         next_status: Instant::now(),
         watchdog: crate::notify::watchdog_interval_from_env(),
         next_ping: Instant::now(),
+        certs: None,
     };
     driver::run(profile, &mut hooks, &stopping).context("running the node")?;
     Ok(())

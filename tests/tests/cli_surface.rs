@@ -181,6 +181,30 @@ fn every_path_argument_is_checked_with_one_line_and_exit_code_2() {
         d,
         "a directory; wanted a secrets file",
     );
+    for args in [
+        vec!["health", "--kubeconfig", "{}"],
+        vec!["status", "--kubeconfig", "{}"],
+        vec!["logs", "etcd", "--kubeconfig", "{}"],
+    ] {
+        refused(&args, &missing, "no such file; wanted an admin kubeconfig");
+        refused(&args, &binary, "binary data; wanted an admin kubeconfig");
+    }
+    refused(
+        &["health", "--state-dir", "{}"],
+        &text_file,
+        "not a directory",
+    );
+    refused(&["run", "--stop", "{}"], &text_file, "not a directory");
+    let o = kiln(&["logs", "no-such-component", "--kubeconfig", "x"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    // A directory that no `kiln run` used: a failure naming it.
+    let o = kiln(&["run", "--stop", d.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no qemu.pid"),
+        "{}",
+        text(&o)
+    );
     // The image is checked first; these name a definition where an image is wanted.
     refused(
         &["run", "{}"],

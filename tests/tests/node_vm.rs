@@ -9,8 +9,10 @@
 //! within its budget from kill -9, SIGSTOP and a frozen cgroup (a hang in state S) with the
 //! reason in `firstboot status` and the workloads untouched, a reboot keeps name, PKI, data
 //! and workloads, a hung PID 1 is reset by the i6300esb watchdog and the node comes back
-//! with its data, and Ctrl-C shuts the guest down through ACPI. Then the hybrid ISO
-//! (SeaBIOS) and the PXE bundle boot to node Ready. On failure the console tail, `kubectl
+//! with its data, `kiln health`, `kiln status` and `kiln logs` read the node from the host
+//! (health names etcd while it is stopped), and Ctrl-C shuts the guest down through ACPI.
+//! Then the hybrid ISO (SeaBIOS) boots to node Ready, and the PXE bundle with `kiln run
+//! --detach`, which returns at node Ready; `kiln run --stop` powers it off. On failure the console tail, `kubectl
 //! get` output and `firstboot status` are printed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -276,6 +278,7 @@ fn power_off(mut node: Node) {
     assert!(status.success(), "kiln run exited with {status}");
     let err = std::fs::read_to_string(node.state.path().join("run.err")).unwrap();
     assert!(err.contains("ACPI"), "{err}");
+    assert!(err.contains("kiln: try: kiln health --state-dir"), "{err}");
     assert!(
         !err.contains("killing it"),
         "the guest ignored the power button: {err}"
@@ -1095,23 +1098,185 @@ spec:
     assert_eq!(secret.trim(), "a2lsbi1zZWNyZXQtN2YzYQ==");
     assert!(node.node_ready());
 
+    // The operator's view from the host, through the API only.
+    host_toolbox(&node);
+
     // Ctrl-C: kiln run powers the guest off through ACPI and exits.
     power_off(node);
 
     // The same image from the hybrid ISO under SeaBIOS, and from the PXE bundle (its
     // kernel, initramfs and boot.ipxe command line; the network path through iPXE and TFTP
     // is proven for the same bundle format in boot_paths.rs), each to node Ready.
-    for (what, image, extra) in [
-        ("ISO (SeaBIOS)", built.iso(), &["--bios"][..]),
-        ("PXE bundle", built.pxe(), &[][..]),
+    let node = boot(&built.iso(), &["--bios"]);
+    node.wait_console(
+        &format!("kiln: node {HOSTNAME} Ready"),
+        Duration::from_secs(1200),
+    );
+    eprintln!(
+        "ISO (SeaBIOS): node Ready after {:.0?}",
+        node.started.elapsed()
+    );
+    assert!(node.node_ready());
+    power_off(node);
+    // The PXE bundle with --detach: kiln run returns at node Ready, the guest runs on,
+    // and `kiln run --stop` powers it off.
+    let mut node = boot(&built.pxe(), &["--detach"]);
+    let waited = Instant::now();
+    let status = loop {
+        if let Some(s) = node.run.try_wait().unwrap() {
+            break s;
+        }
+        if waited.elapsed() > Duration::from_secs(1200) {
+            node.fail("kiln run --detach did not return within 1200 s");
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let err = std::fs::read_to_string(node.state.path().join("run.err")).unwrap();
+    assert!(status.success(), "kiln run --detach: {status}: {err}");
+    eprintln!(
+        "PXE bundle: node Ready after {:.0?}",
+        node.started.elapsed()
+    );
+    assert!(err.contains("kiln run --stop"), "{err}");
+    let pid: u32 = std::fs::read_to_string(node.state.path().join("qemu.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        kiln_tests::alive(pid as i32),
+        "the guest runs on after detaching"
+    );
+    assert!(node.node_ready());
+    let stop = Command::new(kiln_bin())
+        .args(["run", "--stop"])
+        .arg(node.state.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&stop.stderr);
+    assert!(stop.status.success(), "kiln run --stop: {}", text(&stop));
+    assert!(
+        said.contains("ACPI") && !said.contains("killing it"),
+        "{said}"
+    );
+    assert!(!kiln_tests::alive(pid as i32), "the guest is gone");
+    assert!(!node.state.path().join("qemu.pid").exists());
+}
+
+/// `kiln` against the node of `kiln run --state-dir`.
+fn kiln_at(node: &Node, args: &[&str]) -> Output {
+    Command::new(kiln_bin())
+        .args(args)
+        .arg("--state-dir")
+        .arg(node.state.path())
+        .output()
+        .unwrap()
+}
+
+/// `kiln health --json`: its answer and exit code, once it answers at all.
+fn health(node: &Node) -> Option<(serde_json::Value, i32)> {
+    health_within(node, 15)
+}
+
+/// [`health`] with each request's timeout, seconds.
+fn health_within(node: &Node, timeout: u64) -> Option<(serde_json::Value, i32)> {
+    let o = kiln_at(
+        node,
+        &["health", "--json", "--timeout", &timeout.to_string()],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    Some((v, o.status.code()?))
+}
+
+fn failing(v: &serde_json::Value) -> Vec<String> {
+    v["checks"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter(|c| c["ok"] != true)
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `kiln health`, `kiln status` and `kiln logs` from the host: health passes on the Ready
+/// node and names etcd while it is stopped (SIGSTOP), then passes again once firstboot has
+/// healed it; status shows the node's firstboot status; logs shows this boot's lines of one
+/// component.
+fn host_toolbox(node: &Node) {
+    let (v, code) = node.eventually("kiln health passes", Duration::from_secs(300), || {
+        health(node).filter(|(v, _)| v["ok"] == true)
+    });
+    assert_eq!(code, 0, "{v}");
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    for want in [
+        "apiserver",
+        "apiserver-etcd",
+        "etcd",
+        "kube-apiserver",
+        "kubelet",
+        "node",
+        "coredns",
+        "certificates",
     ] {
-        let node = boot(&image, extra);
-        node.wait_console(
-            &format!("kiln: node {HOSTNAME} Ready"),
-            Duration::from_secs(1200),
-        );
-        eprintln!("{what}: node Ready after {:.0?}", node.started.elapsed());
-        assert!(node.node_ready());
-        power_off(node);
+        assert!(names.contains(&want), "{want} in {names:?}");
     }
+    let shown = kiln_at(node, &["health"]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(shown.lines().all(|l| l.starts_with("PASS ")), "{shown}");
+
+    let status = kiln_at(node, &["status", "--json"]);
+    assert!(status.status.success(), "kiln status: {}", text(&status));
+    let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(st["hostname"], HOSTNAME);
+    assert_eq!(
+        st["components"].as_array().map(Vec::len),
+        Some(COMPONENTS.len())
+    );
+    assert!(!st["certificates"].as_array().unwrap().is_empty(), "{st}");
+
+    let logs = kiln_at(node, &["logs", "kube-apiserver"]);
+    assert!(logs.status.success(), "kiln logs: {}", text(&logs));
+    let lines = String::from_utf8_lossy(&logs.stdout).into_owned();
+    assert!(
+        lines.lines().count() > 5,
+        "kiln logs kube-apiserver: {lines}"
+    );
+    assert!(
+        lines.lines().all(|l| l.contains(" kube-apiserver[")),
+        "{lines}"
+    );
+    // This boot's: the apiserver's pid now is in them.
+    let pid = node.component("kube-apiserver").pid().unwrap();
+    assert!(
+        lines.contains(&format!(" kube-apiserver[{pid}]:")),
+        "no line from pid {pid}: {lines}"
+    );
+
+    // firstboot heals a stopped etcd within seconds: ask again at once, with short timeouts.
+    node.host_ok("kill -STOP $(pidof etcd)");
+    let stopped = Instant::now();
+    let (v, code) = loop {
+        if let Some((v, code)) = health_within(node, 5) {
+            if failing(&v).iter().any(|f| f.contains("etcd")) {
+                break (v, code);
+            }
+        }
+        if stopped.elapsed() > Duration::from_secs(120) {
+            node.fail("kiln health never named etcd while it was stopped");
+        }
+    };
+    assert_eq!(code, 1, "an unhealthy node fails the command: {v}");
+    eprintln!("kiln health with etcd stopped: failing {:?}", failing(&v));
+    node.eventually(
+        "kiln health passes again after firstboot healed etcd",
+        Duration::from_secs(600),
+        || health(node).filter(|(v, _)| v["ok"] == true),
+    );
 }

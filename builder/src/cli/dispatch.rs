@@ -9,8 +9,8 @@ use anyhow::Context;
 
 use crate::cli::input::{self, Kind, LockDrift, Usage};
 use crate::cli::{
-    BuildArgs, CacheArgs, CacheCommand, Cli, Command, FetchArgs, FetchDefinitionArgs,
-    KubeconfigArgs, LockArgs, SecretsCommand, SecretsGenArgs,
+    BuildArgs, CacheArgs, CacheCommand, Cli, Command, FetchArgs, FetchDefinitionArgs, HealthArgs,
+    KubeconfigArgs, LockArgs, LogsArgs, NodeArgs, SecretsCommand, SecretsGenArgs, StatusArgs,
 };
 use crate::definition;
 use crate::pipeline::{self, BuildOptions, BuildSummary, FetchOptions, LockOptions};
@@ -31,6 +31,21 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Kubeconfig(args) => kubeconfig(&args),
         Command::Run(args) => crate::cli::run::run(&args),
         Command::Cache(args) => cache(&args),
+        Command::Health(args) => health(&args),
+        Command::Status(args) => {
+            let (api, node) = node_api(&args.node)?;
+            let st = api.status(&node)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", st.table());
+            }
+            Ok(())
+        }
+        Command::Logs(args) => {
+            let (api, node) = node_api(&args.node)?;
+            crate::cli::node::logs(&api, Some(&node), &args.component, args.follow)
+        }
         Command::Completions(args) => {
             crate::cli::manual::completions(args.shell, &mut std::io::stdout());
             Ok(())
@@ -72,7 +87,16 @@ fn check_paths(command: &Command) -> Result<()> {
         Command::Fetch(a) => wanted.push((&a.definition, Kind::Definition)),
         Command::Inspect(a) => wanted.push((&a.output, Kind::Output)),
         Command::Run(a) => {
-            wanted.push((&a.image, Kind::Image));
+            if let Some(image) = &a.image {
+                wanted.push((image, Kind::Image));
+            }
+            if let Some(d) = a.stop.as_ref().filter(|d| !d.is_dir()) {
+                return Err(Usage(format!(
+                    "{}: not a directory (wanted the state directory of `kiln run`)",
+                    d.display()
+                ))
+                .into());
+            }
             if let Some(c) = &a.config {
                 wanted.push((c, Kind::MachineConfig));
             }
@@ -86,6 +110,22 @@ fn check_paths(command: &Command) -> Result<()> {
             if let Some(CacheCommand::Prune(p)) = &a.command {
                 for d in &p.keep_locked {
                     wanted.push((d, Kind::Definition));
+                }
+            }
+        }
+        Command::Health(HealthArgs { node, .. })
+        | Command::Status(StatusArgs { node, .. })
+        | Command::Logs(LogsArgs { node, .. }) => {
+            if let Some(k) = &node.kubeconfig {
+                wanted.push((k, Kind::Kubeconfig));
+            }
+            if let Some(d) = &node.state_dir {
+                if !d.is_dir() {
+                    return Err(Usage(format!(
+                        "{}: not a directory (wanted the state directory of `kiln run`)",
+                        d.display()
+                    ))
+                    .into());
                 }
             }
         }
@@ -329,4 +369,53 @@ fn bytes(n: u64) -> String {
         unit += 1;
     }
     format!("{v:.1} {}", UNITS[unit])
+}
+
+/// The API of the node the arguments name, and the node's name.
+fn node_api(args: &NodeArgs) -> Result<(crate::cli::node::Api, String)> {
+    let path =
+        crate::cli::node::kubeconfig_path(args.kubeconfig.as_deref(), args.state_dir.as_deref())?;
+    input::check(&path, Kind::Kubeconfig)?;
+    let api = crate::cli::node::Api::open(&path, std::time::Duration::from_secs(args.timeout))?;
+    let node = api.node(args.node.as_deref())?;
+    Ok((api, node))
+}
+
+fn health(args: &HealthArgs) -> Result<()> {
+    let path = crate::cli::node::kubeconfig_path(
+        args.node.kubeconfig.as_deref(),
+        args.node.state_dir.as_deref(),
+    )?;
+    input::check(&path, Kind::Kubeconfig)?;
+    let api =
+        crate::cli::node::Api::open(&path, std::time::Duration::from_secs(args.node.timeout))?;
+    let checks = crate::cli::node::health(&api, args.node.node.as_deref(), now());
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| !c.ok)
+        .map(|c| c.name.as_str())
+        .collect();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ok": failed.is_empty(),
+                "checks": checks,
+            }))?
+        );
+    } else {
+        for c in &checks {
+            println!(
+                "{}  {:<24} {}",
+                if c.ok { "PASS" } else { "FAIL" },
+                c.name,
+                c.detail
+            );
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("unhealthy: {}", failed.join(", "))
+    }
 }

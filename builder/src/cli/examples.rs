@@ -54,7 +54,11 @@ Examples:
       boot with UEFI, the API server on a free port of 127.0.0.1
   kiln run out/single-node.qcow2 --api-port 6443 --node-port 30080 --state-dir st
   kiln run out/single-node-pxe --bios
-      boot a PXE bundle directory (kernel, initramfs, boot.ipxe)";
+      boot a PXE bundle directory (kernel, initramfs, boot.ipxe)
+  kiln run out/single-node.qcow2 --state-dir st --detach && kiln health --state-dir st
+      return at node Ready, the guest left running
+  kiln run --stop st
+      power the guest of state directory st off";
 
 pub const SECRETS_GEN: &str = "\
 Examples:
@@ -91,3 +95,19 @@ Examples:
   kiln cache prune --keep-locked images/single-node.toml --keep-locked images/minimal.toml
       keep what either lock pins: both build offline afterwards
   kiln cache prune --all";
+
+pub const HEALTH: &str = "\
+Examples:
+  kiln health --state-dir st
+      the node of `kiln run --state-dir st`
+  kiln health --kubeconfig admin.kubeconfig --json";
+
+pub const STATUS: &str = "\
+Examples:
+  kiln status --state-dir st
+  kiln status --kubeconfig admin.kubeconfig --json";
+
+pub const LOGS: &str = "\
+Examples:
+  kiln logs kube-apiserver --state-dir st
+  kiln logs etcd -f --kubeconfig admin.kubeconfig";

@@ -76,6 +76,8 @@ pub enum Kind {
     Output,
     /// What `kiln run` boots: a built .raw, .qcow2 or .iso, or a PXE bundle directory.
     Image,
+    /// An admin kubeconfig (JSON).
+    Kubeconfig,
 }
 
 impl Kind {
@@ -86,11 +88,15 @@ impl Kind {
             Kind::MachineConfig => "a machine config (a TOML file)",
             Kind::Output => "a built .raw, .qcow2 or .iso",
             Kind::Image => "a built .raw, .qcow2 or .iso, or a PXE bundle directory",
+            Kind::Kubeconfig => "an admin kubeconfig",
         }
     }
 
     fn is_text(self) -> bool {
-        matches!(self, Kind::Definition | Kind::Secrets | Kind::MachineConfig)
+        matches!(
+            self,
+            Kind::Definition | Kind::Secrets | Kind::MachineConfig | Kind::Kubeconfig
+        )
     }
 }
 

@@ -5,6 +5,7 @@ pub mod dispatch;
 mod examples;
 pub mod input;
 pub mod manual;
+pub mod node;
 pub mod run;
 pub mod timeline;
 
@@ -64,6 +65,16 @@ pub enum Command {
     /// through RBAC), for a node that was given those secrets.
     #[command(after_long_help = examples::KUBECONFIG)]
     Kubeconfig(KubeconfigArgs),
+    /// Check a running node from the host: API server, etcd, each component, node Ready,
+    /// CoreDNS, certificates' expiry; a line each with pass or fail. Exit 1 if any fails.
+    #[command(after_long_help = examples::HEALTH)]
+    Health(HealthArgs),
+    /// Show a running node's firstboot status (phases, components, certificates).
+    #[command(after_long_help = examples::STATUS)]
+    Status(StatusArgs),
+    /// Print one component's log lines of this boot, from the node's journal.
+    #[command(after_long_help = examples::LOGS)]
+    Logs(LogsArgs),
     /// Show what the cache holds, by kind; `kiln cache prune` removes what no kept lock pins.
     #[command(after_long_help = examples::CACHE)]
     Cache(CacheArgs),
@@ -73,6 +84,58 @@ pub enum Command {
     /// Write Kiln's manual pages (kiln.1 and one per subcommand) into a directory.
     #[command(after_long_help = examples::MAN)]
     Man(ManArgs),
+}
+
+/// How to reach a running node: its API server, with an admin kubeconfig.
+#[derive(Debug, Args, Clone)]
+pub struct NodeArgs {
+    /// Admin kubeconfig (JSON, as `kiln run` and `kiln kubeconfig` write it).
+    #[arg(
+        long,
+        env = "KUBECONFIG",
+        value_name = "FILE",
+        required_unless_present = "state_dir"
+    )]
+    pub kubeconfig: Option<PathBuf>,
+    /// The state directory of `kiln run` (its admin.kubeconfig), instead of --kubeconfig.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The node to ask (default: the cluster's only node).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
+    /// Seconds to wait for each answer.
+    #[arg(long, default_value_t = 15, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The component.
+    #[arg(value_parser = clap::builder::PossibleValuesParser::new(node::COMPONENTS), value_name = "COMPONENT")]
+    pub component: String,
+    /// Keep printing new lines.
+    #[arg(long, short)]
+    pub follow: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -126,8 +189,16 @@ pub struct ManArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// A built .qcow2, .raw or .iso, or a PXE bundle directory.
-    #[arg(value_name = "IMAGE")]
-    pub image: PathBuf,
+    #[arg(value_name = "IMAGE", required_unless_present = "stop")]
+    pub image: Option<PathBuf>,
+    /// Return once the node is Ready, leaving the guest running (its pid in the state
+    /// directory's qemu.pid); `kiln run --stop STATE_DIR` powers it off.
+    #[arg(long)]
+    pub detach: bool,
+    /// Power off the guest of an earlier `kiln run` (through ACPI, killed after
+    /// --shutdown-timeout), given its state directory; no image is booted.
+    #[arg(long, value_name = "STATE_DIR", conflicts_with_all = ["image", "detach"])]
+    pub stop: Option<PathBuf>,
     /// The machine's hostname (passed through fw_cfg).
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,

@@ -243,6 +243,27 @@ fn machine_config(args: &RunArgs, secrets: &firstboot::pki::Secrets) -> Result<S
     Ok(text)
 }
 
+/// Presses the ACPI power button through QEMU's human monitor at `monitor`: wait for its
+/// prompt, send the command, read the echo (closing at once can drop the command unread).
+fn press_power_button(monitor: &Path) {
+    use std::io::Read as _;
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(monitor) else {
+        return;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut buf = [0u8; 4096];
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("(qemu)") {
+        match s.read(&mut buf) {
+            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let _ = s.write_all(b"system_powerdown\n");
+    let _ = s.read(&mut buf);
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 /// The guest; killed if still running when dropped.
 struct Guest {
     child: Child,
@@ -250,25 +271,13 @@ struct Guest {
 }
 
 impl Guest {
-    /// Presses the ACPI power button through the human monitor: wait for its prompt, send
-    /// the command, read the echo (closing at once can drop the command unread).
     fn powerdown(&self) {
-        use std::io::Read as _;
-        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.monitor) else {
-            return;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-        let mut buf = [0u8; 4096];
-        let mut seen = Vec::new();
-        while !String::from_utf8_lossy(&seen).contains("(qemu)") {
-            match s.read(&mut buf) {
-                Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
-                _ => break,
-            }
-        }
-        let _ = s.write_all(b"system_powerdown\n");
-        let _ = s.read(&mut buf);
-        std::thread::sleep(Duration::from_millis(300));
+        press_power_button(&self.monitor);
+    }
+
+    /// Leaves the guest running when this is dropped.
+    fn detach(self) {
+        std::mem::forget(self);
     }
 
     fn exited(&mut self) -> bool {
@@ -285,10 +294,80 @@ impl Drop for Guest {
     }
 }
 
+/// The state directory's record of the guest's QEMU process (for `--stop`).
+const PID_FILE: &str = "qemu.pid";
+
+/// Whether process `pid` exists and has not exited (a zombie has).
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit(')')
+        .next()
+        .and_then(|r| r.split_whitespace().next())
+        .is_some_and(|state| state != "Z")
+}
+
+/// `kiln run --stop DIR`: presses the ACPI power button of the guest whose pid DIR's
+/// qemu.pid holds (again every 20 s), waits up to `timeout` for it to exit, then kills it.
+pub fn stop(state: &Path, timeout: Duration) -> Result<()> {
+    let pid_file = state.join(PID_FILE);
+    let text = match std::fs::read_to_string(&pid_file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{}: no {PID_FILE}: no guest of a `kiln run` runs from there",
+            state.display()
+        ),
+        Err(e) => bail!("reading {}: {e}", pid_file.display()),
+    };
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("{}: not a pid: {:?}", pid_file.display(), text.trim()))?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !alive(pid) || !String::from_utf8_lossy(&cmdline).contains("qemu-system") {
+        let _ = std::fs::remove_file(&pid_file);
+        eprintln!("kiln: the guest of {} is not running", state.display());
+        return Ok(());
+    }
+    let monitor = state.join("monitor.sock");
+    eprintln!("kiln: shutting the guest (pid {pid}) down (ACPI power button)");
+    press_power_button(&monitor);
+    let started = Instant::now();
+    let mut last_press = Instant::now();
+    while alive(pid) {
+        if started.elapsed() > timeout {
+            eprintln!(
+                "kiln: the guest did not power off within {} s; killing it",
+                timeout.as_secs()
+            );
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            std::thread::sleep(Duration::from_millis(500));
+            break;
+        }
+        if last_press.elapsed() >= Duration::from_secs(20) {
+            press_power_button(&monitor);
+            last_press = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = std::fs::remove_file(&pid_file);
+    eprintln!(
+        "kiln: guest stopped after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 pub fn run(args: &RunArgs) -> Result<()> {
-    let boot = Boot::of(&args.image)?;
-    let name = args
-        .image
+    if let Some(state) = &args.stop {
+        return stop(state, Duration::from_secs(args.shutdown_timeout));
+    }
+    let Some(image) = args.image.as_deref() else {
+        bail!("no image to boot");
+    };
+    let boot = Boot::of(image)?;
+    let name = image
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "kiln".into());
@@ -431,9 +510,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
             .context("installing the Ctrl-C/SIGTERM handler")?;
     }
     let (mut guest, accel, started) = start_guest(&qemu, &monitor, &qemu_err, &console)?;
+    let pid_file = state.join(PID_FILE);
+    crate::cache::write_atomic_bytes(&pid_file, format!("{}\n", guest.child.id()).as_bytes())
+        .with_context(|| format!("writing {}", pid_file.display()))?;
     eprintln!(
         "kiln: booting {} ({accel}, {} MiB, {} CPUs, {}); console log {}",
-        args.image.display(),
+        image.display(),
         args.memory,
         args.cpus,
         if args.bios { "BIOS" } else { "UEFI" },
@@ -451,8 +533,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let mut seen = [false; PHASES.len()];
     let mut drawn: Option<firstboot::timeline::Timeline> = None;
     let timeline_svg = state.join("timeline.svg");
-    let image_name = args
-        .image
+    let image_name = image
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -498,6 +579,17 @@ pub fn run(args: &RunArgs) -> Result<()> {
                     "kiln: try: kubectl --kubeconfig {} get nodes",
                     kubeconfig.display()
                 );
+                eprintln!("kiln: try: kiln health --state-dir {}", state.display());
+                if args.detach {
+                    eprintln!(
+                        "kiln: detached; the guest runs on (pid {}); stop it with: \
+                         kiln run --stop {}",
+                        guest.child.id(),
+                        state.display()
+                    );
+                    guest.detach();
+                    return Ok(());
+                }
             }
         }
         // firstboot's timeline (printed at node Ready and at CoreDNS ready, again after a
@@ -532,6 +624,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if tty {
         eprint!("\r\x1b[2K");
     }
+    let _ = std::fs::remove_file(&pid_file);
     eprintln!(
         "kiln: guest stopped after {:.1} s",
         started.elapsed().as_secs_f64()
@@ -541,6 +634,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     if drawn.is_some() {
         eprintln!("kiln: boot timeline: {}", timeline_svg.display());
+    }
+    if args.detach {
+        bail!("the guest stopped before node Ready; nothing was left running");
     }
     Ok(())
 }

@@ -106,6 +106,13 @@ pub fn kubelet_config(p: &ClusterParams) -> Result<serde_json::Value, K8sError> 
         "healthzBindAddress": "127.0.0.1",
         "healthzPort": KUBELET_HEALTHZ_PORT,
         "readOnlyPort": 0,
+        // /var/log through the API (`nodes/NAME/proxy/logs/`, authorized by the API server):
+        // the node's status file as a file, the components' journal as a query
+        // (`?query=firstboot`: they log into firstboot.service's journal). `kiln status`,
+        // `kiln health` and `kiln logs` read them; nothing else listens.
+        "enableSystemLogHandler": true,
+        "enableSystemLogQuery": true,
+        "featureGates": {"NodeLogQuery": true},
     }))
 }
 
@@ -279,6 +286,8 @@ mod tests {
         assert_eq!(k["clusterDomain"], "cluster.local");
         assert_eq!(k["failSwapOn"], false);
         assert_eq!(k["memorySwap"]["swapBehavior"], "NoSwap");
+        assert_eq!(k["enableSystemLogQuery"], true);
+        assert_eq!(k["featureGates"]["NodeLogQuery"], true);
         assert_eq!(k["rotateCertificates"], false);
         assert!(k.get("staticPodPath").is_none());
         assert_eq!(k["tlsCertFile"], "/var/lib/kiln/pki/kubelet.crt");
