@@ -96,7 +96,11 @@ fn refused(args: &[&str], path: &Path, want: &str) {
         .iter()
         .map(|a| if *a == "{}" { p } else { a })
         .collect();
-    let o = kiln(&args, &[]);
+    // A cache that is not there: were a check missing, `cache prune` would find nothing.
+    let o = kiln(
+        &args,
+        &[("KILN_CACHE", Path::new("/nonexistent/kiln-cache"))],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "kiln {args:?}: {}", text(&o));
     let lines: Vec<&str> = err.lines().collect();
@@ -124,6 +128,7 @@ fn every_path_argument_is_checked_with_one_line_and_exit_code_2() {
         vec!["lock", "{}"],
         vec!["lock", "--check", "{}"],
         vec!["fetch", "{}"],
+        vec!["cache", "prune", "--keep-locked", "{}"],
     ] {
         refused(&args, &missing, "no such file; wanted an image definition");
         refused(&args, d, "a directory; wanted an image definition");
@@ -146,28 +151,15 @@ fn every_path_argument_is_checked_with_one_line_and_exit_code_2() {
     );
     let image = kiln_tests::workspace_root().join("images/minimal.toml");
     let image = image.to_str().unwrap();
-    refused(
-        &[
-            "kubeconfig",
-            "--secrets",
-            "{}",
-            "--server",
-            "https://127.0.0.1:6443",
-        ],
-        &missing,
-        "no such file; wanted a secrets file",
-    );
-    refused(
-        &[
-            "kubeconfig",
-            "--secrets",
-            "{}",
-            "--server",
-            "https://127.0.0.1:6443",
-        ],
-        &binary,
-        "binary data; wanted a secrets file",
-    );
+    let kubeconfig = [
+        "kubeconfig",
+        "--secrets",
+        "{}",
+        "--server",
+        "https://127.0.0.1:6443",
+    ];
+    refused(&kubeconfig, &missing, "no such file; wanted a secrets file");
+    refused(&kubeconfig, &binary, "binary data; wanted a secrets file");
     let qcow2 = dir.path().join("header-only.qcow2");
     std::fs::write(&qcow2, b"QFI\xfb\0\0\0\x03").unwrap();
     let qcow2 = qcow2.to_str().unwrap();

@@ -391,17 +391,20 @@ pub fn component_lines<'a>(journal: &'a str, component: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// The components `kiln logs` knows.
-pub const COMPONENTS: &[&str] = &[
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "containerd",
-    "kubelet",
-    "kube-proxy",
-    "firstboot",
-];
+/// The components `kiln logs` knows: the supervised ones and firstboot itself.
+pub const COMPONENTS: &[&str] = {
+    use firstboot::k8s::components as c;
+    &[
+        c::ETCD,
+        c::APISERVER,
+        c::CONTROLLER_MANAGER,
+        c::SCHEDULER,
+        c::CONTAINERD,
+        c::KUBELET,
+        c::KUBE_PROXY,
+        "firstboot",
+    ]
+};
 
 /// The journal query for this boot's firstboot.service (the components log into it).
 pub fn journal_query(node: &str, since: Option<&str>) -> String {

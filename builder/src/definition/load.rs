@@ -86,18 +86,8 @@ fn check_entries(path: &Path, text: &str) -> Result<(), DefinitionError> {
     // Every entry's path with where it is written, in the order of the text.
     let mut entries = Vec::new();
     for (table, key) in PATH_ENTRIES {
-        let Some(DeValue::Array(items)) = doc.get_ref().get(table).map(Spanned::get_ref) else {
-            continue;
-        };
-        for item in items {
-            let DeValue::Table(t) = item.get_ref() else {
-                continue;
-            };
-            if let Some(v) = t.get(key) {
-                if let DeValue::String(p) = v.get_ref() {
-                    entries.push((v.span().start, table, key, p.to_string()));
-                }
-            }
+        for (offset, p) in strings_in(doc.get_ref(), Some(table), key) {
+            entries.push((offset, table, key, p));
         }
     }
     entries.sort();
@@ -173,22 +163,22 @@ fn parse_values(path: &Path, text: &str) -> Result<DefinitionFile, DefinitionErr
 /// Where in `text` each string value of `key` sits, in the order of the text: the top-level
 /// key when `table` is None, else the key in each entry of the array of tables `table`.
 fn string_values(text: &str, table: Option<&str>, key: &str) -> Vec<(usize, String)> {
-    let Ok(doc) = DeTable::parse(text) else {
-        return Vec::new();
-    };
+    match DeTable::parse(text) {
+        Ok(doc) => strings_in(doc.get_ref(), table, key),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// [`string_values`] of a parsed document.
+fn strings_in(doc: &DeTable, table: Option<&str>, key: &str) -> Vec<(usize, String)> {
     let string = |v: &Spanned<DeValue>| match v.get_ref() {
         DeValue::String(s) => Some((v.span().start, s.to_string())),
         _ => None,
     };
     let Some(table) = table else {
-        return doc
-            .get_ref()
-            .get(key)
-            .and_then(string)
-            .into_iter()
-            .collect();
+        return doc.get(key).and_then(string).into_iter().collect();
     };
-    let Some(DeValue::Array(items)) = doc.get_ref().get(table).map(Spanned::get_ref) else {
+    let Some(DeValue::Array(items)) = doc.get(table).map(Spanned::get_ref) else {
         return Vec::new();
     };
     items
