@@ -395,7 +395,13 @@ impl Pruner {
     /// Keeps `e` (counted) or removes it.
     fn decide(&mut self, e: &Entry, keep: bool) -> io::Result<()> {
         let mut u = KindUsage::default();
-        add_tree(&e.path, &|_| false, &mut u)?;
+        if e.meta.is_dir() {
+            add_tree(&e.path, &|_| false, &mut u)?;
+        } else {
+            // A file's size is in the entry already: no second stat per blob or content.
+            u.bytes = e.meta.len();
+            u.files = 1;
+        }
         let Some(k) = self.current.as_mut() else {
             return Ok(());
         };

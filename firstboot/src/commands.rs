@@ -155,10 +155,7 @@ pub fn status(json: bool) -> anyhow::Result<()> {
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut s: Status =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    match crate::pki::Pki::certs(Path::new(crate::pki::DEFAULT_DIR)) {
-        Ok(certs) => s.certificates = certs,
-        Err(e) => s.certificates_error = Some(format!("{e:#}")),
-    }
+    s.read_certificates(Path::new(crate::pki::DEFAULT_DIR));
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

@@ -226,11 +226,9 @@ impl NodeHooks<'_, '_> {
             .as_ref()
             .is_none_or(|c| c.0.elapsed() >= CERTS_EVERY)
         {
-            let (certs, error) = match crate::pki::Pki::certs(Path::new(crate::pki::DEFAULT_DIR)) {
-                Ok(c) => (c, None),
-                Err(e) => (Vec::new(), Some(format!("{e:#}"))),
-            };
-            self.certs = Some((Instant::now(), certs, error));
+            let mut read = Status::default();
+            read.read_certificates(Path::new(crate::pki::DEFAULT_DIR));
+            self.certs = Some((Instant::now(), read.certificates, read.certificates_error));
         }
         let mut host = self.st.clone();
         if let Some((_, certs, error)) = &self.certs {

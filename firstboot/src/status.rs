@@ -119,6 +119,21 @@ impl Status {
         crate::atomic::Replace::runtime(0o644).write(path, (json + "\n").as_bytes())
     }
 
+    /// Fills `certificates` from the PKI directory `dir`, or `certificates_error` with why
+    /// they could not be read.
+    pub fn read_certificates(&mut self, dir: &Path) {
+        match crate::pki::Pki::certs(dir) {
+            Ok(certs) => {
+                self.certificates = certs;
+                self.certificates_error = None;
+            }
+            Err(e) => {
+                self.certificates = Vec::new();
+                self.certificates_error = Some(format!("{e:#}"));
+            }
+        }
+    }
+
     /// The boot summary: one line, then one per problem.
     pub fn summary(&self) -> Vec<String> {
         let or_none = |v: &[String]| {

@@ -33,8 +33,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Cache(args) => cache(&args),
         Command::Health(args) => health(&args),
         Command::Status(args) => {
-            let (api, node) = node_api(&args.node)?;
-            let st = api.status(&node)?;
+            let api = open_api(&args.node)?;
+            let st = api.status(&api.node(args.node.node.as_deref())?)?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&st)?);
             } else {
@@ -43,8 +43,13 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Logs(args) => {
-            let (api, node) = node_api(&args.node)?;
-            crate::cli::node::logs(&api, Some(&node), &args.component, args.follow)
+            let api = open_api(&args.node)?;
+            crate::cli::node::logs(
+                &api,
+                args.node.node.as_deref(),
+                &args.component,
+                args.follow,
+            )
         }
         Command::Completions(args) => {
             crate::cli::manual::completions(args.shell, &mut std::io::stdout());
@@ -90,12 +95,8 @@ fn check_paths(command: &Command) -> Result<()> {
             if let Some(image) = &a.image {
                 wanted.push((image, Kind::Image));
             }
-            if let Some(d) = a.stop.as_ref().filter(|d| !d.is_dir()) {
-                return Err(Usage(format!(
-                    "{}: not a directory (wanted the state directory of `kiln run`)",
-                    d.display()
-                ))
-                .into());
+            if let Some(d) = &a.stop {
+                wanted.push((d, Kind::StateDir));
             }
             if let Some(c) = &a.config {
                 wanted.push((c, Kind::MachineConfig));
@@ -120,13 +121,7 @@ fn check_paths(command: &Command) -> Result<()> {
                 wanted.push((k, Kind::Kubeconfig));
             }
             if let Some(d) = &node.state_dir {
-                if !d.is_dir() {
-                    return Err(Usage(format!(
-                        "{}: not a directory (wanted the state directory of `kiln run`)",
-                        d.display()
-                    ))
-                    .into());
-                }
+                wanted.push((d, Kind::StateDir));
             }
         }
         Command::Secrets(_) | Command::Schema | Command::Completions(_) | Command::Man(_) => {}
@@ -371,24 +366,16 @@ fn bytes(n: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
-/// The API of the node the arguments name, and the node's name.
-fn node_api(args: &NodeArgs) -> Result<(crate::cli::node::Api, String)> {
+/// The API server of the node the arguments name (its admin kubeconfig checked first).
+fn open_api(args: &NodeArgs) -> Result<crate::cli::node::Api> {
     let path =
         crate::cli::node::kubeconfig_path(args.kubeconfig.as_deref(), args.state_dir.as_deref())?;
     input::check(&path, Kind::Kubeconfig)?;
-    let api = crate::cli::node::Api::open(&path, std::time::Duration::from_secs(args.timeout))?;
-    let node = api.node(args.node.as_deref())?;
-    Ok((api, node))
+    crate::cli::node::Api::open(&path, std::time::Duration::from_secs(args.timeout))
 }
 
 fn health(args: &HealthArgs) -> Result<()> {
-    let path = crate::cli::node::kubeconfig_path(
-        args.node.kubeconfig.as_deref(),
-        args.node.state_dir.as_deref(),
-    )?;
-    input::check(&path, Kind::Kubeconfig)?;
-    let api =
-        crate::cli::node::Api::open(&path, std::time::Duration::from_secs(args.node.timeout))?;
+    let api = open_api(&args.node)?;
     let checks = crate::cli::node::health(&api, args.node.node.as_deref(), now());
     let failed: Vec<&str> = checks
         .iter()

@@ -78,6 +78,8 @@ pub enum Kind {
     Image,
     /// An admin kubeconfig (JSON).
     Kubeconfig,
+    /// The state directory of a `kiln run`.
+    StateDir,
 }
 
 impl Kind {
@@ -89,6 +91,7 @@ impl Kind {
             Kind::Output => "a built .raw, .qcow2 or .iso",
             Kind::Image => "a built .raw, .qcow2 or .iso, or a PXE bundle directory",
             Kind::Kubeconfig => "an admin kubeconfig",
+            Kind::StateDir => "the state directory of `kiln run`",
         }
     }
 
@@ -117,6 +120,15 @@ pub fn check(path: &Path, kind: Kind) -> Result<(), Usage> {
         }
         Err(e) => return Err(Usage(format!("{shown}: {e}"))),
     };
+    if kind == Kind::StateDir {
+        if meta.is_dir() {
+            return Ok(());
+        }
+        return Err(Usage(format!(
+            "{shown}: not a directory; wanted {}",
+            kind.noun()
+        )));
+    }
     if meta.is_dir() {
         if kind == Kind::Image {
             return pxe_bundle(path);
@@ -285,5 +297,12 @@ mod tests {
             std::fs::write(p(f), b"x").expect("write");
         }
         assert!(check(dir.path(), Kind::Image).is_ok());
+
+        assert!(check(dir.path(), Kind::StateDir).is_ok());
+        let m = msg(check(&p("d.toml"), Kind::StateDir));
+        assert!(
+            m.contains("d.toml: not a directory; wanted the state"),
+            "{m}"
+        );
     }
 }

@@ -297,13 +297,14 @@ impl Drop for Guest {
 /// The state directory's record of the guest's QEMU process (for `--stop`).
 const PID_FILE: &str = "qemu.pid";
 
-/// Whether process `pid` exists and has not exited (a zombie has).
+/// Whether process `pid` exists and has not exited (a zombie has), by the supervisor's
+/// own reading of `/proc/PID/stat`.
 fn alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit(')')
-        .next()
-        .and_then(|r| r.split_whitespace().next())
-        .is_some_and(|state| state != "Z")
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .as_deref()
+        .and_then(firstboot::supervisor::shell::ProcStat::parse)
+        .is_some_and(|s| s.state != 'Z')
 }
 
 /// `kiln run --stop DIR`: presses the ACPI power button of the guest whose pid DIR's
