@@ -24,6 +24,9 @@ use crate::unpack::{self, ContentStore, DebInput, Limits};
 
 /// Where apt's configuration lives on the host.
 const HOST_APT: &str = "/etc/apt";
+/// The package that carries Debian's archive keys, and where it (and a Debian host) keeps them.
+const ARCHIVE_KEYRING_PACKAGE: &str = "debian-archive-keyring";
+const ARCHIVE_KEYRING: &str = "usr/share/keyrings/debian-archive-keyring.gpg";
 
 /// Where inputs come from.
 #[derive(Debug, Clone, Default)]
@@ -98,6 +101,51 @@ fn mirror_of(d: &crate::definition::Debian) -> Result<String> {
     }
 }
 
+/// The keys that must have signed the suite's Release: the definition's `keyring`; else the
+/// keys of the `debian-archive-keyring` package the previous lock pins (so a lock, once
+/// reviewed, also pins whom the next one trusts); else the keys the host's apt trusts for
+/// the mirror.
+fn keyring_of(
+    d: &crate::definition::Debian,
+    mirror: &str,
+    previous: &[debian::ResolvedDeb],
+    fetcher: &Fetcher,
+) -> Result<debian::Keyring> {
+    if let Some(k) = &d.keyring {
+        return Ok(debian::Keyring::read_files(&[Path::new(k)])?);
+    }
+    if let Some(deb) = previous.iter().find(|p| p.name == ARCHIVE_KEYRING_PACKAGE) {
+        match locked_keyring(deb, mirror, fetcher) {
+            Ok(k) => return Ok(k),
+            Err(e) => log::warn!("{e:#}; trusting the keys the host's apt trusts instead"),
+        }
+    }
+    Ok(debian::sources::host_keyring(
+        Path::new(HOST_APT),
+        mirror,
+        &d.suite,
+        &Path::new("/").join(ARCHIVE_KEYRING),
+    )?)
+}
+
+/// The archive keys inside the pinned `debian-archive-keyring` .deb (fetched by its hash).
+fn locked_keyring(
+    deb: &debian::ResolvedDeb,
+    mirror: &str,
+    fetcher: &Fetcher,
+) -> Result<debian::Keyring> {
+    let path = fetcher.fetch_one(&FetchRequest {
+        name: deb.name.clone(),
+        url: debian::deb_url(mirror, &deb.filename),
+        digest: deb.sha256.clone(),
+        size: Some(deb.size),
+    })?;
+    let origin = format!("{} {} (pinned by the lock)", deb.name, deb.version);
+    let bytes = unpack::read_data_file(&path, ARCHIVE_KEYRING, 16 << 20)?
+        .with_context(|| format!("{origin} has no /{ARCHIVE_KEYRING}"))?;
+    Ok(debian::Keyring::parse(&bytes, &origin)?)
+}
+
 /// What `kiln lock` wrote.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -110,6 +158,8 @@ pub struct LockSummary {
     /// Debian packages added (`+ name version`), changed (`~ name old -> new`) and removed
     /// (`- name version`) against the previous lock.
     pub changes: Vec<String>,
+    /// Who signed the Debian suite's Release (None without a `[debian]` section).
+    pub release_signer: Option<debian::Signer>,
 }
 
 /// Resolves every input of the definition and writes its lock (temp file, rename).
@@ -118,11 +168,19 @@ pub fn lock(args: &LockOptions) -> Result<LockSummary> {
     let path = lock_path(&args.definition);
     let previous = Lock::read(&path, &args.definition).ok();
     let fetcher = fetcher_of(&args.fetch)?;
+    let mut release_signer = None;
     let debian = match &def.debian {
         None => None,
         Some(d) => {
+            let mirror = mirror_of(d)?;
+            let prev: Vec<_> = previous
+                .as_ref()
+                .and_then(|l| l.debian.as_ref())
+                .map(|d| d.debs.clone())
+                .unwrap_or_default();
+            let keyring = keyring_of(d, &mirror, &prev, &fetcher)?;
             let req = DebianRequest {
-                mirror: mirror_of(d)?,
+                mirror,
                 suite: d.suite.clone(),
                 components: d.components.clone(),
                 arch: def.arch.clone(),
@@ -130,15 +188,12 @@ pub fn lock(args: &LockOptions) -> Result<LockSummary> {
                 exclude: d.exclude.clone(),
                 essential: d.essential,
             };
-            let prev: Vec<_> = previous
-                .as_ref()
-                .and_then(|l| l.debian.as_ref())
-                .map(|d| d.debs.clone())
-                .unwrap_or_default();
-            let debs = debian::lock(&req, &prev, &|url: &str| fetcher.get_bytes(url))
-                .with_context(|| {
-                    format!("locking Debian packages of {}", args.definition.display())
-                })?;
+            let (debs, signer) =
+                debian::lock(&req, &prev, &keyring, &|url: &str| fetcher.get_bytes(url))
+                    .with_context(|| {
+                        format!("locking Debian packages of {}", args.definition.display())
+                    })?;
+            release_signer = Some(signer);
             let mut dl = lock::debian_request(d);
             dl.debs = debs;
             Some(dl)
@@ -168,6 +223,7 @@ pub fn lock(args: &LockOptions) -> Result<LockSummary> {
         go_inputs: new.go.len(),
         path,
         changes,
+        release_signer,
     })
 }
 

@@ -42,6 +42,17 @@ fn http_get(url: &str) -> Result<Vec<u8>, ureq::Error> {
         .read_to_vec()
 }
 
+/// The keys the host's apt trusts for the suite at `mirror`, read by Kiln's own reader.
+fn host_keyring(mirror: &str) -> debian::Keyring {
+    debian::sources::host_keyring(
+        Path::new("/etc/apt"),
+        mirror,
+        SUITE,
+        Path::new("/usr/share/keyrings/debian-archive-keyring.gpg"),
+    )
+    .expect("the host's apt keys")
+}
+
 fn ensure_apt_lists() {
     let has_lists = std::fs::read_dir("/var/lib/apt/lists")
         .map(|d| {
@@ -137,7 +148,9 @@ fn closure_matches_apt_get_simulate() {
         essential: true,
     };
     let started = std::time::Instant::now();
-    let lock = debian::lock(&req, &[], &http_get).expect("lock resolves");
+    let keyring = host_keyring(&req.mirror);
+    let (lock, signer) = debian::lock(&req, &[], &keyring, &http_get).expect("lock resolves");
+    eprintln!("Release signed by {signer}");
     eprintln!(
         "locked {} packages in {:.1}s",
         lock.len(),
@@ -189,8 +202,15 @@ fn closure_matches_apt_get_simulate() {
         assert!(d.filename.starts_with("pool/"), "{d:?}");
         assert!(d.size > 0, "{d:?}");
     }
-    let index = debian::fetch_index(&req.mirror, SUITE, &req.components, "amd64", &http_get)
-        .expect("index");
+    let (index, _) = debian::fetch_index(
+        &req.mirror,
+        SUITE,
+        &req.components,
+        "amd64",
+        &keyring,
+        &http_get,
+    )
+    .expect("index");
     assert_eq!(debian::resolve(&index, &req, &lock).expect("relock"), lock);
     debian::check_pinned(&index, &lock).expect("all pins present upstream");
 }

@@ -430,3 +430,66 @@ fn live_only_iso_leaves_the_installer_out() {
     );
     eprintln!("live-only ISO {a} bytes, with the installer {b} bytes");
 }
+
+/// The host's own copy of the suite's InRelease, as apt fetched it (`ci/setup` runs
+/// `apt-get update`): real bytes signed by Debian's archive keys.
+fn host_in_release(suite: &str) -> Vec<u8> {
+    let dir = Path::new("/var/lib/apt/lists");
+    let name = format!("_dists_{suite}_InRelease");
+    let found = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (ci/setup runs apt-get update)", dir.display()))
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(&name))
+        .unwrap_or_else(|| panic!("no *{name} under {} (run apt-get update)", dir.display()));
+    std::fs::read(found.path()).expect("read the InRelease")
+}
+
+/// `kiln lock` believes a Release only when Debian's keys signed it: the real InRelease
+/// passes the signature check (the lock then goes on to the index), the same bytes with one
+/// byte of the signed text changed are refused naming the file, and the lock is untouched.
+#[test]
+fn lock_refuses_a_tampered_in_release_and_changes_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = kiln_tests::workspace_root();
+    let real = host_in_release("bookworm");
+    let signed = String::from_utf8(real.clone()).expect("InRelease is text");
+    let at = signed
+        .find("Codename: bookworm")
+        .expect("signed text names the codename");
+    let mut tampered = real.clone();
+    tampered[at + "Codename: bookwor".len()] = b'n';
+    assert_ne!(tampered, real);
+
+    for (bytes, good) in [(tampered, false), (real, true)] {
+        let mirror = Mirror::start([("/debian/dists/bookworm/InRelease", Behaviour::Serve(bytes))])
+            .expect("mirror");
+        let def = std::fs::read_to_string(root.join("images/minimal.toml"))
+            .expect("def")
+            .replace(
+                "suite = \"bookworm\"",
+                &format!("suite = \"bookworm\"\nmirror = \"{}/debian\"", mirror.url()),
+            );
+        let d = write(tmp.path(), "m.toml", &def);
+        let lock = std::fs::read_to_string(root.join("images/minimal.lock")).expect("lock");
+        write(tmp.path(), "m.lock", &lock);
+        let before = snapshot(tmp.path());
+        let o = kiln(&["lock", d.to_str().expect("utf8")], &[]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        if good {
+            assert!(!err.contains("no valid signature"), "{err}");
+            assert!(
+                err.contains("binary-amd64/Packages"),
+                "on to the index: {err}"
+            );
+        } else {
+            assert!(
+                err.contains(&format!("{}/debian/dists/bookworm/InRelease", mirror.url()))
+                    && err.contains("no valid signature"),
+                "{err}"
+            );
+            assert_eq!(mirror.requests("/debian/dists/bookworm/InRelease"), 1);
+        }
+        assert_eq!(snapshot(tmp.path()), before, "nothing changed");
+    }
+}

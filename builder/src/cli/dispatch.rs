@@ -206,6 +206,9 @@ fn lock(args: &LockArgs) -> Result<()> {
     for c in &s.changes {
         eprintln!("  {c}");
     }
+    if let Some(signer) = &s.release_signer {
+        eprintln!("Debian Release signed by {signer}");
+    }
     eprintln!(
         "{}: {} packages, {} artifacts, {} go inputs",
         s.path.display(),

@@ -4,11 +4,13 @@
 //! `Packages` index of each component and check it against the sha256 the Release lists,
 //! resolve the dependency closure ([`resolve`]) and pin every .deb by name, version,
 //! pool path, sha256 and size ([`ResolvedDeb`]). The mirror defaults to the host's apt
-//! configuration ([`host_mirror`]). Release signatures are not verified (see [`release`]).
+//! configuration ([`host_mirror`]); the Release is believed only once its OpenPGP signature
+//! verified against an archive keyring ([`keyring`]) and it is fresh ([`Release::check_fresh`]).
 
 pub mod control;
 pub mod depends;
 pub mod index;
+pub mod keyring;
 pub mod release;
 pub mod resolve;
 pub mod sources;
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 
 pub use index::Index;
+pub use keyring::{Keyring, Signer};
 pub use release::Release;
 pub use resolve::resolve;
 pub use sources::host_mirror;
@@ -103,8 +106,26 @@ pub enum DebianError {
         url: String,
         source: Box<dyn StdError + Send + Sync>,
     },
-    #[error("reading InRelease: {message}")]
-    Clearsign { message: String },
+    #[error("keyring {origin}: {message}")]
+    Keyring { origin: String, message: String },
+    #[error("{file} is not signed: {message}")]
+    Unsigned { file: String, message: String },
+    #[error(
+        "{file}: no valid signature by a key of the keyring {keyring} ({message}); \
+         it was changed on the way or signed by a key Kiln does not trust"
+    )]
+    BadSignature {
+        file: String,
+        keyring: String,
+        message: String,
+    },
+    #[error(
+        "{file} expired at {valid_until} (its Valid-Until): the mirror is stale or \
+         serves an old index; use a mirror that is up to date"
+    )]
+    Expired { file: String, valid_until: String },
+    #[error("{file} is dated {date}, more than a day ahead of this machine's clock")]
+    NotYetValid { file: String, date: String },
     #[error("Release file of suite {suite} does not list {what}")]
     NotInRelease { suite: String, what: String },
     #[error("Release file does not list index {file}")]
@@ -203,27 +224,48 @@ where
     })
 }
 
-/// Fetches and parses the suite's Release: `InRelease` first, `Release` if that fails.
+/// Fetches the suite's Release, verifies its signature against `keyring` and its freshness,
+/// and parses it: `InRelease` (clear-signed) first; if that cannot be fetched, `Release`
+/// with its detached `Release.gpg`. An unsigned Release is refused.
 pub fn fetch_release<E>(
     mirror: &str,
     suite: &str,
+    keyring: &Keyring,
     fetch: &dyn Fn(&str) -> Result<Vec<u8>, E>,
-) -> Result<Release, DebianError>
+) -> Result<(Release, Signer), DebianError>
 where
     E: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let now = std::time::SystemTime::now();
     let in_release = dists_url(mirror, suite, "InRelease");
-    let bytes = match fetch_with(fetch, &in_release) {
-        Ok(b) => b,
+    let (text, signer, file) = match fetch_with(fetch, &in_release) {
+        Ok(bytes) => {
+            let text = String::from_utf8(bytes).map_err(|_| DebianError::NotUtf8 {
+                file: in_release.clone(),
+            })?;
+            let (text, signer) = keyring.verify_clearsigned(&text, &in_release, now)?;
+            (text, signer, in_release)
+        }
         Err(first) => {
-            log::debug!("{first}; trying Release");
-            fetch_with(fetch, &dists_url(mirror, suite, "Release")).map_err(|_| first)?
+            log::debug!("{first}; trying Release and Release.gpg");
+            let plain = dists_url(mirror, suite, "Release");
+            let bytes = fetch_with(fetch, &plain).map_err(|_| first)?;
+            let sig = fetch_with(fetch, &dists_url(mirror, suite, "Release.gpg")).map_err(|e| {
+                DebianError::Unsigned {
+                    file: plain.clone(),
+                    message: format!("there is no InRelease, and {e}"),
+                }
+            })?;
+            let signer = keyring.verify_detached(&bytes, &sig, &plain, now)?;
+            let text = String::from_utf8(bytes).map_err(|_| DebianError::NotUtf8 {
+                file: plain.clone(),
+            })?;
+            (text, signer, plain)
         }
     };
-    let text = String::from_utf8(bytes).map_err(|_| DebianError::NotUtf8 {
-        file: in_release.clone(),
-    })?;
-    Release::parse(&release::strip_clearsign(&text)?)
+    let release = Release::parse(&text)?;
+    release.check_fresh(&file, now)?;
+    Ok((release, signer))
 }
 
 /// Fetches every component's Packages index for `arch`, verifies each against the
@@ -235,12 +277,13 @@ pub fn fetch_index<E>(
     suite: &str,
     components: &[String],
     arch: &str,
+    keyring: &Keyring,
     fetch: &dyn Fn(&str) -> Result<Vec<u8>, E>,
-) -> Result<Index, DebianError>
+) -> Result<(Index, Signer), DebianError>
 where
     E: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let rel = fetch_release(mirror, suite, fetch)?;
+    let (rel, signer) = fetch_release(mirror, suite, keyring, fetch)?;
     if !rel.architectures.is_empty() && !rel.architectures.iter().any(|a| a == arch) {
         return Err(DebianError::NotInRelease {
             suite: suite.to_string(),
@@ -290,21 +333,30 @@ where
         .iter()
         .map(|(w, t)| (w.as_str(), t.as_str()))
         .collect();
-    Index::from_texts(&refs, arch)
+    Ok((Index::from_texts(&refs, arch)?, signer))
 }
 
 /// `kiln lock` for one Debian source: index download, verification and resolution.
-/// `previous` is the current lock's Debian entries (empty for a first lock).
+/// `previous` is the current lock's Debian entries (empty for a first lock). Returns the
+/// pinned .debs and who signed the Release they were read from.
 pub fn lock<E>(
     req: &DebianRequest,
     previous: &[ResolvedDeb],
+    keyring: &Keyring,
     fetch: &dyn Fn(&str) -> Result<Vec<u8>, E>,
-) -> Result<Vec<ResolvedDeb>, DebianError>
+) -> Result<(Vec<ResolvedDeb>, Signer), DebianError>
 where
     E: Into<Box<dyn StdError + Send + Sync>>,
 {
-    let index = fetch_index(&req.mirror, &req.suite, &req.components, &req.arch, fetch)?;
-    resolve(&index, req, previous)
+    let (index, signer) = fetch_index(
+        &req.mirror,
+        &req.suite,
+        &req.components,
+        &req.arch,
+        keyring,
+        fetch,
+    )?;
+    Ok((resolve(&index, req, previous)?, signer))
 }
 
 /// Checks that every pinned .deb is still in the index (same version and pool path);

@@ -1,10 +1,9 @@
 //! A suite's Release/InRelease file and the checks of the indexes it lists.
 //!
-//! **Signatures are not verified.** `InRelease` is read by stripping its OpenPGP
-//! clear-sign armor; the signature itself is ignored. Integrity of every index then rests
-//! on the sha256 the Release file lists, and of every .deb on the sha256 in the index and
-//! in the lock, so a lock reviewed once pins exact bytes; trust in the *first* lock rests
-//! on the transport to the mirror (use an https mirror or a snapshot you trust).
+//! The Release is believed only once its signature verified ([`super::keyring`]) and it is
+//! fresh: its `Valid-Until` has not passed and its `Date` is not in the future
+//! ([`Release::check_fresh`]). Integrity of every index then rests on the sha256 the Release
+//! lists, and of every .deb on the sha256 in the index and in the lock.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -25,42 +24,10 @@ pub struct Release {
     pub acquire_by_hash: bool,
     /// Path relative to `dists/<suite>/` -> (sha256, size).
     pub sha256: BTreeMap<String, (Digest, u64)>,
-}
-
-const BEGIN_SIGNED: &str = "-----BEGIN PGP SIGNED MESSAGE-----";
-const BEGIN_SIGNATURE: &str = "-----BEGIN PGP SIGNATURE-----";
-
-/// Returns the signed text of a clear-signed message (armor headers, dash-escaping and
-/// signature removed), or the text unchanged if it is not clear-signed (a plain Release).
-/// The signature is NOT checked.
-pub fn strip_clearsign(text: &str) -> Result<String, DebianError> {
-    let bad = |message: &str| DebianError::Clearsign {
-        message: message.to_string(),
-    };
-    let mut lines = text.lines();
-    match lines.by_ref().find(|l| !l.trim().is_empty()) {
-        Some(first) if first.trim_end() == BEGIN_SIGNED => {}
-        _ => return Ok(text.to_string()),
-    }
-    // Armor headers (`Hash: SHA256`) end at the first empty line.
-    for l in lines.by_ref() {
-        if l.trim().is_empty() {
-            break;
-        }
-        if !l.contains(':') {
-            return Err(bad("armor header without a colon"));
-        }
-    }
-    let mut out = String::new();
-    for l in lines {
-        if l.trim_end() == BEGIN_SIGNATURE {
-            return Ok(out);
-        }
-        let l = l.strip_prefix("- ").unwrap_or(l);
-        out.push_str(l);
-        out.push('\n');
-    }
-    Err(bad("no signature block after the signed text"))
+    /// `Date`: when the archive made this Release.
+    pub date: Option<String>,
+    /// `Valid-Until`: after this a mirror serving it is stale (or replays an old index).
+    pub valid_until: Option<String>,
 }
 
 impl Release {
@@ -107,7 +74,44 @@ impl Release {
                 .get("Acquire-By-Hash")
                 .is_some_and(|v| v.eq_ignore_ascii_case("yes")),
             sha256,
+            date: p.get("Date").map(str::to_string),
+            valid_until: p.get("Valid-Until").map(str::to_string),
         })
+    }
+
+    /// Refuses a Release whose `Valid-Until` has passed or whose `Date` lies more than a day
+    /// in the future (`file` names it in the error). A date that cannot be read is refused
+    /// too: a check that silently passes on bad input is no check.
+    pub fn check_fresh(&self, file: &str, now: std::time::SystemTime) -> Result<(), DebianError> {
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let read = |field: &str, value: &str| {
+            super::keyring::parse_release_date(value).ok_or_else(|| DebianError::Control {
+                what: file.to_string(),
+                line: 1,
+                message: format!(
+                    "{field}: {value:?} is not a date like `Sat, 09 Nov 2024 10:15:42 UTC`"
+                ),
+            })
+        };
+        if let Some(v) = &self.valid_until {
+            if read("Valid-Until", v)? < now {
+                return Err(DebianError::Expired {
+                    file: file.to_string(),
+                    valid_until: v.clone(),
+                });
+            }
+        }
+        if let Some(d) = &self.date {
+            if read("Date", d)? > now + 24 * 3600 {
+                return Err(DebianError::NotYetValid {
+                    file: file.to_string(),
+                    date: d.clone(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The best listed form of the Packages index for `component`/`arch`:
@@ -214,22 +218,6 @@ mod tests {
         assert!(msg.contains("main/binary-amd64/Packages"), "{msg}");
         assert!(msg.contains(&good) && msg.contains(&bad), "{msg}");
         assert!(r.verify("main/binary-i386/Packages", PACKAGES).is_err());
-    }
-
-    #[test]
-    fn strips_clearsign_armor_and_dash_escapes() {
-        let signed = format!(
-            "{BEGIN_SIGNED}\nHash: SHA256\n\nOrigin: Test\n- -dash line\nSuite: s\n\
-             {BEGIN_SIGNATURE}\n\niQIzBAEBCAAdFiEE\n=AfjX\n-----END PGP SIGNATURE-----\n"
-        );
-        let body = strip_clearsign(&signed).expect("strips");
-        assert_eq!(body, "Origin: Test\n-dash line\nSuite: s\n");
-        assert_eq!(
-            strip_clearsign("Origin: x\n").expect("plain"),
-            "Origin: x\n"
-        );
-        let truncated = format!("{BEGIN_SIGNED}\nHash: SHA256\n\nOrigin: Test\n");
-        assert!(strip_clearsign(&truncated).is_err());
     }
 
     #[test]

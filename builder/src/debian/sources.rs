@@ -17,8 +17,36 @@ pub struct SourceEntry {
     pub uris: Vec<String>,
     pub suites: Vec<String>,
     pub components: Vec<String>,
+    /// `signed-by` / `Signed-By`: the keys apt trusts for this entry alone.
+    pub signed_by: Option<SignedBy>,
     /// The file the entry came from.
     pub file: PathBuf,
+}
+
+/// The keys an entry names: keyring files, or (deb822 only) an armored key block inline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SignedBy {
+    Files(Vec<PathBuf>),
+    Inline(String),
+}
+
+impl SignedBy {
+    /// From an option value; fingerprints (which apt looks up among its trusted keys) give
+    /// None, and the default keys are used.
+    fn parse(value: &str) -> Option<SignedBy> {
+        if value
+            .trim_start()
+            .starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+        {
+            return Some(SignedBy::Inline(value.trim().to_string()));
+        }
+        let files: Vec<PathBuf> = value
+            .split([',', ' ', '\t'])
+            .filter(|f| f.starts_with('/'))
+            .map(PathBuf::from)
+            .collect();
+        (!files.is_empty()).then_some(SignedBy::Files(files))
+    }
 }
 
 /// Every enabled entry of the apt configuration under `etc_apt` (normally `/etc/apt`),
@@ -80,6 +108,67 @@ pub fn host_mirror(etc_apt: &Path, suite: &str) -> Result<String, DebianError> {
         })
 }
 
+/// The keys the host's apt trusts for `suite` at `mirror`: the `signed-by` of the entry that
+/// serves it, else apt's own trusted keys (`trusted.gpg` and `trusted.gpg.d/*.gpg|*.asc`
+/// under `etc_apt`), else Debian's archive keyring at `default_keyring`.
+pub fn host_keyring(
+    etc_apt: &Path,
+    mirror: &str,
+    suite: &str,
+    default_keyring: &Path,
+) -> Result<super::Keyring, DebianError> {
+    let (entries, _) = read_sources(etc_apt)?;
+    let same = |u: &String| u.trim_end_matches('/') == mirror.trim_end_matches('/');
+    let signed_by = entries
+        .into_iter()
+        .filter(|e| e.types.iter().any(|t| t == "deb"))
+        .find(|e| e.suites.iter().any(|s| s == suite) && e.uris.iter().any(same))
+        .and_then(|e| e.signed_by.map(|s| (s, e.file)));
+    match signed_by {
+        Some((SignedBy::Files(files), _)) => {
+            let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+            super::Keyring::read_files(&files)
+        }
+        Some((SignedBy::Inline(block), file)) => super::Keyring::parse(
+            block.as_bytes(),
+            &format!("the Signed-By key block in {}", file.display()),
+        ),
+        None => {
+            let mut files = Vec::new();
+            let main = etc_apt.join("trusted.gpg");
+            if main.is_file() {
+                files.push(main);
+            }
+            if let Ok(rd) = std::fs::read_dir(etc_apt.join("trusted.gpg.d")) {
+                let mut extra: Vec<PathBuf> = rd
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.is_file() && p.extension().is_some_and(|x| x == "gpg" || x == "asc")
+                    })
+                    .collect();
+                extra.sort();
+                files.extend(extra);
+            }
+            if files.is_empty() && default_keyring.is_file() {
+                files.push(default_keyring.to_path_buf());
+            }
+            if files.is_empty() {
+                return Err(DebianError::Keyring {
+                    origin: format!("the apt configuration under {}", etc_apt.display()),
+                    message: format!(
+                        "no trusted key for {mirror} {suite} (no signed-by, no trusted.gpg.d, \
+                         no {}); set `keyring` in the definition's [debian]",
+                        default_keyring.display()
+                    ),
+                });
+            }
+            let files: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+            super::Keyring::read_files(&files)
+        }
+    }
+}
+
 /// `deb [opt=val ...] URI SUITE [COMPONENT ...]`, `#` comments.
 pub fn parse_one_line_sources(text: &str, file: &Path) -> Result<Vec<SourceEntry>, DebianError> {
     let mut out = Vec::new();
@@ -97,8 +186,13 @@ pub fn parse_one_line_sources(text: &str, file: &Path) -> Result<Vec<SourceEntry
             .split_once(char::is_whitespace)
             .ok_or_else(|| bad("expected `deb URI SUITE [COMPONENT...]`"))?;
         rest = rest.trim_start();
+        let mut signed_by = None;
         if let Some(r) = rest.strip_prefix('[') {
             let close = r.find(']').ok_or_else(|| bad("unclosed `[` options"))?;
+            signed_by = r[..close]
+                .split_whitespace()
+                .find_map(|o| o.strip_prefix("signed-by="))
+                .and_then(SignedBy::parse);
             rest = r[close + 1..].trim_start();
         }
         let mut words = rest.split_whitespace();
@@ -109,6 +203,7 @@ pub fn parse_one_line_sources(text: &str, file: &Path) -> Result<Vec<SourceEntry
             uris: vec![uri.to_string()],
             suites: vec![suite.to_string()],
             components: words.map(str::to_string).collect(),
+            signed_by,
             file: file.to_path_buf(),
         });
     }
@@ -136,6 +231,22 @@ pub fn parse_deb822_sources(text: &str, file: &Path) -> Result<Vec<SourceEntry>,
             uris: words("URIs"),
             suites: words("Suites"),
             components: words("Components"),
+            signed_by: p.get("Signed-By").and_then(|_| {
+                SignedBy::parse(
+                    &p.lines("Signed-By")
+                        .iter()
+                        .map(|l| {
+                            // A line of just `.` stands for an empty line in deb822.
+                            if *l == "." {
+                                ""
+                            } else {
+                                l
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                )
+            }),
             file: file.to_path_buf(),
         };
         if entry.types.is_empty() || entry.uris.is_empty() || entry.suites.is_empty() {
@@ -214,6 +325,11 @@ mod tests {
         let (entries, files) = read_sources(etc).expect("reads");
         assert_eq!(files.len(), 3);
         assert_eq!(entries[1].components, vec!["main", "contrib"]);
+        assert_eq!(
+            entries[1].signed_by,
+            Some(SignedBy::Files(vec![PathBuf::from("/k.gpg")]))
+        );
+        assert_eq!(entries[2].signed_by, None);
     }
 
     #[test]

@@ -269,6 +269,24 @@ pub fn load(path: &Path) -> Result<Definition, DefinitionError> {
                 .to_string_lossy()
                 .into_owned();
         }
+        if let Some(keyring) = file.debian.as_mut().and_then(|d| d.keyring.as_mut()) {
+            *keyring = confined(&root, &dir, keyring)
+                .map_err(|m| {
+                    let at = DeTable::parse(&text)
+                        .ok()
+                        .and_then(
+                            |doc| match doc.get_ref().get("debian").map(Spanned::get_ref) {
+                                Some(DeValue::Table(t)) => strings_in(t, None, "keyring").pop(),
+                                _ => None,
+                            },
+                        )
+                        .into_iter()
+                        .collect();
+                    outside(at, 0, "debian.keyring", m)
+                })?
+                .to_string_lossy()
+                .into_owned();
+        }
         if let Some(base) = &file.extends {
             next =
                 Some(confined(&root, &dir, base).map_err(|m| {

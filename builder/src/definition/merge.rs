@@ -52,6 +52,7 @@ pub fn merge(base: DefinitionFile, child: DefinitionFile) -> DefinitionFile {
         exclude: append_unique(b.exclude, c.exclude),
         essential: pick(c.essential, b.essential),
         mirror: pick(c.mirror, b.mirror),
+        keyring: pick(c.keyring, b.keyring),
     });
     let systemd = merge_opt(base.systemd, child.systemd, |b, c| Systemd {
         enable: append_unique(b.enable, c.enable),

@@ -146,6 +146,11 @@ pub struct DebianSection {
     pub essential: Option<bool>,
     /// Mirror URL; default: the host's apt configuration.
     pub mirror: Option<String>,
+    /// OpenPGP keyring (binary or armored, a path relative to this file, inside the project
+    /// directory) whose keys must have signed the suite's Release. Default: the keys of the
+    /// `debian-archive-keyring` package the lock pins, else the keys the host's apt trusts
+    /// for the mirror.
+    pub keyring: Option<String>,
 }
 
 /// A file mode, written as `0o755` (TOML octal integer) or `"0755"`.
@@ -363,6 +368,8 @@ pub struct Debian {
     pub exclude: Vec<String>,
     pub essential: bool,
     pub mirror: Option<String>,
+    /// The keyring's path (joined to the directory of the file that names it).
+    pub keyring: Option<String>,
 }
 
 pub const DEFAULT_DISK_SIZE: u64 = 8 << 30;

@@ -52,6 +52,7 @@ pub(super) fn finish(path: &Path, f: DefinitionFile) -> Result<Definition, Defin
                 exclude: d.exclude.into_iter().map(String::from).collect(),
                 essential: d.essential.unwrap_or(false),
                 mirror: d.mirror,
+                keyring: d.keyring,
             })
         }
     };

@@ -266,6 +266,61 @@ pub(crate) fn unpack_deb(
     Ok((control, members))
 }
 
+/// The bytes of one regular file of a .deb's data (`path` without a leading `./` or `/`),
+/// at most `max_bytes` of it; None if the package has no such file.
+pub fn read_data_file(
+    deb_path: &Path,
+    path: &str,
+    max_bytes: u64,
+) -> Result<Option<Vec<u8>>, UnpackError> {
+    let archive = deb_path.display().to_string();
+    let read_err = |what: &str, source| UnpackError::Read {
+        archive: archive.clone(),
+        what: what.to_string(),
+        source,
+    };
+    let f = File::open(deb_path).map_err(|source| UnpackError::Open {
+        path: deb_path.to_path_buf(),
+        source,
+    })?;
+    let mut ar = ar::Archive::new(BufReader::new(f));
+    while let Some(entry) = ar.next_entry() {
+        let mut entry = entry.map_err(|e| read_err("ar member", e))?;
+        let name = String::from_utf8_lossy(entry.header().identifier()).into_owned();
+        if !name.starts_with("data.tar") {
+            continue;
+        }
+        let compression =
+            Compression::from_member_name(name.trim_end_matches('/')).ok_or_else(|| {
+                UnpackError::UnknownCompression {
+                    archive: archive.clone(),
+                    what: name.clone(),
+                }
+            })?;
+        let stream = compression
+            .decoder(BufReader::new(&mut entry))
+            .map_err(|e| read_err(&name, e))?;
+        let mut tar = tar::Archive::new(stream);
+        for member in tar.entries().map_err(|e| read_err(&name, e))? {
+            let member = member.map_err(|e| read_err(&name, e))?;
+            let p = String::from_utf8_lossy(&member.path_bytes()).into_owned();
+            if p.trim_start_matches("./").trim_start_matches('/') != path
+                || member.header().entry_type() != tar::EntryType::Regular
+            {
+                continue;
+            }
+            let mut bytes = Vec::new();
+            member
+                .take(max_bytes)
+                .read_to_end(&mut bytes)
+                .map_err(|e| read_err(path, e))?;
+            return Ok(Some(bytes));
+        }
+        return Ok(None);
+    }
+    Ok(None)
+}
+
 fn read_control(
     stream: impl Read,
     archive: &str,

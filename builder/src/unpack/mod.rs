@@ -17,7 +17,7 @@ use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 pub use archive::{Compression, ExtractMap};
-pub use deb::{add_deb, add_debs, DebControl, DebInput};
+pub use deb::{add_deb, add_debs, read_data_file, DebControl, DebInput};
 pub use index::indexed_contents;
 pub use store::{ContentStore, StoreError, INLINE_MAX};
 
