@@ -87,7 +87,13 @@ pub struct FetcherOptions {
     pub connect_timeout: Duration,
     /// Limit for waiting on response headers or on any single read of the body.
     pub stall_timeout: Duration,
+    /// The most an unpinned file ([`Fetcher::get_bytes`]) may hold.
+    pub max_unpinned_bytes: u64,
 }
+
+/// The default [`FetcherOptions::max_unpinned_bytes`]: far above any Debian index Kiln reads
+/// (bookworm's main Packages.xz is about 9 MiB), far below what would exhaust memory.
+pub const MAX_UNPINNED_BYTES: u64 = 256 << 20;
 
 impl Default for FetcherOptions {
     fn default() -> Self {
@@ -100,6 +106,7 @@ impl Default for FetcherOptions {
             progress: true,
             connect_timeout: Duration::from_secs(15),
             stall_timeout: Duration::from_secs(30),
+            max_unpinned_bytes: MAX_UNPINNED_BYTES,
         }
     }
 }
@@ -174,6 +181,15 @@ pub enum FetchError {
         name: String,
         #[source]
         source: CacheError,
+    },
+    #[error(
+        "fetching {name}: {url} is larger than the {} MiB an unpinned file may be; not read",
+        limit >> 20
+    )]
+    TooLarge {
+        name: String,
+        url: String,
+        limit: u64,
     },
     #[error("invalid mirror rewrite {0:?}: expected FROM=TO")]
     BadRewrite(String),
@@ -343,7 +359,8 @@ impl Fetcher {
     }
 
     /// Fetch a small unpinned file (e.g. a Debian Release or Packages index) into memory, with
-    /// the same rewrites and retries. The caller verifies it. Offline, this is an error.
+    /// the same rewrites and retries. The caller verifies it. Offline, this is an error; so is
+    /// a body over [`MAX_UNPINNED_BYTES`] (announced or sent), before more is read.
     pub fn get_bytes(&self, url: &str) -> Result<Vec<u8>, FetchError> {
         let real = rewrite_url(&self.opts.rewrites, url);
         if self.opts.offline {
@@ -361,12 +378,25 @@ impl Fetcher {
             .headers()
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let too_large = || {
+            Failure::Fatal(FetchError::TooLarge {
+                name: name.to_string(),
+                url: url.to_string(),
+                limit: self.opts.max_unpinned_bytes,
+            })
+        };
+        if expected.is_some_and(|n| n > self.opts.max_unpinned_bytes) {
+            return Err(too_large());
+        }
         let mut body = resp.body_mut().as_reader();
         let mut out = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match body.read(&mut buf) {
                 Ok(0) => break,
+                Ok(n) if (out.len() + n) as u64 > self.opts.max_unpinned_bytes => {
+                    return Err(too_large())
+                }
                 Ok(n) => out.extend_from_slice(&buf[..n]),
                 Err(e) => {
                     return Err(Failure::Transient(self.broke_off(

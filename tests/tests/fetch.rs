@@ -579,3 +579,30 @@ fn get_bytes_uses_rewrites_and_retries() {
     assert!(err.to_string().contains("/dists/x/missing"), "{err}");
     assert_eq!(mirror.requests("/dists/x/missing"), 1);
 }
+
+#[test]
+fn an_unpinned_file_over_the_limit_is_refused_once_and_not_retried() {
+    let mirror = Mirror::start([
+        ("/big", Behaviour::Serve(bytes(12, 4_096))),
+        ("/fits", Behaviour::Serve(bytes(13, 1_024))),
+    ])
+    .expect("mirror");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = fetcher(
+        dir.path(),
+        FetcherOptions {
+            max_unpinned_bytes: 1_024,
+            ..opts()
+        },
+    );
+    let url = format!("{}/big", mirror.url());
+    let err = f.get_bytes(&url).expect_err("too large");
+    assert!(matches!(err, FetchError::TooLarge { .. }), "{err}");
+    assert!(err.to_string().contains(&url), "{err}");
+    assert_eq!(mirror.requests("/big"), 1, "a size refusal is not retried");
+    assert_eq!(
+        f.get_bytes(&format!("{}/fits", mirror.url()))
+            .expect("at the limit"),
+        bytes(13, 1_024)
+    );
+}

@@ -323,7 +323,7 @@ where
             fetch_with(fetch, &plain)?
         };
         rel.verify(path, &bytes)?;
-        let raw = release::decompress(path, &bytes)?;
+        let raw = release::decompress(path, &bytes, release::MAX_INDEX_BYTES)?;
         let text = String::from_utf8(raw).map_err(|_| DebianError::NotUtf8 {
             file: plain.clone(),
         })?;

@@ -151,13 +151,22 @@ impl Release {
     }
 }
 
-/// Decompresses an index according to its file name (`.xz`, `.gz` or none).
-pub fn decompress(path: &str, bytes: &[u8]) -> Result<Vec<u8>, DebianError> {
+/// The most an index may hold once decompressed (bookworm's main Packages is about 90 MiB):
+/// a small file that expands past this is a decompression bomb, not an index.
+pub const MAX_INDEX_BYTES: u64 = 1 << 30;
+
+/// Decompresses an index according to its file name (`.xz`, `.gz` or none), refusing one
+/// that expands past `max_bytes`.
+pub fn decompress(path: &str, bytes: &[u8], max_bytes: u64) -> Result<Vec<u8>, DebianError> {
     let mut out = Vec::new();
     let res = if path.ends_with(".xz") {
-        liblzma::read::XzDecoder::new(bytes).read_to_end(&mut out)
+        liblzma::read::XzDecoder::new(bytes)
+            .take(max_bytes + 1)
+            .read_to_end(&mut out)
     } else if path.ends_with(".gz") {
-        flate2::read::GzDecoder::new(bytes).read_to_end(&mut out)
+        flate2::read::GzDecoder::new(bytes)
+            .take(max_bytes + 1)
+            .read_to_end(&mut out)
     } else {
         out.extend_from_slice(bytes);
         Ok(out.len())
@@ -166,6 +175,15 @@ pub fn decompress(path: &str, bytes: &[u8]) -> Result<Vec<u8>, DebianError> {
         file: path.to_string(),
         source,
     })?;
+    if out.len() as u64 > max_bytes {
+        return Err(DebianError::Decompress {
+            file: path.to_string(),
+            source: std::io::Error::other(format!(
+                "it expands past {} MiB; not an index",
+                max_bytes >> 20
+            )),
+        });
+    }
     Ok(out)
 }
 
@@ -228,10 +246,24 @@ mod tests {
         let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
         xz.write_all(PACKAGES).expect("xz");
         let xz = xz.finish().expect("xz");
-        assert_eq!(decompress("P.gz", &gz).expect("gz"), PACKAGES);
-        assert_eq!(decompress("P.xz", &xz).expect("xz"), PACKAGES);
-        assert_eq!(decompress("P", PACKAGES).expect("plain"), PACKAGES);
-        let err = decompress("main/binary-amd64/Packages.xz", &gz).expect_err("not xz");
+        let max = MAX_INDEX_BYTES;
+        assert_eq!(decompress("P.gz", &gz, max).expect("gz"), PACKAGES);
+        assert_eq!(decompress("P.xz", &xz, max).expect("xz"), PACKAGES);
+        assert_eq!(decompress("P", PACKAGES, max).expect("plain"), PACKAGES);
+        let err = decompress("main/binary-amd64/Packages.xz", &gz, max).expect_err("not xz");
         assert!(err.to_string().contains("Packages.xz"), "{err}");
+        // A bomb: 64 MiB of zeros in about 64 KiB of gzip, against a 1 MiB cap.
+        let mut bomb = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        for _ in 0..64 {
+            bomb.write_all(&[0u8; 1 << 20]).expect("gz");
+        }
+        let bomb = bomb.finish().expect("gz");
+        assert!(bomb.len() < 1 << 20);
+        let err = decompress("main/binary-amd64/Packages.gz", &bomb, 1 << 20).expect_err("bomb");
+        assert!(err.to_string().contains("expands past 1 MiB"), "{err}");
+        assert_eq!(
+            decompress("P.gz", &gz, PACKAGES.len() as u64).expect("exactly at the cap"),
+            PACKAGES
+        );
     }
 }
