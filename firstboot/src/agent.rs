@@ -99,12 +99,15 @@ fn read_nocloud(sys: &dyn Sys, p: &AgentPaths) -> Option<Layer> {
             node.display()
         )));
     }
-    let meta = std::fs::read_to_string(mnt.join("meta-data")).ok();
-    let user = std::fs::read_to_string(mnt.join("user-data")).ok();
+    let meta = sources::read_capped(&mnt.join("meta-data")).transpose();
+    let user = sources::read_capped(&mnt.join("user-data")).transpose();
     if let Err(e) = sys.umount(&mnt) {
         log::warn!("unmounting {}: {e}", mnt.display());
     }
-    sources::nocloud_layer(meta.as_deref(), user.as_deref())
+    match (meta, user) {
+        (Ok(meta), Ok(user)) => sources::nocloud_layer(meta.as_deref(), user.as_deref()),
+        (Err(why), _) | (_, Err(why)) => Some(failed(why)),
+    }
 }
 
 /// All layers, lowest precedence first.

@@ -66,7 +66,42 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub struct Network {
     /// Interfaces keyed by kernel name (`eth0`, `enp0s3`) or MAC address (`52:54:00:12:34:56`).
+    /// A name is 1-15 of `A-Z a-z 0-9 _ . -`: no wildcard, space or newline (it is written
+    /// into a networkd file), and never `lo`, `cni0` or a pod's `veth…`.
+    #[serde(deserialize_with = "interfaces")]
     pub interfaces: BTreeMap<String, Interface>,
+}
+
+/// Why `key` cannot name an interface, if it cannot.
+pub fn check_interface_key(key: &str) -> Result<(), String> {
+    if matches!(Selector::of(key), Selector::Mac(_)) {
+        return Ok(());
+    }
+    let why = if key.is_empty() || key.len() > 15 {
+        "is not 1 to 15 characters long"
+    } else if !key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+    {
+        "holds a character other than A-Z, a-z, 0-9, `_`, `.` and `-`"
+    } else if key == "." || key == ".." {
+        "is not a name"
+    } else if key == "lo" || key == "cni0" || key.starts_with("veth") {
+        "is the node's own (loopback, the pod bridge or a pod's end)"
+    } else {
+        return Ok(());
+    };
+    Err(format!("interface {key:?} {why}"))
+}
+
+fn interfaces<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Interface>, D::Error> {
+    let map = BTreeMap::<String, Interface>::deserialize(d)?;
+    for k in map.keys() {
+        check_interface_key(k).map_err(serde::de::Error::custom)?;
+    }
+    Ok(map)
 }
 
 /// One interface's settings.
@@ -160,6 +195,33 @@ pub struct Kubernetes {
     /// and scheduler, containerd, kubelet, kube-proxy): a lower peak of CPU and memory
     /// for a small machine, and a later node Ready.
     pub startup: Startup,
+    /// The Pod Security Standard enforced in every namespace but kube-system (a namespace
+    /// may set its own with the `pod-security.kubernetes.io/enforce` label): `baseline` (the
+    /// default) refuses privileged pods, host namespaces, host paths and host ports;
+    /// `restricted` also requires non-root, no privilege escalation and dropped
+    /// capabilities; `privileged` enforces nothing. Pods that `restricted` would refuse are
+    /// warned about and audited at every level.
+    pub pod_security: PodSecurity,
+}
+
+/// `[kubernetes] pod-security`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PodSecurity {
+    Privileged,
+    #[default]
+    Baseline,
+    Restricted,
+}
+
+impl PodSecurity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PodSecurity::Privileged => "privileged",
+            PodSecurity::Baseline => "baseline",
+            PodSecurity::Restricted => "restricted",
+        }
+    }
 }
 
 /// `[kubernetes] startup`
@@ -178,6 +240,7 @@ impl Default for Kubernetes {
             service_cidr: Cidr::new(IpAddr::from([10, 96, 0, 0]), 12),
             cluster_domain: Hostname("cluster.local".to_string()),
             startup: Startup::Parallel,
+            pod_security: PodSecurity::Baseline,
         }
     }
 }
@@ -432,6 +495,45 @@ startup = "serial"
         assert!(MachineConfig::from_toml("hostname = \"bad_name\"").is_err());
         assert!(MachineConfig::from_toml("hostname = ").is_err());
         assert!(MachineConfig::from_toml("[kubernetes]\nstartup = \"fast\"").is_err());
+        assert!(MachineConfig::from_toml("[kubernetes]\npod-security = \"none\"").is_err());
+    }
+
+    #[test]
+    fn interface_names_cannot_inject_or_match_the_nodes_own_links() {
+        for bad in [
+            "eth*",
+            "en?",
+            "eth0\nName=*",
+            "a b",
+            "lo",
+            "cni0",
+            "veth1234",
+            "",
+            "a-very-long-interface",
+            "..",
+            "eth0/1",
+        ] {
+            let text = format!(
+                "[network.interfaces.{}]\ndhcp = true\n",
+                toml::Value::from(bad)
+            );
+            let err = MachineConfig::from_toml(&text).expect_err(bad);
+            assert!(err.to_string().contains("interface"), "{bad:?}: {err}");
+        }
+        for good in ["eth0", "enp0s3", "br-lan", "bond0.100", "52:54:00:12:34:56"] {
+            let text = format!(
+                "[network.interfaces.{}]\ndhcp = true\n",
+                toml::Value::from(good)
+            );
+            MachineConfig::from_toml(&text).expect(good);
+        }
+    }
+
+    #[test]
+    fn pod_security_defaults_to_baseline_and_can_be_set() {
+        assert_eq!(Kubernetes::default().pod_security, PodSecurity::Baseline);
+        let c = MachineConfig::from_toml("[kubernetes]\npod-security = \"restricted\"").unwrap();
+        assert_eq!(c.kubernetes.pod_security, PodSecurity::Restricted);
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod files;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
-use crate::config::{Cidr, Hostname, Kubernetes, Startup};
+use crate::config::{Cidr, Hostname, Kubernetes, PodSecurity, Startup};
 
 /// etcd client port (mTLS).
 pub const ETCD_CLIENT_PORT: u16 = 2379;
@@ -101,6 +101,8 @@ pub struct Paths {
     pub cni_conf: PathBuf,
     /// Runtime state (containerd's socket and state).
     pub run: PathBuf,
+    /// Logs the components write as files (the apiserver's audit log).
+    pub log: PathBuf,
 }
 
 impl Paths {
@@ -114,6 +116,7 @@ impl Paths {
             cni_bin: PathBuf::from("/opt/cni/bin"),
             cni_conf: PathBuf::from("/etc/cni/net.d"),
             run: PathBuf::from("/run"),
+            log: PathBuf::from("/var/log/kubernetes"),
         }
     }
 
@@ -127,6 +130,7 @@ impl Paths {
             cni_bin: bin.to_path_buf(),
             cni_conf: root.join("cni"),
             run: root.join("run"),
+            log: root.join("log"),
         }
     }
 
@@ -154,6 +158,10 @@ impl Paths {
     pub fn binary(&self, name: &str) -> PathBuf {
         self.bin.join(name)
     }
+    /// The apiserver's audit log (rotated by the apiserver itself).
+    pub fn audit_log(&self) -> PathBuf {
+        self.log.join("audit.log")
+    }
 }
 
 /// Everything the component configuration depends on.
@@ -172,6 +180,8 @@ pub struct ClusterParams {
     pub proxy_mode: ProxyMode,
     /// Whether the node's components start beside the control plane or after it.
     pub startup: Startup,
+    /// The Pod Security Standard enforced by default.
+    pub pod_security: PodSecurity,
     /// The resolv.conf the kubelet hands to `dnsPolicy: Default` pods (CoreDNS forwards to it).
     pub resolv_conf: PathBuf,
     /// `resolv_conf` names upstream resolvers; CoreDNS forwards other names to them.
@@ -198,6 +208,7 @@ impl ClusterParams {
             apiserver_port: APISERVER_PORT,
             proxy_mode: ProxyMode::Iptables,
             startup: k.startup,
+            pod_security: k.pod_security,
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             upstream_dns: true,
             paths,

@@ -4,7 +4,10 @@
 //! [`Pki::ensure`] creates only what is missing (and re-issues a leaf certificate that is
 //! within [`RENEW_BEFORE_SECS`] of its expiry). CAs either come from an operator-provided
 //! [`Secrets`] set or are generated on first boot. File names follow kubeadm. Keys and
-//! kubeconfigs are written 0600, atomically (temp file, fsync, rename). Time is injected.
+//! kubeconfigs are written 0600, atomically (temp file, fsync, rename); a key and its
+//! certificate are written as one ([`put_pair`]: a power cut leaves the old pair or the new
+//! one), and every key's and kubeconfig's mode is put back to 0600 if it drifted. Time is
+//! injected.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -613,11 +616,17 @@ impl Pki {
         secrets: Option<&Secrets>,
     ) -> Result<PkiReport, PkiError> {
         let now = params.now;
-        let mut written: Vec<String> = Vec::new();
+        let mut written: Vec<String> = finish_pending(dir)?;
         let mut put = |rel: &str, data: &str, mode: u32| -> Result<(), PkiError> {
             write_atomic(&dir.join(rel), data.as_bytes(), mode)?;
             written.push(rel.to_string());
             Ok(())
+        };
+        let mut pairs: Vec<String> = Vec::new();
+        let mut put_pair = |key_rel: &str, key: &str, rel: &str, data: &str, mode: u32| {
+            put_pair(dir, key_rel, key, rel, data, mode)?;
+            pairs.extend([key_rel.to_string(), rel.to_string()]);
+            Ok::<(), PkiError>(())
         };
 
         // CAs.
@@ -633,8 +642,7 @@ impl Pki {
                         Some(s) => ca.pair_in(s).clone(),
                         None => generate_ca(ca.cn(), now)?,
                     };
-                    put(&key, &pair.key, 0o600)?;
-                    put(&crt, &pair.cert, 0o644)?;
+                    put_pair(&key, &pair.key, &crt, &pair.cert, 0o644)?;
                     pair
                 }
             };
@@ -661,13 +669,11 @@ impl Pki {
                     }
                 }
             };
-            put("sa.key", &pair.private, 0o600)?;
-            put("sa.pub", &pair.public, 0o644)?;
+            put_pair("sa.key", &pair.private, "sa.pub", &pair.public, 0o644)?;
         }
 
         // Leaves.
         let mut leaf_pems = Vec::new();
-        let mut fresh = BTreeSet::new();
         for leaf in leaves(params)? {
             let crt = format!("{}.crt", leaf.stem);
             let key = format!("{}.key", leaf.stem);
@@ -681,9 +687,7 @@ impl Pki {
                 Some(pair) => pair,
                 None => {
                     let pair = sign_leaf(&leaf, issuer(leaf.ca)?, now)?;
-                    put(&key, &pair.key, 0o600)?;
-                    put(&crt, &pair.cert, 0o644)?;
-                    fresh.insert(leaf.stem);
+                    put_pair(&key, &pair.key, &crt, &pair.cert, 0o644)?;
                     pair
                 }
             };
@@ -696,18 +700,17 @@ impl Pki {
             .find(|(c, _)| *c == Ca::Cluster)
             .map(|(_, p)| p.as_str())
             .unwrap_or_default();
+        // Each is written whenever it differs from what the pair on disk gives: after a new
+        // pair, and after a power cut that fell between a pair and its kubeconfig.
         for (file, stem, user) in KUBECONFIGS {
-            if dir.join(file).exists() && !fresh.contains(stem) {
-                continue;
-            }
             let Some((_, client)) = leaf_pems.iter().find(|(s, _)| s == stem) else {
                 continue;
             };
-            put(
-                file,
-                &kubeconfig_json(&params.server, cluster_ca, user, client),
-                0o600,
-            )?;
+            let want = kubeconfig_json(&params.server, cluster_ca, user, client);
+            if fs::read_to_string(dir.join(file)).ok().as_deref() == Some(want.as_str()) {
+                continue;
+            }
+            put(file, &want, 0o600)?;
         }
 
         // Secrets encryption at rest.
@@ -715,7 +718,10 @@ impl Pki {
             put("encryption-config.json", &encryption_config_json()?, 0o600)?;
         }
 
+        written.extend(pairs);
+        written.extend(restrict_modes(dir)?);
         written.sort();
+        written.dedup();
         Ok(PkiReport {
             written,
             certs: Self::certs(dir)?,
@@ -752,6 +758,153 @@ impl Pki {
         out.sort_by(|a, b| a.file.cmp(&b.file));
         Ok(out)
     }
+}
+
+/// Where a key and its certificate (or public key) wait, both complete, before they are
+/// renamed into place: the journal that makes [`put_pair`] atomic.
+const PENDING: &str = ".pending";
+
+/// A file's name in [`PENDING`]: its path under the PKI directory, flattened.
+fn pending_name(rel: &str) -> String {
+    rel.replace('/', "%")
+}
+
+fn sync_dir(dir: &Path) -> Result<(), PkiError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| PkiError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Writes a private key (`key_rel`, 0600) and what goes with it (`rel`, a certificate or a
+/// public key, `mode`) so that a power cut at any point leaves the old pair or the new one:
+/// both are written durably into [`PENDING`], the key first, then renamed into place, the
+/// key first. The second file in [`PENDING`] means the pair is complete there;
+/// [`finish_pending`] at the next start completes such a pair and drops a lone key.
+fn put_pair(
+    dir: &Path,
+    key_rel: &str,
+    key: &str,
+    rel: &str,
+    data: &str,
+    mode: u32,
+) -> Result<(), PkiError> {
+    let pending = dir.join(PENDING);
+    write_atomic(&pending.join(pending_name(key_rel)), key.as_bytes(), 0o600)?;
+    write_atomic(&pending.join(pending_name(rel)), data.as_bytes(), mode)?;
+    commit_pair(dir, key_rel, rel)
+}
+
+/// Renames a complete pending pair into place (the key first; either may already be there)
+/// and makes the renames durable.
+fn commit_pair(dir: &Path, key_rel: &str, rel: &str) -> Result<(), PkiError> {
+    let pending = dir.join(PENDING);
+    for r in [key_rel, rel] {
+        let from = pending.join(pending_name(r));
+        if !from.exists() {
+            continue;
+        }
+        let to = dir.join(r);
+        if let Some(parent) = to.parent() {
+            use std::os::unix::fs::DirBuilderExt as _;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|source| PkiError::Write {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+        }
+        fs::rename(&from, &to).map_err(|source| PkiError::Write {
+            path: to.clone(),
+            source,
+        })?;
+        if let Some(parent) = to.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    sync_dir(&pending)
+}
+
+/// Completes what an interrupted [`put_pair`] left in [`PENDING`]: a pair whose second file
+/// is there is renamed into place; anything else there (a lone key, a temp file) is removed,
+/// and the pair on disk stays the old one. Returns the files put in place.
+fn finish_pending(dir: &Path) -> Result<Vec<String>, PkiError> {
+    let pending = dir.join(PENDING);
+    let rd = match fs::read_dir(&pending) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(PkiError::Read {
+                path: pending,
+                source,
+            })
+        }
+    };
+    let names: Vec<String> = rd
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut done = Vec::new();
+    for name in &names {
+        let Some(stem) = name
+            .strip_suffix(".crt")
+            .or_else(|| name.strip_suffix(".pub"))
+            .filter(|_| !name.starts_with('.'))
+        else {
+            continue;
+        };
+        let rel = name.replace('%', "/");
+        let key_rel = format!("{}.key", stem.replace('%', "/"));
+        commit_pair(dir, &key_rel, &rel)?;
+        done.push(rel);
+    }
+    for e in fs::read_dir(&pending)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        let _ = fs::remove_file(e.path());
+    }
+    done.sort();
+    Ok(done)
+}
+
+/// Puts the mode of every private key and kubeconfig under `dir` back to 0600 if it is
+/// anything else; returns the files changed.
+fn restrict_modes(dir: &Path) -> Result<Vec<String>, PkiError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut changed = Vec::new();
+    for sub in ["", "etcd"] {
+        let Ok(rd) = fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        for e in rd.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let secret = name.ends_with(".key")
+                || name.ends_with(".conf")
+                || name == "encryption-config.json";
+            let Ok(meta) = e.metadata() else { continue };
+            if !secret || !meta.is_file() || meta.permissions().mode() & 0o777 == 0o600 {
+                continue;
+            }
+            fs::set_permissions(e.path(), fs::Permissions::from_mode(0o600)).map_err(|source| {
+                PkiError::Write {
+                    path: e.path(),
+                    source,
+                }
+            })?;
+            changed.push(if sub.is_empty() {
+                name
+            } else {
+                format!("{sub}/{name}")
+            });
+        }
+    }
+    Ok(changed)
 }
 
 /// Reads a cert/key pair; `None` if neither exists, an error if only one does.

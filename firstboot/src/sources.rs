@@ -160,12 +160,19 @@ fn lookup<'a>(t: &'a toml::Table, key: &str) -> Option<&'a toml::Value> {
     Some(v)
 }
 
-/// Merges `layers` (lowest precedence first). Invalid keys fall back to `last_good`.
+/// Merges `layers` (lowest precedence first). Invalid keys fall back to `last_good`; a
+/// layer that cannot be read or parsed as a whole stands for what it said last time, so
+/// the whole `last_good` is laid in its place (the layers above it still win), and a broken
+/// source never erases the values it gave before.
 pub fn merge(layers: &[Layer], last_good: Option<&MachineConfig>) -> Merged {
     let mut merged = toml::Table::new();
     let mut sources = Vec::new();
     let mut problems = Vec::new();
     let mut notes = Vec::new();
+    let lg_table = last_good.and_then(|lg| match toml::Value::try_from(lg) {
+        Ok(toml::Value::Table(t)) => Some(t),
+        _ => None,
+    });
     for layer in layers {
         notes.extend(layer.notes.iter().map(|n| format!("{}: {n}", layer.source)));
         let table = match &layer.content {
@@ -176,6 +183,12 @@ pub fn merge(layers: &[Layer], last_good: Option<&MachineConfig>) -> Merged {
                     key: String::new(),
                     message: msg.clone(),
                 });
+                if let Some(lg) = &lg_table {
+                    overlay(&mut merged, lg.clone());
+                    if !sources.iter().any(|s| s == LAST_GOOD) {
+                        sources.push(LAST_GOOD.to_string());
+                    }
+                }
                 continue;
             }
         };
@@ -185,19 +198,17 @@ pub fn merge(layers: &[Layer], last_good: Option<&MachineConfig>) -> Merged {
         }
         overlay(&mut merged, good);
     }
-    if let Some(lg) = last_good {
-        if let Ok(toml::Value::Table(lg)) = toml::Value::try_from(lg) {
-            let mut used = false;
-            for p in problems.iter().filter(|p| !p.key.is_empty()) {
-                if let Some(v) = lookup(&lg, &p.key) {
-                    let path: Vec<String> = p.key.split('.').map(str::to_string).collect();
-                    overlay(&mut merged, wrap(&path, v.clone()));
-                    used = true;
-                }
+    if let Some(lg) = &lg_table {
+        let mut used = false;
+        for p in problems.iter().filter(|p| !p.key.is_empty()) {
+            if let Some(v) = lookup(lg, &p.key) {
+                let path: Vec<String> = p.key.split('.').map(str::to_string).collect();
+                overlay(&mut merged, wrap(&path, v.clone()));
+                used = true;
             }
-            if used {
-                sources.push(LAST_GOOD.to_string());
-            }
+        }
+        if used && !sources.iter().any(|s| s == LAST_GOOD) {
+            sources.push(LAST_GOOD.to_string());
         }
     }
     let config = match MachineConfig::deserialize(toml::Value::Table(merged)) {
@@ -251,11 +262,40 @@ pub fn cmdline_layer(c: &Cmdline) -> Option<Layer> {
     Some(layer)
 }
 
+/// The most a configuration source file may hold (fw_cfg blob, NoCloud meta-data or
+/// user-data): a machine config is a few KiB; anything near this is not one.
+pub const MAX_SOURCE_BYTES: u64 = 1 << 20;
+
+/// A source file's text, read no further than [`MAX_SOURCE_BYTES`]: None when there is no
+/// such file (or it cannot be read), an error naming the file when it is larger.
+pub fn read_capped(path: &Path) -> Option<Result<String, String>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).ok()?;
+    let mut bytes = Vec::new();
+    if let Err(e) = f.take(MAX_SOURCE_BYTES + 1).read_to_end(&mut bytes) {
+        return Some(Err(format!("reading {}: {e}", path.display())));
+    }
+    if bytes.len() as u64 > MAX_SOURCE_BYTES {
+        return Some(Err(format!(
+            "{} is larger than {} KiB; not read",
+            path.display(),
+            MAX_SOURCE_BYTES / 1024
+        )));
+    }
+    Some(Ok(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
 /// The fw_cfg layer from `<fw_cfg>/by_name/opt/kiln/config/raw`.
 pub fn fw_cfg_layer(fw_cfg_root: &Path) -> Option<Layer> {
     let raw = fw_cfg_root.join("by_name/opt/kiln/config/raw");
-    let bytes = std::fs::read(raw).ok()?;
-    Some(Layer::from_toml(FW_CFG, &String::from_utf8_lossy(&bytes)))
+    Some(match read_capped(&raw)? {
+        Ok(text) => Layer::from_toml(FW_CFG, &text),
+        Err(why) => Layer {
+            source: FW_CFG.into(),
+            content: Err(why),
+            notes: vec![],
+        },
+    })
 }
 
 fn yaml_scalar(v: &str) -> String {
@@ -474,5 +514,31 @@ mod tests {
         std::fs::write(d.join("raw"), "hostname = \"fw\"").unwrap();
         let m = merge(&[fw_cfg_layer(t.path()).unwrap()], None);
         assert_eq!(m.config.hostname.unwrap().as_str(), "fw");
+    }
+
+    #[test]
+    fn an_oversized_source_is_not_read_and_the_last_good_config_stands() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("by_name/opt/kiln/config");
+        std::fs::create_dir_all(&d).unwrap();
+        // Valid TOML that would set the hostname, padded past the cap with a comment.
+        let mut text = "hostname = \"huge\"\n#".to_string();
+        text.push_str(&"x".repeat(MAX_SOURCE_BYTES as usize));
+        std::fs::write(d.join("raw"), &text).unwrap();
+        let layer = fw_cfg_layer(t.path()).unwrap();
+        let why = layer.content.as_ref().unwrap_err();
+        assert!(why.contains("larger than 1024 KiB"), "{why}");
+        let good = MachineConfig::from_toml("hostname = \"good\"").unwrap();
+        let m = merge(std::slice::from_ref(&layer), Some(&good));
+        assert_eq!(m.config.hostname.unwrap().as_str(), "good");
+        assert!(!m.problems.is_empty());
+        assert!(m.sources.iter().any(|s| s == LAST_GOOD), "{:?}", m.sources);
+        // A source above the broken one still wins over what the last good config said.
+        let above = Layer::from_toml(CMDLINE, "hostname = \"above\"");
+        let m = merge(&[layer, above], Some(&good));
+        assert_eq!(m.config.hostname.unwrap().as_str(), "above");
+        // Exactly at the cap still reads.
+        std::fs::write(d.join("raw"), &text[..MAX_SOURCE_BYTES as usize]).unwrap();
+        assert!(fw_cfg_layer(t.path()).unwrap().content.is_ok());
     }
 }

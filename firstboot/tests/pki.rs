@@ -352,6 +352,119 @@ fn incomplete_pair_is_an_error_naming_the_file() {
     assert!(e.to_string().contains("etcd/ca.key"), "{e}");
 }
 
+/// What a power cut inside a pair's write leaves, and the next start: the pair staged
+/// completely is put in place (even when its key was already renamed), a pair staged only
+/// as far as its key is dropped and the old pair stands; either way the PKI is whole again
+/// and its kubeconfigs match their pairs.
+#[test]
+fn a_power_cut_inside_a_pair_leaves_the_old_pair_or_the_new() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    Pki::ensure(dir, &params(), None).unwrap();
+    let read = |rel: &str| std::fs::read_to_string(dir.join(rel)).unwrap();
+    let old = (read("apiserver.key"), read("apiserver.crt"));
+    // A second PKI's pairs stand for "the new ones" (same names, different keys).
+    let other = tempfile::tempdir().unwrap();
+    Pki::ensure(other.path(), &params(), None).unwrap();
+    let other_read = |rel: &str| std::fs::read_to_string(other.path().join(rel)).unwrap();
+    let pending = dir.join(".pending");
+    std::fs::create_dir_all(&pending).unwrap();
+
+    // Cut after the key was staged, before the certificate was: the old pair stands.
+    std::fs::write(pending.join("apiserver.key"), other_read("apiserver.key")).unwrap();
+    std::fs::write(pending.join(".apiserver.crt.tmp"), "half a cert").unwrap();
+    let r = Pki::ensure(dir, &params(), None).unwrap();
+    assert_eq!((read("apiserver.key"), read("apiserver.crt")), old);
+    assert!(
+        !r.written.iter().any(|f| f.starts_with("apiserver")),
+        "{:?}",
+        r.written
+    );
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 0);
+
+    // Cut after both were staged and the key renamed, before the certificate was: the new
+    // pair is completed, and the admin kubeconfig follows its new pair.
+    std::fs::write(dir.join("admin.key"), other_read("admin.key")).unwrap();
+    std::fs::write(pending.join("admin.crt"), other_read("admin.crt")).unwrap();
+    // And a pair in a subdirectory staged completely, nothing renamed yet.
+    std::fs::write(
+        pending.join("etcd%server.key"),
+        other_read("etcd/server.key"),
+    )
+    .unwrap();
+    std::fs::write(
+        pending.join("etcd%server.crt"),
+        other_read("etcd/server.crt"),
+    )
+    .unwrap();
+    let r = Pki::ensure(dir, &params(), None).unwrap();
+    assert_eq!(read("admin.crt"), other_read("admin.crt"));
+    assert_eq!(read("etcd/server.key"), other_read("etcd/server.key"));
+    assert_eq!(read("etcd/server.crt"), other_read("etcd/server.crt"));
+    for f in [
+        "admin.crt",
+        "etcd/server.crt",
+        "etcd/server.key",
+        "admin.conf",
+    ] {
+        assert!(r.written.iter().any(|w| w == f), "{f} in {:?}", r.written);
+    }
+    let conf: serde_json::Value = serde_json::from_str(&read("admin.conf")).unwrap();
+    use base64::Engine as _;
+    let in_conf = base64::engine::general_purpose::STANDARD
+        .decode(
+            conf["users"][0]["user"]["client-key-data"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    assert_eq!(String::from_utf8(in_conf).unwrap(), other_read("admin.key"));
+    assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 0);
+    // (The new pairs are signed by the other PKI's CAs; a real cut never mixes CAs.)
+
+    // Nothing pending and nothing due: a further start writes nothing.
+    let before = snapshot(dir);
+    assert!(Pki::ensure(dir, &params(), None)
+        .unwrap()
+        .written
+        .is_empty());
+    assert_eq!(snapshot(dir), before);
+}
+
+#[test]
+fn keys_and_kubeconfigs_are_put_back_to_owner_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    Pki::ensure(dir, &params(), None).unwrap();
+    for f in [
+        "ca.key",
+        "etcd/ca.key",
+        "admin.conf",
+        "encryption-config.json",
+    ] {
+        std::fs::set_permissions(dir.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let r = Pki::ensure(dir, &params(), None).unwrap();
+    for f in [
+        "ca.key",
+        "etcd/ca.key",
+        "admin.conf",
+        "encryption-config.json",
+    ] {
+        let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+        assert!(r.written.iter().any(|w| w == f), "{f} in {:?}", r.written);
+    }
+    // Certificates stay world-readable.
+    let mode = std::fs::metadata(dir.join("ca.crt"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644);
+}
+
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {

@@ -790,8 +790,10 @@ spec:
         "Pending"
     );
 
-    // A privileged hostPID/hostNetwork pod: the tests' way onto the node itself.
-    node.apply(&format!(
+    // A privileged hostPID/hostNetwork pod: the tests' way onto the node itself. Pod
+    // Security admission enforces `baseline` by default and refuses it, naming the policy;
+    // the namespace's own label lets it in.
+    let host_pod = format!(
         r#"apiVersion: v1
 kind: Pod
 metadata: {{name: host}}
@@ -805,7 +807,22 @@ spec:
     securityContext: {{privileged: true}}
     command: ["sleep", "1000000"]
 "#
-    ));
+    );
+    let manifest = node.state.path().join("host.yaml");
+    std::fs::write(&manifest, &host_pod).unwrap();
+    let refused = node.kubectl(&["apply", "-f", manifest.to_str().unwrap()]);
+    let said = text(&refused);
+    assert!(
+        !refused.status.success() && said.contains("violates PodSecurity \"baseline:latest\""),
+        "a privileged pod under the default policy: {said}"
+    );
+    node.ok(&[
+        "label",
+        "namespace",
+        "default",
+        "pod-security.kubernetes.io/enforce=privileged",
+    ]);
+    node.apply(&host_pod);
     node.ok(&[
         "wait",
         "--for=condition=Ready",
@@ -878,6 +895,17 @@ spec:
     ));
     assert!(stored.starts_with("k8s:enc:"), "{stored:?}");
     assert!(!stored.contains("kiln-secret-7f3a"));
+    // The audit log has who created the ConfigMap, and no body: neither value is in it.
+    let audit = node.host_ok(
+        "grep -F '\"verb\":\"create\"' /var/log/kubernetes/audit.log \
+         | grep -F '\"resource\":\"configmaps\",\"namespace\":\"default\"' | grep -F kiln-admin; \
+         grep -c -e kiln-secret-7f3a -e hello-from-kiln /var/log/kubernetes/audit.log || true",
+    );
+    assert!(
+        audit.contains("\"level\":\"Metadata\"") && audit.contains("\"resource\":\"configmaps\""),
+        "{audit}"
+    );
+    assert_eq!(audit.lines().last().map(str::trim), Some("0"), "{audit}");
 
     // The kubelet restarts a container that exits.
     node.apply(&format!(

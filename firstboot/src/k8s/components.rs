@@ -9,7 +9,8 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use super::files::{
-    AUTHENTICATION_CONFIG, CONTAINERD_CONFIG, KUBELET_CONFIG, KUBE_PROXY_CONFIG, SCHEDULER_CONFIG,
+    ADMISSION_CONFIG, AUDIT_POLICY, AUTHENTICATION_CONFIG, CONTAINERD_CONFIG, KUBELET_CONFIG,
+    KUBE_PROXY_CONFIG, SCHEDULER_CONFIG, TLS_CIPHER_SUITES, TLS_MIN_VERSION,
 };
 use super::{
     ClusterParams, K8sError, CONTAINERD_METRICS_PORT, CONTROLLER_MANAGER_PORT, ETCD_CLIENT_PORT,
@@ -182,6 +183,25 @@ pub fn apiserver_args(p: &ClusterParams) -> Result<Vec<String>, K8sError> {
         flag("service-account-signing-key-file", pki("sa.key")),
         flag("service-cluster-ip-range", p.service_cidr),
         flag("encryption-provider-config", pki("encryption-config.json")),
+        // Service account tokens live a day at most: admission-injected ones are not
+        // stretched to a year (clients re-read the projected token as the kubelet renews it).
+        flag("service-account-max-token-expiration", "24h"),
+        flag("service-account-extend-token-expiration", false),
+        flag(
+            "admission-control-config-file",
+            path(&p.paths.config_file(ADMISSION_CONFIG)),
+        ),
+        flag(
+            "audit-policy-file",
+            path(&p.paths.config_file(AUDIT_POLICY)),
+        ),
+        flag("audit-log-path", path(&p.paths.audit_log())),
+        flag("audit-log-maxage", 7),
+        flag("audit-log-maxbackup", 3),
+        flag("audit-log-maxsize", 100),
+        flag("profiling", false),
+        flag("tls-min-version", TLS_MIN_VERSION),
+        flag("tls-cipher-suites", TLS_CIPHER_SUITES.join(",")),
     ])
 }
 
@@ -215,6 +235,9 @@ pub fn controller_manager_args(p: &ClusterParams) -> Vec<String> {
         // one renews the lease in etcd every 2 s. The supervisor never runs two.
         flag("leader-elect", false),
         flag("controllers", "*,bootstrapsigner,tokencleaner"),
+        flag("profiling", false),
+        flag("tls-min-version", TLS_MIN_VERSION),
+        flag("tls-cipher-suites", TLS_CIPHER_SUITES.join(",")),
     ]
 }
 
@@ -235,6 +258,8 @@ pub fn scheduler_args(p: &ClusterParams) -> Vec<String> {
             "tls-private-key-file",
             path(&p.paths.pki_file("scheduler-server.key")),
         ),
+        flag("tls-min-version", TLS_MIN_VERSION),
+        flag("tls-cipher-suites", TLS_CIPHER_SUITES.join(",")),
     ]
 }
 
@@ -489,9 +514,27 @@ mod tests {
             "--etcd-servers=https://127.0.0.1:2379",
             "--bind-address=192.168.10.5",
             "--advertise-address=192.168.10.5",
+            "--profiling=false",
+            "--tls-min-version=VersionTLS12",
+            "--admission-control-config-file=/var/lib/kiln/k8s/admission-config.json",
+            "--audit-policy-file=/var/lib/kiln/k8s/audit-policy.json",
+            "--audit-log-path=/var/log/kubernetes/audit.log",
+            "--service-account-max-token-expiration=24h",
+            "--service-account-extend-token-expiration=false",
         ] {
             assert!(has(&a, want), "missing {want} in {a:?}");
         }
+        // The same TLS floor on the controller manager and the scheduler.
+        let p = params();
+        for args in [controller_manager_args(&p), scheduler_args(&p)] {
+            assert!(has(&args, "--tls-min-version=VersionTLS12"), "{args:?}");
+            assert!(
+                args.iter()
+                    .any(|f| f.starts_with("--tls-cipher-suites=TLS_ECDHE_")),
+                "{args:?}"
+            );
+        }
+        assert!(has(&controller_manager_args(&p), "--profiling=false"));
         // Anonymous access is configured in the AuthenticationConfiguration; the apiserver
         // refuses both at once.
         assert!(!a.iter().any(|f| f.starts_with("--anonymous-auth")));

@@ -12,6 +12,8 @@ use super::{
 
 pub const SCHEDULER_CONFIG: &str = "kube-scheduler.json";
 pub const AUTHENTICATION_CONFIG: &str = "authentication-config.json";
+pub const ADMISSION_CONFIG: &str = "admission-config.json";
+pub const AUDIT_POLICY: &str = "audit-policy.json";
 pub const KUBELET_CONFIG: &str = "kubelet-config.json";
 pub const KUBE_PROXY_CONFIG: &str = "kube-proxy-config.json";
 pub const CONTAINERD_CONFIG: &str = "containerd.toml";
@@ -22,12 +24,33 @@ pub const CNI_LOOPBACK: &str = "99-loopback.conf";
 /// Kernel modules for containers and bridged pod traffic.
 pub const MODULES: &[&str] = &["overlay", "br_netfilter"];
 
-/// Sysctls (name, value); the bridge ones need `br_netfilter` loaded first.
+/// Sysctls (name, value); the bridge ones need `br_netfilter` loaded first. The kernel and
+/// vm ones are the values the kubelet's `protectKernelDefaults` requires (it refuses to
+/// start on any other): an oops panics and a panic reboots after 10 s.
 pub const SYSCTLS: &[(&str, &str)] = &[
     ("net.ipv4.ip_forward", "1"),
     ("net.ipv6.conf.all.forwarding", "1"),
     ("net.bridge.bridge-nf-call-iptables", "1"),
     ("net.bridge.bridge-nf-call-ip6tables", "1"),
+    ("vm.overcommit_memory", "1"),
+    ("vm.panic_on_oom", "0"),
+    ("kernel.panic", "10"),
+    ("kernel.panic_on_oops", "1"),
+    ("kernel.keys.root_maxkeys", "1000000"),
+    ("kernel.keys.root_maxbytes", "25000000"),
+];
+
+/// The oldest TLS version every serving component accepts.
+pub const TLS_MIN_VERSION: &str = "VersionTLS12";
+/// TLS 1.2 cipher suites the components offer (TLS 1.3's are fixed): forward secret AEAD
+/// only, for both ECDSA and RSA keys.
+pub const TLS_CIPHER_SUITES: &[&str] = &[
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
 ];
 
 /// One generated file.
@@ -58,6 +81,86 @@ pub fn scheduler_config(p: &ClusterParams) -> serde_json::Value {
         "clientConnection": {"kubeconfig": s(&p.paths.pki_file("scheduler.conf"))},
         // One scheduler, as for the controller manager (see its `--leader-elect`).
         "leaderElection": {"leaderElect": false},
+        "enableProfiling": false,
+        "enableContentionProfiling": false,
+    })
+}
+
+/// The apiserver's AdmissionConfiguration: Pod Security admission enforcing the machine
+/// config's level in every namespace but kube-system, warning about and auditing what
+/// `restricted` would refuse.
+pub fn admission_config(p: &ClusterParams) -> serde_json::Value {
+    json!({
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "AdmissionConfiguration",
+        "plugins": [{
+            "name": "PodSecurity",
+            "configuration": {
+                "apiVersion": "pod-security.admission.config.k8s.io/v1",
+                "kind": "PodSecurityConfiguration",
+                "defaults": {
+                    "enforce": p.pod_security.as_str(),
+                    "enforce-version": "latest",
+                    "audit": "restricted",
+                    "audit-version": "latest",
+                    "warn": "restricted",
+                    "warn-version": "latest",
+                },
+                "exemptions": {
+                    "usernames": [],
+                    "runtimeClasses": [],
+                    "namespaces": ["kube-system"],
+                },
+            },
+        }],
+    })
+}
+
+/// The audit policy: who did what to which object (`Metadata`: never a request or response
+/// body, so no Secret's value reaches the log), for every request but the components' own
+/// reads, health checks, lease renewals and events, which would drown it.
+pub fn audit_policy() -> serde_json::Value {
+    json!({
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],
+        "rules": [
+            {
+                "level": "None",
+                "users": [
+                    "system:kube-controller-manager",
+                    "system:kube-scheduler",
+                    "system:kube-proxy",
+                    "system:apiserver",
+                ],
+                "verbs": ["get", "list", "watch"],
+            },
+            {"level": "None", "userGroups": ["system:nodes"], "verbs": ["get", "list", "watch"]},
+            // firstboot's own watch on the node and CoreDNS, every few seconds (its
+            // identity is the PKI's super-admin; its writes are still logged).
+            {
+                "level": "None",
+                "users": ["kiln-super-admin"],
+                "verbs": ["get"],
+                "resources": [
+                    {"group": "", "resources": ["nodes"]},
+                    {"group": "apps", "resources": ["deployments"]},
+                ],
+            },
+            {
+                "level": "None",
+                "nonResourceURLs": ["/healthz*", "/livez*", "/readyz*", "/version", "/metrics"],
+            },
+            {
+                "level": "None",
+                "resources": [
+                    {"group": "coordination.k8s.io", "resources": ["leases"]},
+                    {"group": "", "resources": ["events"]},
+                    {"group": "events.k8s.io", "resources": ["events"]},
+                ],
+            },
+            {"level": "Metadata"},
+        ],
     })
 }
 
@@ -99,6 +202,10 @@ pub fn kubelet_config(p: &ClusterParams) -> Result<serde_json::Value, K8sError> 
         "resolvConf": s(&p.resolv_conf),
         "tlsCertFile": pki("kubelet.crt"),
         "tlsPrivateKeyFile": pki("kubelet.key"),
+        "tlsMinVersion": TLS_MIN_VERSION,
+        "tlsCipherSuites": TLS_CIPHER_SUITES,
+        // The sysctls it checks are set by firstboot first (`SYSCTLS`).
+        "protectKernelDefaults": true,
         "rotateCertificates": false,
         "serverTLSBootstrap": false,
         "failSwapOn": false,
@@ -224,13 +331,19 @@ pub fn control_plane_files(p: &ClusterParams) -> Vec<GeneratedFile> {
             p.paths.config_file(AUTHENTICATION_CONFIG),
             &authentication_config(),
         ),
+        file(p.paths.config_file(ADMISSION_CONFIG), &admission_config(p)),
+        file(p.paths.config_file(AUDIT_POLICY), &audit_policy()),
     ]
 }
 
 /// Files the node components read: kubelet, kube-proxy, containerd, CNI.
 pub fn node_files(p: &ClusterParams) -> Result<Vec<GeneratedFile>, K8sError> {
     Ok(vec![
-        file(p.paths.config_file(KUBELET_CONFIG), &kubelet_config(p)?),
+        GeneratedFile {
+            // It names the kubelet's key and its clients' CA: for root only.
+            mode: 0o600,
+            ..file(p.paths.config_file(KUBELET_CONFIG), &kubelet_config(p)?)
+        },
         file(
             p.paths.config_file(KUBE_PROXY_CONFIG),
             &kube_proxy_config(p),
@@ -369,6 +482,67 @@ mod tests {
             .collect();
         assert_eq!(paths, ["/livez", "/readyz", "/healthz"]);
         assert_eq!(auth["anonymous"]["enabled"], true);
+        assert_eq!(sched["enableProfiling"], false);
+    }
+
+    #[test]
+    fn pod_security_enforces_the_configured_level_outside_kube_system() {
+        let mut p = params();
+        let find = |p: &ClusterParams, name: &str| {
+            reparse(
+                control_plane_files(p)
+                    .iter()
+                    .find(|f| f.path.ends_with(name))
+                    .unwrap(),
+            )
+        };
+        let a = find(&p, ADMISSION_CONFIG);
+        assert_eq!(a["kind"], "AdmissionConfiguration");
+        let ps = &a["plugins"][0];
+        assert_eq!(ps["name"], "PodSecurity");
+        let c = &ps["configuration"];
+        assert_eq!(c["defaults"]["enforce"], "baseline");
+        assert_eq!(c["defaults"]["warn"], "restricted");
+        assert_eq!(c["exemptions"]["namespaces"], json!(["kube-system"]));
+        p.pod_security = crate::config::PodSecurity::Restricted;
+        let a = find(&p, ADMISSION_CONFIG);
+        assert_eq!(
+            a["plugins"][0]["configuration"]["defaults"]["enforce"],
+            "restricted"
+        );
+        // The audit policy never logs bodies and ends in a catch-all.
+        let audit = find(&p, AUDIT_POLICY);
+        let rules = audit["rules"].as_array().unwrap();
+        assert_eq!(rules.last().unwrap(), &json!({"level": "Metadata"}));
+        assert!(rules
+            .iter()
+            .all(|r| r["level"] == "None" || r["level"] == "Metadata"));
+    }
+
+    #[test]
+    fn kubelet_is_hardened_and_its_config_private() {
+        let files = node_files(&params()).unwrap();
+        let f = files
+            .iter()
+            .find(|f| f.path.ends_with(KUBELET_CONFIG))
+            .unwrap();
+        assert_eq!(f.mode, 0o600);
+        let k = reparse(f);
+        assert_eq!(k["protectKernelDefaults"], true);
+        assert_eq!(k["tlsMinVersion"], "VersionTLS12");
+        assert_eq!(k["tlsCipherSuites"].as_array().unwrap().len(), 6);
+        // Every sysctl protectKernelDefaults checks is set, to the value it wants.
+        let conf = sysctl_conf();
+        for want in [
+            "vm.overcommit_memory = 1",
+            "vm.panic_on_oom = 0",
+            "kernel.panic = 10",
+            "kernel.panic_on_oops = 1",
+            "kernel.keys.root_maxkeys = 1000000",
+            "kernel.keys.root_maxbytes = 25000000",
+        ] {
+            assert!(conf.lines().any(|l| l == want), "{want} in {conf}");
+        }
     }
 
     #[test]
