@@ -38,7 +38,20 @@ pub struct MachineConfig {
 impl MachineConfig {
     /// Parses and validates a TOML document.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+        let c: MachineConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        c.check()?;
+        Ok(c)
+    }
+
+    /// What the schema cannot say: operator secrets must hold matching keys and certificates.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        match &self.secrets {
+            Some(s) => s
+                .check()
+                .map_err(|e| ConfigError::Parse(format!("secrets: {e}"))),
+            None => Ok(()),
+        }
     }
 
     /// The hostname to use: the configured one or `fallback`.
@@ -566,5 +579,20 @@ startup = "serial"
         assert_eq!(again, c);
         let bad = text.replace("[secrets.ca]", "[secrets.cx]");
         assert!(MachineConfig::from_toml(&bad).is_err());
+        // A CA key that is not its certificate's (another CA's) is refused.
+        let other = crate::pki::Secrets::generate(1_700_000_000).unwrap();
+        let mut mixed = secrets.clone();
+        mixed.etcd_ca.key = other.etcd_ca.key.clone();
+        let err = mixed.check().unwrap_err().to_string();
+        assert!(
+            err.contains("etcd-ca: the key is not the certificate's"),
+            "{err}"
+        );
+        let mut mixed = secrets.clone();
+        mixed.service_account.public = other.service_account.public.clone();
+        assert!(mixed.check().is_err());
+        let mut whole_other = secrets;
+        whole_other.ca = other.ca;
+        whole_other.check().expect("another CA, whole, is fine");
     }
 }

@@ -140,16 +140,39 @@ impl Secrets {
 
     pub fn from_toml(text: &str) -> Result<Secrets, PkiError> {
         let s: Secrets = toml::from_str(text).map_err(|e| PkiError::Secrets(e.to_string()))?;
+        s.check()?;
+        Ok(s)
+    }
+
+    /// Checks that every key parses, every certificate is a CA certificate, and each key is
+    /// the one its certificate (or public key) names: secrets that fail are never used.
+    pub fn check(&self) -> Result<(), PkiError> {
         for (what, pair) in [
-            ("ca", &s.ca),
-            ("etcd-ca", &s.etcd_ca),
-            ("front-proxy-ca", &s.front_proxy_ca),
+            ("ca", &self.ca),
+            ("etcd-ca", &self.etcd_ca),
+            ("front-proxy-ca", &self.front_proxy_ca),
         ] {
             load_issuer(&pair.cert, &pair.key, Path::new(what))?;
+            let bad = |m: String| PkiError::Secrets(format!("{what}: {m}"));
+            let key = KeyPair::from_pem(&pair.key).map_err(|e| bad(e.to_string()))?;
+            let (_, pem) = x509_parser::pem::parse_x509_pem(pair.cert.as_bytes())
+                .map_err(|e| bad(e.to_string()))?;
+            let cert = pem.parse_x509().map_err(|e| bad(e.to_string()))?;
+            if !cert.is_ca() {
+                return Err(bad("the certificate is not a CA certificate".into()));
+            }
+            if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+                return Err(bad("the key is not the certificate's".into()));
+            }
         }
-        KeyPair::from_pem(&s.service_account.private)
+        let sa = KeyPair::from_pem(&self.service_account.private)
             .map_err(|e| PkiError::Secrets(format!("service-account private key: {e}")))?;
-        Ok(s)
+        if sa.public_key_pem().trim() != self.service_account.public.trim() {
+            return Err(PkiError::Secrets(
+                "service-account: the public key is not the private key's".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -99,8 +99,16 @@ fn wrap(path: &[String], value: toml::Value) -> toml::Table {
 
 fn validate(doc: toml::Table) -> Result<(), String> {
     MachineConfig::deserialize(toml::Value::Table(doc))
-        .map(|_| ())
-        .map_err(|e| e.message().to_string())
+        .map_err(|e| e.message().to_string())?
+        .check()
+        .map_err(|e| e.to_string())
+}
+
+/// Sections that are valid only whole: a bad one is dropped whole, never leaf by leaf.
+const WHOLE: &[&str] = &["secrets"];
+
+fn whole(path: &[String]) -> bool {
+    matches!(path, [top] if WHOLE.contains(&top.as_str()))
 }
 
 use serde::Deserialize as _;
@@ -121,7 +129,7 @@ fn prune(
             }
             Err(msg) => match v {
                 // Free-form maps (interfaces) and sections: descend to find the bad leaf.
-                toml::Value::Table(sub) if !sub.is_empty() => {
+                toml::Value::Table(sub) if !sub.is_empty() && !whole(path) => {
                     let kept = prune(path, sub, source, problems);
                     if !kept.is_empty() {
                         good.insert(k.clone(), toml::Value::Table(kept));
@@ -192,7 +200,21 @@ pub fn merge(layers: &[Layer], last_good: Option<&MachineConfig>) -> Merged {
                 continue;
             }
         };
-        let good = prune(&mut Vec::new(), table, &layer.source, &mut problems);
+        // Cluster keys only from the operator's channels: the kernel command line is
+        // readable by every container (/proc/cmdline), and a baked default would put them in
+        // every copy of the image.
+        let mut table = table.clone();
+        if (layer.source == CMDLINE || layer.source == DEFAULT) && table.remove("secrets").is_some()
+        {
+            problems.push(Problem {
+                source: layer.source.clone(),
+                key: "secrets".into(),
+                message: "cluster keys are taken only from fw_cfg or NoCloud (`kiln \
+                          secrets`), never from the kernel command line or the image"
+                    .into(),
+            });
+        }
+        let good = prune(&mut Vec::new(), &table, &layer.source, &mut problems);
         if !good.is_empty() {
             sources.push(layer.source.clone());
         }
@@ -514,6 +536,43 @@ mod tests {
         std::fs::write(d.join("raw"), "hostname = \"fw\"").unwrap();
         let m = merge(&[fw_cfg_layer(t.path()).unwrap()], None);
         assert_eq!(m.config.hostname.unwrap().as_str(), "fw");
+    }
+
+    #[test]
+    fn secrets_only_from_the_operators_channels_and_only_whole_and_matching() {
+        let secrets = crate::pki::Secrets::generate(1_700_000_000).unwrap();
+        let section = format!("\n{}", secrets.to_toml().unwrap()).replace("\n[", "\n[secrets.");
+        // From the kernel command line or the image: refused, named.
+        for source in [CMDLINE, DEFAULT] {
+            let m = merge(&[Layer::from_toml(source, &section)], None);
+            assert_eq!(m.config.secrets, None, "{source}");
+            assert!(
+                m.problems
+                    .iter()
+                    .any(|p| p.key == "secrets" && p.message.contains("never from the kernel")),
+                "{source}: {:?}",
+                m.problems
+            );
+        }
+        // From fw_cfg: taken.
+        let m = merge(&[Layer::from_toml(FW_CFG, &section)], None);
+        assert_eq!(m.config.secrets.as_ref(), Some(&secrets));
+        // A CA key swapped for another: one problem for the section, nothing of it kept,
+        // and the last good secrets stand.
+        let other = crate::pki::Secrets::generate(1_700_000_000).unwrap();
+        let mut mixed = secrets.clone();
+        mixed.ca.key = other.ca.key;
+        let bad = format!("\n{}", mixed.to_toml().unwrap()).replace("\n[", "\n[secrets.");
+        let m = merge(&[Layer::from_toml(FW_CFG, &bad)], None);
+        assert_eq!(m.config.secrets, None);
+        let keys: Vec<&str> = m.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["secrets"], "{:?}", m.problems);
+        let good = MachineConfig {
+            secrets: Some(secrets.clone()),
+            ..MachineConfig::default()
+        };
+        let m = merge(&[Layer::from_toml(FW_CFG, &bad)], Some(&good));
+        assert_eq!(m.config.secrets.as_ref(), Some(&secrets));
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub fn probe_contents(node: &Path, disk: &mut Disk) {
         return;
     };
     let head = read_at(&mut f, 0, PROBE_LEN);
+    disk.data = head.iter().any(|&b| b != 0);
     disk.table = table_kind(&head).map(str::to_string);
     let mut parts: Vec<(u32, u64)> = Vec::new();
     match disk.table.as_deref() {
@@ -214,6 +215,18 @@ mod tests {
         );
         let empty = blank(t.path(), "empty.img", 8);
         assert_eq!(probed(&empty), Disk::default());
+        // One byte of no known kind makes a disk not blank.
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&empty)
+            .unwrap();
+        f.seek(SeekFrom::Start(40_000)).unwrap();
+        std::io::Write::write_all(&mut f, b"\x01").unwrap();
+        let d = probed(&empty);
+        assert!(
+            d.data && d.table.is_none() && d.filesystems.is_empty(),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct Disk {
     pub filesystems: Vec<String>,
     /// Whether a GPT partition is named `kiln-data`.
     pub kiln_data: bool,
+    /// Whether the first bytes read (the probe's window) hold anything but zeros.
+    pub data: bool,
 }
 
 impl Disk {
@@ -298,15 +300,23 @@ pub fn report(sel: &Selector, disks: &[Disk], min_size: u64) -> Vec<String> {
     out
 }
 
-/// The safety rule: a disk holding a Kiln data partition or any filesystem is only
-/// overwritten with `kiln.install.wipe=true`.
+/// The safety rule: only a blank disk is overwritten without `kiln.install.wipe=true`. A
+/// disk is not blank when it holds a Kiln data partition, any filesystem, any partition
+/// table, or any other data (a signature Kiln does not know) in its first bytes.
 pub fn safety(disk: &Disk, wipe: bool) -> Result<(), String> {
-    if wipe || (!disk.kiln_data && disk.filesystems.is_empty()) {
-        return Ok(());
-    }
     let mut what = disk.filesystems.clone();
     if disk.kiln_data {
         what.insert(0, "a kiln-data partition".into());
+    }
+    if what.is_empty() {
+        if let Some(t) = &disk.table {
+            what.push(format!("a {t} partition table"));
+        } else if disk.data {
+            what.push("data of no kind Kiln knows in its first 68 KiB".into());
+        }
+    }
+    if wipe || what.is_empty() {
+        return Ok(());
     }
     Err(format!(
         "{} holds {}; not overwritten without kiln.install.wipe=true",
@@ -444,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn filesystems_and_kiln_data_need_wipe() {
+    fn only_a_blank_disk_is_overwritten_without_wipe() {
         let blank = disk("vda", 10 * G);
         assert!(safety(&blank, false).is_ok());
         let mut fs = blank.clone();
@@ -461,9 +471,19 @@ mod tests {
         assert!(safety(&kiln, false)
             .unwrap_err()
             .contains("holds a kiln-data partition;"));
-        // A partition table alone (no filesystem) is not protected.
-        let mut table = blank;
+        // A partition table alone, or bytes of no known kind, are protected too.
+        let mut table = blank.clone();
         table.table = Some("mbr".into());
-        assert!(safety(&table, false).is_ok());
+        assert_eq!(
+            safety(&table, false).unwrap_err(),
+            "/dev/vda holds a mbr partition table; not overwritten without kiln.install.wipe=true"
+        );
+        assert!(safety(&table, true).is_ok());
+        let mut unknown = blank;
+        unknown.data = true;
+        assert!(safety(&unknown, false)
+            .unwrap_err()
+            .contains("holds data of no kind Kiln knows"));
+        assert!(safety(&unknown, true).is_ok());
     }
 }
