@@ -23,7 +23,62 @@ pub fn ext4_size_mib(path: &Path) -> Option<u64> {
     Some(blocks.saturating_mul(block_size) >> 20)
 }
 
-/// Formats (first time only) or resizes `kiln-data` and mounts it at /sysroot/var.
+/// What `kiln-data` holds, as far as stage 1 must know before touching it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataState {
+    /// An ext4 filesystem with its primary superblock.
+    Ext4,
+    /// Never formatted: nothing in its first 64 KiB and no backup superblock (a partition
+    /// created just before a power cut, or a mkfs cut before it wrote any superblock).
+    Blank,
+    /// No primary superblock but a backup one: a damaged ext4 that e2fsck can repair.
+    Damaged,
+    /// Bytes of no kind Kiln knows, and no superblock anywhere: not Kiln's to format.
+    Unknown,
+    /// It could not be read.
+    Unreadable(String),
+}
+
+/// Where ext4 keeps the backup superblock of block group 1, for 1, 2 and 4 KiB blocks.
+const BACKUP_SUPERBLOCKS: [u64; 3] = [8193 * 1024, 16384 * 2048, 32768 * 4096];
+
+/// Reads what `path` holds: [`DataState`].
+pub fn data_state(path: &Path) -> DataState {
+    use std::os::unix::fs::FileExt as _;
+    let f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) => return DataState::Unreadable(e.to_string()),
+    };
+    let mut head = vec![0u8; 64 * 1024];
+    let mut n = 0;
+    while n < head.len() {
+        match f.read_at(&mut head[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return DataState::Unreadable(e.to_string()),
+        }
+    }
+    head.truncate(n);
+    if head.get(1080..1082) == Some(&[0x53, 0xEF][..]) {
+        return DataState::Ext4;
+    }
+    let backup = BACKUP_SUPERBLOCKS.iter().any(|at| {
+        let mut magic = [0u8; 2];
+        f.read_exact_at(&mut magic, at + 56).is_ok() && magic == [0x53, 0xEF]
+    });
+    if backup {
+        DataState::Damaged
+    } else if head.iter().all(|&b| b == 0) {
+        DataState::Blank
+    } else {
+        DataState::Unknown
+    }
+}
+
+/// Formats (first time only) or resizes `kiln-data` and mounts it at /sysroot/var. Only a
+/// blank partition is formatted: a damaged ext4 is repaired by e2fsck (from a backup
+/// superblock) and anything else stops the boot with the data left as it is.
 pub(super) fn mount_data(
     sys: &dyn Sys,
     l: &Layout,
@@ -34,7 +89,38 @@ pub(super) fn mount_data(
     let node = l.dev().join(devname);
     let in_root = format!("/dev/{devname}");
     let mut how = if grown { "grown" } else { "existing" };
-    if !probe::has_ext4(&node) {
+    let state = data_state(&node);
+    match &state {
+        DataState::Ext4 | DataState::Blank => {}
+        DataState::Damaged => {
+            say(&format!(
+                "kiln: stage 1: kiln-data ({devname}) has lost its primary superblock; \
+                 repairing it with e2fsck from a backup"
+            ));
+            run_root_tools(sys, l, &[&["/usr/sbin/e2fsck", "-f", "-y", &in_root]])?;
+            how = "repaired";
+        }
+        DataState::Unknown => {
+            return Err(fail(
+                "checking kiln-data",
+                format!(
+                    "{} holds no ext4 superblock (primary or backup) but is not blank; \
+                     not formatting it: copy off what it holds, then clear it",
+                    node.display()
+                ),
+            ))
+        }
+        DataState::Unreadable(e) => {
+            return Err(fail(
+                "checking kiln-data",
+                format!(
+                    "{}: {e}; not formatting what cannot be read",
+                    node.display()
+                ),
+            ))
+        }
+    }
+    if state == DataState::Blank {
         run_root_tools(
             sys,
             l,

@@ -366,6 +366,110 @@ mod tests {
         assert_eq!(ext4_size_mib(&img), None);
     }
 
+    /// The real tools: ext4 made by mkfs, its primary superblock zeroed, repaired by e2fsck
+    /// from a backup with a file still there; blank and foreign bytes told apart.
+    #[test]
+    fn data_states_from_real_filesystems_and_a_real_repair() {
+        use super::data::{data_state, DataState};
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("data.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(160 << 20)
+            .unwrap();
+        assert_eq!(data_state(&img), DataState::Blank);
+        let tool = |argv: &[&str]| {
+            std::process::Command::new(argv[0])
+                .args(&argv[1..])
+                .arg(&img)
+                .output()
+                .ok()
+        };
+        let ok = |o: Option<std::process::Output>| o.is_some_and(|o| o.status.success());
+        if !ok(tool(&["mkfs.ext4", "-q", "-F"])) {
+            return;
+        }
+        assert_eq!(data_state(&img), DataState::Ext4);
+        let keep = t.path().join("keep");
+        std::fs::write(&keep, "kiln-data survives").unwrap();
+        let put = format!("write {} keep", keep.display());
+        assert!(ok(tool(&["debugfs", "-w", "-R", &put])));
+        // The primary superblock zeroed: a backup remains.
+        {
+            use std::os::unix::fs::FileExt as _;
+            let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+            f.write_all_at(&[0u8; 1024], 1024).unwrap();
+        }
+        assert_eq!(data_state(&img), DataState::Damaged);
+        let fsck = tool(&["e2fsck", "-f", "-y"]).unwrap();
+        assert!(
+            matches!(fsck.status.code(), Some(0..=2)),
+            "e2fsck: {}",
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+        assert_eq!(data_state(&img), DataState::Ext4);
+        let cat = tool(&["debugfs", "-R", "cat keep"]).unwrap();
+        assert_eq!(String::from_utf8_lossy(&cat.stdout), "kiln-data survives");
+        // Bytes of no known kind and no superblock anywhere.
+        let other = t.path().join("other.img");
+        let mut bytes = vec![0u8; 1 << 20];
+        bytes[100] = 0x42;
+        std::fs::write(&other, bytes).unwrap();
+        assert_eq!(data_state(&other), DataState::Unknown);
+        assert!(matches!(
+            data_state(&t.path().join("missing")),
+            DataState::Unreadable(_)
+        ));
+    }
+
+    /// What stage 1 does with each state: only a blank kiln-data is formatted; a damaged one
+    /// is repaired with e2fsck; a foreign one stops the boot with nothing written.
+    #[test]
+    fn only_a_blank_kiln_data_is_formatted() {
+        if !has_sfdisk() {
+            return;
+        }
+        let runs = |sys: &RecordingSys| -> Vec<Vec<String>> {
+            sys.calls()
+                .into_iter()
+                .filter_map(|c| match c {
+                    Call::RunChrooted(_, argv) => Some(argv),
+                    _ => None,
+                })
+                .collect()
+        };
+        let (_t, l) = layout_with_disk("kiln.slot=a");
+        crate::gpt::tests::make_image(&l.dev().join("vda"), 64);
+        prepare(&RecordingSys::with_hook(kernel_hook(&l)), &l, &|_| {}).unwrap();
+        // Damaged: a backup superblock at 8193 KiB (1 KiB blocks), none at the start.
+        let mut damaged = vec![0u8; 9 << 20];
+        damaged[4096] = 1;
+        damaged[8193 * 1024 + 56] = 0x53;
+        damaged[8193 * 1024 + 57] = 0xEF;
+        std::fs::write(l.dev().join("vda5"), &damaged).unwrap();
+        let sys = RecordingSys::with_hook(kernel_hook(&l));
+        let t = prepare(&sys, &l, &|_| {}).unwrap();
+        assert_eq!(t.var, "kiln-data repaired (vda5)");
+        assert_eq!(
+            runs(&sys),
+            vec![vec![
+                "/usr/sbin/e2fsck".to_string(),
+                "-f".into(),
+                "-y".into(),
+                "/dev/vda5".into()
+            ]]
+        );
+        // Foreign bytes: the boot stops, nothing is run, the bytes are as they were.
+        let mut foreign = vec![0u8; 1 << 20];
+        foreign[0] = 0xEB;
+        std::fs::write(l.dev().join("vda5"), &foreign).unwrap();
+        let sys = RecordingSys::with_hook(kernel_hook(&l));
+        let e = prepare(&sys, &l, &|_| {}).unwrap_err().to_string();
+        assert!(e.contains("not formatting it"), "{e}");
+        assert!(runs(&sys).is_empty(), "{:?}", runs(&sys));
+        assert_eq!(std::fs::read(l.dev().join("vda5")).unwrap(), foreign);
+    }
+
     #[test]
     fn grown_disk_runs_fsck_and_resize() {
         if !has_sfdisk() {
