@@ -381,15 +381,11 @@ fn operator_secrets_are_used() {
     // The operator mints an admin kubeconfig that the node's CA accepts.
     let conf = firstboot::pki::admin_kubeconfig(&secrets, "https://10.0.2.15:6443", NOW).unwrap();
     let v: serde_json::Value = serde_json::from_str(&conf).unwrap();
-    use base64::Engine as _;
-    let cert = base64::engine::general_purpose::STANDARD
-        .decode(
-            v["users"][0]["user"]["client-certificate-data"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap();
-    std::fs::write(dir.join("minted.crt"), cert).unwrap();
+    std::fs::write(
+        dir.join("minted.crt"),
+        user_data(&conf, "client-certificate-data"),
+    )
+    .unwrap();
     verify(dir, "ca.crt", "minted.crt", "sslclient");
     assert_eq!(
         v["clusters"][0]["cluster"]["server"],
@@ -463,16 +459,10 @@ fn a_power_cut_inside_a_pair_leaves_the_old_pair_or_the_new() {
     ] {
         assert!(r.written.iter().any(|w| w == f), "{f} in {:?}", r.written);
     }
-    let conf: serde_json::Value = serde_json::from_str(&read("admin.conf")).unwrap();
-    use base64::Engine as _;
-    let in_conf = base64::engine::general_purpose::STANDARD
-        .decode(
-            conf["users"][0]["user"]["client-key-data"]
-                .as_str()
-                .unwrap(),
-        )
-        .unwrap();
-    assert_eq!(String::from_utf8(in_conf).unwrap(), other_read("admin.key"));
+    assert_eq!(
+        user_data(&read("admin.conf"), "client-key-data"),
+        other_read("admin.key")
+    );
     assert_eq!(std::fs::read_dir(&pending).unwrap().count(), 0);
     // (The new pairs are signed by the other PKI's CAs; a real cut never mixes CAs.)
 
@@ -517,6 +507,16 @@ fn keys_and_kubeconfigs_are_put_back_to_owner_only() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o644);
+}
+
+/// A base64 field of a kubeconfig's first user, decoded.
+fn user_data(kubeconfig: &str, field: &str) -> String {
+    use base64::Engine as _;
+    let v: serde_json::Value = serde_json::from_str(kubeconfig).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v["users"][0]["user"][field].as_str().unwrap())
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {

@@ -330,6 +330,15 @@ mod tests {
         );
     }
 
+    /// Runs a host tool (`argv`) on the image `img` (its last argument); None if it cannot run.
+    fn tool_on(img: &std::path::Path, argv: &[&str]) -> Option<std::process::Output> {
+        std::process::Command::new(argv[0])
+            .args(&argv[1..])
+            .arg(img)
+            .output()
+            .ok()
+    }
+
     #[test]
     fn ext4_size_is_read_from_the_superblock() {
         // mkfs.ext4 and resize2fs as the oracles.
@@ -339,15 +348,7 @@ mod tests {
             .unwrap()
             .set_len(64 << 20)
             .unwrap();
-        let run = |argv: &[&str]| {
-            let ok = std::process::Command::new(argv[0])
-                .args(&argv[1..])
-                .arg(&img)
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false);
-            ok
-        };
+        let run = |argv: &[&str]| tool_on(&img, argv).is_some_and(|o| o.status.success());
         if !run(&["mkfs.ext4", "-q", "-F"]) {
             return;
         }
@@ -378,13 +379,7 @@ mod tests {
             .set_len(160 << 20)
             .unwrap();
         assert_eq!(data_state(&img), DataState::Blank);
-        let tool = |argv: &[&str]| {
-            std::process::Command::new(argv[0])
-                .args(&argv[1..])
-                .arg(&img)
-                .output()
-                .ok()
-        };
+        let tool = |argv: &[&str]| tool_on(&img, argv);
         let ok = |o: Option<std::process::Output>| o.is_some_and(|o| o.status.success());
         if !ok(tool(&["mkfs.ext4", "-q", "-F"])) {
             return;
