@@ -122,6 +122,7 @@ pub fn apply(tree: &mut Tree, def: &Definition) -> Result<(), AssembleError> {
         let p = path("systemd.mask", &format!("etc/systemd/system/{unit}"))?;
         tree.replace(&p, Entry::symlink("/dev/null", origin).at(def.epoch))?;
     }
+    mask_debug_shell(tree, def.epoch)?;
     if let Some(target) = &def.systemd.default_target {
         let p = TreePath::from_definition("etc/systemd/system/default.target").map_err(|e| {
             AssembleError::BadPath {
@@ -140,6 +141,21 @@ pub fn apply(tree: &mut Tree, def: &Definition) -> Result<(), AssembleError> {
 
 const PASSWD_MASTER: &str = "usr/share/base-passwd/passwd.master";
 const GROUP_MASTER: &str = "usr/share/base-passwd/group.master";
+
+/// systemd's debug shell is a root shell on tty9 with no password, started by
+/// `systemd.debug_shell` on the kernel command line: masked in every image that has it.
+fn mask_debug_shell(tree: &mut Tree, epoch: u64) -> Result<(), AssembleError> {
+    const UNIT: &str = "debug-shell.service";
+    let shipped = ["usr/lib/systemd/system", "lib/systemd/system"]
+        .iter()
+        .filter_map(|d| TreePath::from_definition(&format!("{d}/{UNIT}")).ok())
+        .any(|p| tree.get(&p).is_some());
+    if shipped {
+        let p = path("systemd.mask", &format!("etc/systemd/system/{UNIT}"))?;
+        tree.replace(&p, Entry::symlink("/dev/null", "kiln").at(epoch))?;
+    }
+    Ok(())
+}
 
 fn has_base_passwd(tree: &Tree) -> bool {
     TreePath::from_definition(PASSWD_MASTER)
@@ -436,6 +452,24 @@ mod tests {
         match &tree.get(&p(s)).expect("exists").kind {
             Kind::File(c) => String::from_utf8(c.read_all().expect("read")).expect("utf8"),
             k => panic!("{s} is a {}", k.name()),
+        }
+    }
+
+    #[test]
+    fn the_debug_shell_is_masked_where_systemd_ships_it() {
+        let mut t = Tree::new(0);
+        mask_debug_shell(&mut t, 0).expect("nothing to mask");
+        let masked = p("etc/systemd/system/debug-shell.service");
+        assert!(t.get(&masked).is_none());
+        t.insert(
+            &p("usr/lib/systemd/system/debug-shell.service"),
+            Entry::file(Content::inline(b"[Service]\n".to_vec()), 0o644, "t"),
+        )
+        .expect("unit");
+        mask_debug_shell(&mut t, 0).expect("mask");
+        match &t.get(&masked).expect("masked").kind {
+            Kind::Symlink(target) => assert_eq!(target, "/dev/null"),
+            other => panic!("{other:?}"),
         }
     }
 

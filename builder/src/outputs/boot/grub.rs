@@ -117,17 +117,21 @@ pub struct MenuEntry {
 }
 
 /// The menu: serial + screen, first entry default, `timeout` seconds to choose another.
+/// Locked: `superusers` names a user no password is set for, so nobody can edit an entry's
+/// kernel command line (`init=/bin/sh` would be a root shell) or reach GRUB's command line;
+/// every entry is `--unrestricted`, so choosing one needs no password.
 pub fn menu(entries: &[MenuEntry], timeout: u32) -> String {
     let mut s = format!(
         "serial --unit=0 --speed=115200\n\
          terminal_input console serial\n\
          terminal_output console serial\n\
+         set superusers=\"kiln\"\n\
          set default=0\n\
          set timeout={timeout}\n",
     );
     for e in entries {
         s.push_str(&format!(
-            "menuentry '{}' --id {} {{\n  linux {} {CONSOLE_ARGS} {}\n  initrd {}\n}}\n",
+            "menuentry '{}' --id {} --unrestricted {{\n  linux {} {CONSOLE_ARGS} {}\n  initrd {}\n}}\n",
             e.title, e.id, e.kernel, e.args, e.initrd
         ));
     }
@@ -182,6 +186,13 @@ mod tests {
             1,
         );
         assert!(m.contains("linux /kiln/a/vmlinuz console=tty0 console=ttyS0,115200 kiln.slot=a\n"));
+        // Locked: a superuser nobody can log in as; the entry boots without one.
+        assert!(m.contains("set superusers=\"kiln\"\n"), "{m}");
+        assert!(!m.contains("password"), "{m}");
+        assert!(
+            m.contains("menuentry 'a' --id slot-a --unrestricted {"),
+            "{m}"
+        );
     }
 
     #[test]
