@@ -2,8 +2,7 @@
 //! pair, kubeconfigs and the secrets EncryptionConfiguration.
 //!
 //! [`Pki::ensure`] creates only what is missing (and re-issues a leaf certificate that is
-//! within [`RENEW_BEFORE_SECS`] of its expiry, or that names another identity than the
-//! node's now: hostname, addresses, service range, cluster domain). CAs either come from an operator-provided
+//! within [`RENEW_BEFORE_SECS`] of its expiry). CAs either come from an operator-provided
 //! [`Secrets`] set or are generated on first boot. File names follow kubeadm. Keys and
 //! kubeconfigs are written 0600, atomically (temp file, fsync, rename); a key and its
 //! certificate are written as one ([`put_pair`]: a power cut leaves the old pair or the new
@@ -702,10 +701,7 @@ impl Pki {
             let crt = format!("{}.crt", leaf.stem);
             let key = format!("{}.key", leaf.stem);
             let existing = match read_pair(dir, &crt, &key)? {
-                Some(pair)
-                    if cert_info(&crt, &pair.cert)?.not_after > now + RENEW_BEFORE_SECS
-                        && same_identity(&leaf, &pair.cert) =>
-                {
+                Some(pair) if cert_info(&crt, &pair.cert)?.not_after > now + RENEW_BEFORE_SECS => {
                     Some(pair)
                 }
                 _ => None,
@@ -932,60 +928,6 @@ fn restrict_modes(dir: &Path) -> Result<Vec<String>, PkiError> {
         }
     }
     Ok(changed)
-}
-
-/// Whether the certificate in `pem` names what `leaf` would: the same common name,
-/// organizations and subject alternative names (DNS names and IP addresses, in any order).
-/// A node renamed, readdressed or given another service range gets new certificates.
-fn same_identity(leaf: &Leaf, pem: &str) -> bool {
-    use x509_parser::extensions::GeneralName;
-    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
-        return false;
-    };
-    let Ok(cert) = pem.parse_x509() else {
-        return false;
-    };
-    let cn: Vec<&str> = cert
-        .subject()
-        .iter_common_name()
-        .filter_map(|a| a.as_str().ok())
-        .collect();
-    let orgs: BTreeSet<&str> = cert
-        .subject()
-        .iter_organization()
-        .filter_map(|a| a.as_str().ok())
-        .collect();
-    let mut sans = BTreeSet::new();
-    if let Ok(Some(ext)) = cert.subject_alternative_name() {
-        for n in &ext.value.general_names {
-            match n {
-                GeneralName::DNSName(d) => {
-                    sans.insert(d.to_string());
-                }
-                GeneralName::IPAddress(b) => {
-                    let ip = match b.len() {
-                        4 => <[u8; 4]>::try_from(*b).map(IpAddr::from).ok(),
-                        16 => <[u8; 16]>::try_from(*b).map(IpAddr::from).ok(),
-                        _ => None,
-                    };
-                    sans.insert(ip.map_or_else(|| hex::encode(b), |ip| ip.to_string()));
-                }
-                other => {
-                    sans.insert(format!("{other:?}"));
-                }
-            }
-        }
-    }
-    let want: BTreeSet<String> = leaf
-        .sans
-        .iter()
-        .map(|s| match s {
-            SanType::DnsName(d) => d.as_str().to_string(),
-            SanType::IpAddress(ip) => ip.to_string(),
-            other => format!("{other:?}"),
-        })
-        .collect();
-    cn == [leaf.cn.as_str()] && orgs == leaf.orgs.iter().copied().collect() && sans == want
 }
 
 /// Reads a cert/key pair; `None` if neither exists, an error if only one does.

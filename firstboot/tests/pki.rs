@@ -299,60 +299,6 @@ fn renews_only_leaves_close_to_expiry_and_their_kubeconfigs() {
     assert_eq!(info.not_after, later.now + 365 * 86_400);
 }
 
-/// A node renamed or readdressed gets leaves that name it; the others are kept.
-#[test]
-fn leaves_follow_the_nodes_identity() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    Pki::ensure(dir, &params(), None).unwrap();
-    let kept = std::fs::read_to_string(dir.join("front-proxy-client.crt")).unwrap();
-    let mut renamed = params();
-    renamed.hostname = "node-2".into();
-    let r = Pki::ensure(dir, &renamed, None).unwrap();
-    for f in [
-        "apiserver.crt",
-        "kubelet.crt",
-        "kubelet-client.crt",
-        "etcd/server.crt",
-        "kubelet.conf",
-    ] {
-        assert!(r.written.iter().any(|w| w == f), "{f} in {:?}", r.written);
-    }
-    assert!(text(dir, "apiserver.crt").contains("DNS:node-2"));
-    assert!(!text(dir, "apiserver.crt").contains("DNS:node-1"));
-    let subject = |crt: &str| {
-        text(dir, crt)
-            .lines()
-            .find(|l| l.trim_start().starts_with("Subject:"))
-            .unwrap_or_default()
-            .replace(' ', "")
-    };
-    assert!(
-        subject("kubelet.crt").ends_with("CN=node-2"),
-        "{}",
-        subject("kubelet.crt")
-    );
-    assert!(subject("kubelet-client.crt").ends_with("CN=system:node:node-2"));
-    verify(dir, "ca.crt", "apiserver.crt", "sslserver");
-    assert_eq!(
-        std::fs::read_to_string(dir.join("front-proxy-client.crt")).unwrap(),
-        kept,
-        "a leaf that does not name the node is kept"
-    );
-    // A new address: the serving certificates follow.
-    let mut moved = renamed.clone();
-    moved.node_ips = vec!["10.0.2.16".parse().unwrap()];
-    let r = Pki::ensure(dir, &moved, None).unwrap();
-    assert!(
-        r.written.iter().any(|w| w == "apiserver.crt"),
-        "{:?}",
-        r.written
-    );
-    assert!(text(dir, "apiserver.crt").contains("IP Address:10.0.2.16"));
-    // The same identity again: nothing is written.
-    assert!(Pki::ensure(dir, &moved, None).unwrap().written.is_empty());
-}
-
 #[test]
 fn operator_secrets_are_used() {
     let secrets = Secrets::generate(NOW).unwrap();
