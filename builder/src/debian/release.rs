@@ -87,7 +87,7 @@ impl Release {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let read = |field: &str, value: &str| {
-            super::keyring::parse_release_date(value).ok_or_else(|| DebianError::Control {
+            parse_release_date(value).ok_or_else(|| DebianError::Control {
                 what: file.to_string(),
                 line: 1,
                 message: format!(
@@ -149,6 +149,46 @@ impl Release {
         }
         Ok(())
     }
+}
+
+/// Seconds since the epoch of a Release date (`Sat, 09 Nov 2024 10:15:42 UTC`, as RFC 2822
+/// with the zone `UTC`, `GMT`, `Z` or `+0000`); None if it is not one.
+pub fn parse_release_date(s: &str) -> Option<u64> {
+    let mut w = s.split_whitespace();
+    let mut first = w.next()?;
+    if first.ends_with(',') {
+        first = w.next()?;
+    }
+    let day: u64 = first.parse().ok()?;
+    let month = w.next()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m.eq_ignore_ascii_case(month))? as u64
+        + 1;
+    let year: u64 = w.next()?.parse().ok()?;
+    let mut hms = w.next()?.split(':').map(|x| x.parse::<u64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    let zone = w.next()?;
+    if !["UTC", "GMT", "Z", "+0000"].contains(&zone) || w.next().is_some() {
+        return None;
+    }
+    if !(1..=31).contains(&day) || year < 1970 || h > 23 || m > 59 || sec > 60 {
+        return None;
+    }
+    // Days from the civil date (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let (y, mo) = if month <= 2 {
+        (year - 1, month + 9)
+    } else {
+        (year, month - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + m * 60 + sec)
 }
 
 /// The most an index may hold once decompressed (bookworm's main Packages is about 90 MiB):
@@ -236,6 +276,29 @@ mod tests {
         assert!(msg.contains("main/binary-amd64/Packages"), "{msg}");
         assert!(msg.contains(&good) && msg.contains(&bad), "{msg}");
         assert!(r.verify("main/binary-i386/Packages", PACKAGES).is_err());
+    }
+
+    #[test]
+    fn release_dates_parse_to_unix_time() {
+        assert_eq!(parse_release_date("Thu, 01 Jan 1970 00:00:00 UTC"), Some(0));
+        assert_eq!(
+            parse_release_date("Sat, 09 Nov 2024 10:15:42 UTC"),
+            Some(1_731_147_342)
+        );
+        assert_eq!(
+            parse_release_date("29 Feb 2000 23:59:59 +0000"),
+            Some(951_868_799)
+        );
+        for bad in [
+            "",
+            "Sat, 09 Nov 2024",
+            "Sat, 09 Foo 2024 10:15:42 UTC",
+            "Sat, 09 Nov 2024 10:15:42 CET",
+            "Sat, 09 Nov 2024 25:15:42 UTC",
+            "Sat, 09 Nov 2024 10:15:42 UTC trailing",
+        ] {
+            assert_eq!(parse_release_date(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
